@@ -1,0 +1,201 @@
+"""prompt.py: the exact prompt formats, the budget cut, the metric and error modes, JR-p token builders,
+greedy decoding through the interface, and the optional Hugging Face adapter."""
+import pytest
+import torch
+
+import data
+from model import Config, Model
+from prompt import (HFLM, ModelLM, accuracy, contains, cut_around, error_mode, evaluate, extraction_prompt,
+                    greedy, jrt_examples, jrt_tokens, qa_prompt, read_twice, text_prompt)
+
+BYTES = data.get_tokenizer("bytes")  # built in code: no download
+
+
+def tiny(layers=("conv", "la"), vocab=258, seed=0, **kw):
+    torch.manual_seed(seed)
+    cfg = Config(vocab_size=vocab, d_model=32, n_head=2, feature_dim=4, layers=layers, prefix_len=32,
+                 init_std=0.2, **kw)  # a large init: varied greedy outputs from a random model
+    return Model(cfg).eval()
+
+
+# ----------------------------------------------------------------------------- prompt strings (SPEC §5)
+
+def test_extraction_formats_are_exact():
+    doc = "Name: Ada Lovelace\nBorn: 1815\nField: mathematics"
+    assert extraction_prompt(doc, "born") == "Name: Ada Lovelace\nBorn: 1815\nField: mathematics born:"
+    assert extraction_prompt(doc, "born", repeats=2) == (
+        "Information about born. Name: Ada Lovelace\nBorn: 1815\nField: mathematics\n"
+        "Name: Ada Lovelace\nBorn: 1815\nField: mathematics born:")
+    assert extraction_prompt("d", "k", repeats=3) == "Information about k. d\nd\nd k:"
+    with pytest.raises(ValueError, match="key"):
+        extraction_prompt(doc, "")
+
+
+def test_qa_formats_are_exact():
+    ctx, q, cloze = "Paris is the capital of France.", "What is the capital of France?", "The capital of France is"
+    assert qa_prompt(ctx, cloze, q) == "Paris is the capital of France. The capital of France is"
+    assert qa_prompt(ctx, cloze, q, repeats=2) == (
+        "What is the capital of France? Paris is the capital of France.\n"
+        "Paris is the capital of France. The capital of France is")
+    assert qa_prompt(ctx, cloze, "", repeats=2) == (                      # empty question: no stray space
+        "Paris is the capital of France.\nParis is the capital of France. The capital of France is")
+    assert qa_prompt("a\nb", "c", "q?", repeats=3) == "q? a\nb\na\nb\na\nb c"
+    with pytest.raises(ValueError, match="repeats"):
+        qa_prompt(ctx, cloze, q, repeats=0)
+
+
+def test_read_twice_generic():
+    assert read_twice("ctx", "q?") == "ctx q?\nctx q?"
+    assert read_twice("ctx", "") == "ctx\nctx"
+    assert read_twice("c", "q", repeats=3) == "c q\nc q\nc q"
+    assert read_twice("c", "q", repeats=1) == "c q"
+
+
+def test_cut_around_keeps_the_answer_in_budget():
+    filler = "".join(f"w{i:03d} " for i in range(200))                  # 1000 bytes, 1000 byte tokens
+    doc = filler[:500] + "ANSWER" + filler[500:]
+    cut = cut_around(doc, "answer", BYTES, budget=100)
+    assert len(BYTES.encode_ordinary(cut)) == 100 and "ANSWER" in cut and cut in doc
+    mid = cut.index("ANSWER") + 3
+    assert abs(mid - 50) <= 1                                              # centred on the answer
+    assert cut_around("ANSWER " + filler, "answer", BYTES, budget=100) == ("ANSWER " + filler)[:100]
+    assert cut_around(filler + "ANSWER", "answer", BYTES, budget=100) == (filler + "ANSWER")[-100:]
+    assert cut_around(filler, "absent", BYTES, budget=100) == filler[:100]  # no answer: the start
+    assert cut_around("short doc", "x", BYTES, budget=100) == "short doc"
+    ex = {"kind": "extraction", "context": doc, "key": "k", "answers": ["answer"]}
+    p = text_prompt(ex, 2, BYTES, budget=100)
+    assert p == f"Information about k. {cut}\n{cut} k:"
+
+
+# ----------------------------------------------------------------------------- metric and error modes
+
+def test_contains_metric():
+    assert contains(" paris, France", "Paris")
+    assert contains("It is LONDON.", ["Paris", "london"])
+    assert contains("Paris", " Paris ")                                   # gold stripped
+    assert not contains("3050", "3.5")                                    # a regex character is literal
+    assert not contains("", "Paris")
+    assert not contains("Pari", ["Paris"])
+
+
+def test_error_modes():
+    prompt = "the quick brown fox jumps over the lazy dog today. Animal:"
+    assert error_mode("a fox", ["fox"], prompt) is None
+    assert error_mode("   ", ["fox"], prompt) == "empty"
+    assert error_mode("cat dog bird cat dog bird", ["fox"], prompt) == "repetition"      # it loops
+    assert error_mode("quick brown fox jumps over the lazy", ["wolf"], prompt) == "repetition"  # copies prompt
+    assert error_mode("a cat", ["fox"], prompt) == "irrelevant"
+
+
+# ----------------------------------------------------------------------------- JR-p token builders
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_jrt_tokens_repeat_p_times(p):
+    ctx, q = [5, 6, 7], [9]
+    out = jrt_tokens(ctx, q, repeats=p)
+    assert out == [5, 6, 7, 9] * p and len(out) == 4 * p
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_jrt_examples_mqar(p):
+    ex = data.mqar(6, vocab_size=128, seq_len=32, num_pairs=4, seed=1, split="test")
+    jr = jrt_examples(ex, p)
+    assert jr.x.shape == (6, 32 * p) and not jr.pad.any()
+    assert torch.equal(jr.x, ex.x.repeat(1, p))                            # exactly p copies
+    assert (jr.y[:, :32 * (p - 1)] == -100).all() and torch.equal(jr.y[:, 32 * (p - 1):], ex.y)
+    assert (jr.prefix_len == 32 * (p - 1) + ex.prefix_len).all()
+    if p == 2:                                                             # = data.py's own read-twice rows
+        twice = data.mqar(6, vocab_size=128, seq_len=64, num_pairs=4, read_twice=True, seed=1, split="test")
+        assert torch.equal(jr.x, twice.x) and torch.equal(jr.y, twice.y)
+        assert torch.equal(jr.prefix_len, twice.prefix_len)
+
+
+@pytest.mark.parametrize("p", [2, 3])
+def test_jrt_examples_set_disjointness_with_padding(p):
+    ex = data.disjoint_sets(3, shapes=[(2, 5), (6, 3)], halves=False, seed=0)
+    jr = jrt_examples(ex, p)
+    T = p * 12                                                             # the longest row: 6 + 3 + 3 tokens
+    assert jr.x.shape == (6, T) and (jr.prefix_len == T).all()             # the prefix is the whole input
+    for r in range(6):
+        real = ex.x[r][~ex.pad[r]]
+        assert torch.equal(jr.x[r][~jr.pad[r]], real.repeat(p))
+        assert (jr.x[r][jr.pad[r]] == 0).all() and jr.pad[r].sum() == T - p * len(real)
+        assert jr.y[r, -1] == ex.y[r, -1] and (jr.y[r, :-1] == -100).all()
+
+
+# ----------------------------------------------------------------------------- greedy decoding and the harness
+
+@pytest.mark.parametrize("layers", [("conv", "la"), ("conv", "pla")])
+def test_greedy_stops_at_stop_token_and_matches_generate(layers):
+    model = tiny(layers, vocab=64)
+    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13, 14, 15, 16], [3, 4, 5, 6, 7]]
+    free = greedy(ModelLM(model), prompts, max_new_tokens=12, batch_size=4)
+    assert all(len(g) == 12 for g in free)                                # no stop token: the full length
+    g = free[0]
+    j = next((i for i in range(2, 12) if g[i] not in g[:i]), 1 if g[1] != g[0] else 0)
+    stop = g[j]
+    got = greedy(ModelLM(model), prompts, max_new_tokens=12, stop={stop}, batch_size=3)
+    for p, full, out in zip(prompts, free, got):
+        want = full[:full.index(stop)] if stop in full else full
+        assert out == want                                                 # stops before the stop token
+        ref = model.generate(torch.tensor([p]), 12, temperature=0, stop_token=stop)[0, len(p):].tolist()
+        assert out == (ref[:ref.index(stop)] if stop in ref else ref)      # = Model.generate, greedy
+    assert got[0] == g[:j] and stop not in got[0]
+
+
+def _text_examples():
+    docs = ["name: ada\ncity: paris\nyear: 1815", "name: bob\ncity: rome\nyear: 1990 and more text here",
+            "the cat sat on the mat.", "q"]
+    exs = [{"task": "extract", "kind": "extraction", "context": d, "key": "city", "answers": [a]}
+           for d, a in zip(docs, ["e", "o", "a", "x"])]
+    exs += [{"task": "qa", "kind": "qa", "context": d, "question": "What?", "cloze": "It is", "answers": a}
+            for d, a in zip(docs, ["i", "e", "t", "z"])]
+    return exs
+
+
+def test_harness_same_accuracy_batched_and_one_by_one():
+    lm = ModelLM(tiny(("conv", "la", "conv", "pla")))
+    exs = _text_examples()
+    s1, r1 = evaluate(lm, BYTES, exs, formats=("default", "jr3"), batch_size=1, max_new_tokens=6)
+    s8, r8 = evaluate(lm, BYTES, exs, formats=("default", "jr3"), batch_size=8, max_new_tokens=6)
+    assert s1 == s8 and [r["output"] for r in r1] == [r["output"] for r in r8]
+    assert set(s1) == {(t, f) for t in ("extract", "qa") for f in ("default", "jr3")}
+    assert all(s["n"] == 4 for s in s1.values())
+    for s in s1.values():                                                  # every example is right or one error
+        assert s["accuracy"] + s["empty"] + s["repetition"] + s["irrelevant"] == pytest.approx(1.0)
+    assert all("\n" not in r["output"] for r in r1)                       # stopped at the newline
+
+
+def test_teacher_forced_accuracy_matches_forward():
+    model = tiny(("conv", "pla"), vocab=128)
+    ex = data.mqar(8, vocab_size=128, seq_len=32, num_pairs=4, seed=0, split="test")
+    per, total = accuracy(model, ex, batch_size=3)
+    logits, _ = model(ex.x, prefix_len=ex.prefix_len)
+    m = ex.y != -100
+    assert total == pytest.approx((logits.argmax(-1)[m] == ex.y[m]).float().mean().item())
+    assert list(per) == ex.groups
+
+
+# ----------------------------------------------------------------------------- Hugging Face adapter
+
+def test_hf_adapter_tiny_mamba():
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.MambaConfig(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, conv_kernel=3)
+    model = transformers.MambaForCausalLM(cfg)                             # random weights: no download
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20)                                      # varied greedy outputs
+    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
+    cached, rerun = HFLM(model), HFLM(model, mode="rerun")
+    assert cached.mode == "cache" and cached.vocab_size == 64
+    ref = []
+    for p in prompts:                                                      # greedy by full forward passes
+        ids = list(p)
+        for _ in range(6):
+            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
+        ref.append(ids[len(p):])
+    assert greedy(cached, prompts, max_new_tokens=6, batch_size=3) == ref  # left-padded batch, cache steps
+    assert greedy(rerun, prompts, max_new_tokens=6, batch_size=3) == ref
+    stop = ref[0][2]
+    got = greedy(cached, prompts, max_new_tokens=6, stop={stop}, batch_size=3)  # rows leave via select
+    assert got == [r[:r.index(stop)] if stop in r else r for r in ref]
