@@ -1,0 +1,345 @@
+"""
+OPRM: overflow prevention by chunked inference (Ben-Kish et al. 2025; SPEC §7).
+
+A recurrent LM reads a long context into a fixed-size state, and overflows: once the context holds
+more facts than the state can keep, later ones overwrite earlier ones. OPRM never asks one state to
+hold the whole context:
+
+    prompt = P (prefix: instruction) + C (context) + S (suffix: question and answer cue)
+    1. split C into b contiguous chunks C_1 .. C_b of at most L = chunk_len tokens
+    2. speculative prefill: read X_i = [P, C_i, S] for every chunk, in batches of at most
+       max_batch_tokens tokens, left-padded (pads never enter a state); keep every state and the
+       distribution of the first answer token
+    3. selection: the chunk whose first-token distribution has the lowest entropy, H_i = -Σ p log p
+       in fp32, or the one under which the question is most likely, log p(S | P, C_i); optionally drop
+       the chunks whose top token is the IDK token ("not in this chunk"), and if that drops them all,
+       fall back to the lowest entropy
+    4. selective decoding: decode greedily from the chosen chunk's state alone
+
+Each state now holds about L/|C| of the facts, and the question itself picks the chunk to trust.
+With one chunk (chunk_len = len(context)) this is ordinary full-context inference: the baseline.
+
+Variants (the official code's, then ours):
+    mode="summarize"   decode every chunk and join the answers (for summarisation)
+    mode="last"        read only the last chunk_len tokens (for code completion)
+    cache_context()    the state after [P, C_i] does not depend on the question: read the context once,
+                       then each question runs only S on every cached state (the official code re-reads
+                       the context for every question)
+    chunk_prefix       JRT-RNN: [P, C_i] is the prefix that pla layers read non-causally (SPEC §3),
+                       with a prefix length per row; the default for our Model when it has pla layers
+    read_twice         JRT-Prompt inside each chunk: X_i = [P, C_i, S, C_i, S] (SPEC §5)
+
+Any model of prompt.py's interface works (lm.prefill / lm.step / lm.select); our Model is wrapped in
+ModelLM. A chunk is read once: the states of the speculative prefill are the ones decoded from.
+
+Symbols: b chunks, L chunk length, V vocabulary, B rows of one prefill group.
+"""
+import copy
+import math
+import operator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from model import Model
+from prompt import ModelLM, left_pad
+
+SELECTIONS = ("entropy", "likelihood")
+MODES = ("select", "summarize", "last")
+
+
+def _check(ok, name, value, allowed):
+    if not ok:
+        raise ValueError(f"{name}={value!r}: {allowed}")
+
+
+def _tokens(name, ids, V):
+    """A token sequence (list, tuple or 1-D tensor of ints) as a list, every id inside the vocabulary."""
+    if isinstance(ids, torch.Tensor):
+        _check(ids.dim() == 1 and not ids.is_floating_point(), name, f"tensor {tuple(ids.shape)} {ids.dtype}",
+               "expected a 1-D integer tensor or a list of ints")
+        ids = ids.tolist()
+    try:
+        ids = [operator.index(t) for t in ids]
+    except TypeError:
+        raise ValueError(f"{name}={list(ids)[:8]!r}...: expected token ids (ints)") from None
+    bad = [t for t in ids if not 0 <= t < V]
+    if bad:
+        raise ValueError(f"{name}: token id {bad[0]} is outside the vocabulary; ids must be in [0, vocab_size={V})")
+    return ids
+
+
+def as_lm(lm):
+    """Our Model behind prompt.py's interface; anything else is taken to offer it already."""
+    return ModelLM(lm) if isinstance(lm, Model) else lm
+
+
+def _device(lm):
+    if isinstance(lm, ModelLM):
+        return next(lm.model.parameters()).device
+    return getattr(lm, "device", torch.device("cpu"))
+
+
+def _encoder_model(lm, chunk_prefix):
+    """The Model whose pla layers read each row's [P, C_i] as their prefix (JRT-RNN), or None."""
+    model = lm.model if isinstance(lm, ModelLM) else None
+    has_pla = model is not None and "pla" in model.config.layers
+    if chunk_prefix is None:  # default: yes for JRT-RNN, unless the caller's ModelLM fixes a prefix_len
+        chunk_prefix = has_pla and lm.prefix_len is None
+    _check(not chunk_prefix or has_pla, "chunk_prefix", chunk_prefix,
+           "True needs our Model (or a ModelLM) with pla layers (JRT-RNN); use None or False for other models")
+    return model if chunk_prefix else None
+
+
+# ----------------------------------------------------------------------------- 1. chunks
+
+def chunk_spans(n, chunk_len, align=1):
+    """Cut n context tokens into b = ceil(n / chunk_len) contiguous chunks of near-equal length.
+
+    Balanced: 10 tokens at chunk_len 4 give 4, 3, 3 rather than 4, 4, 2, so the last chunk is never a
+    stub with too little in it to answer from. Boundaries fall on multiples of `align` (2 for MQAR, so
+    a key is never cut from its value); n % align leftover tokens join the last chunk.
+    Returns [(start, end), ...] covering 0..n exactly once, in order.
+    """
+    _check(isinstance(n, int) and n >= 1, "context length", n, "the context must hold at least one token")
+    _check(isinstance(align, int) and align >= 1, "align", align, "expected an int >= 1")
+    _check(isinstance(chunk_len, int) and 1 <= chunk_len <= n, "chunk_len", chunk_len,
+           f"expected an int in [1, len(context) = {n}]")
+    _check(chunk_len % align == 0 or chunk_len == n, "chunk_len", chunk_len,
+           f"expected a multiple of align = {align} (or the whole context, {n})")
+    units = n // align                                   # whole align-blocks
+    b = max(1, min(math.ceil(n / chunk_len), units))     # never more chunks than blocks
+    starts = [align * (i * units // b) for i in range(b)] + [n]
+    return list(zip(starts[:-1], starts[1:]))
+
+
+# ----------------------------------------------------------------------------- 2. speculative prefill
+
+@dataclass
+class ChunkStates:
+    """Every chunk's state and next-token distribution: after [P, C_i] (a cache) or [P, C_i, S]."""
+    spans: list            # b (start, end): where each chunk lies in the context
+    groups: list           # [(rows LongTensor, cache)]: chunks prefilled together and their batched cache
+    logits: torch.Tensor   # (b, V) fp32: next-token logits after each chunk's input (first answer token)
+    loglik: torch.Tensor   # (b,) log p(S | P, C_i) when S was read token by token, else None
+    key: tuple = None      # what a cache was built from, so that it is never used with another context
+
+
+def _prefill(lm, seqs, prefix_lens, *, max_batch_tokens, pad_id, encoder):
+    """Prefill token lists in groups of consecutive rows with rows × longest ≤ max_batch_tokens (a row
+    longer than the budget runs alone). encoder: JRT-RNN's Model, whose pla layers then read the first
+    prefix_lens[r] tokens of row r non-causally. Returns [(rows, cache)] and the logits (b, V)."""
+    device, groups, logits, i = _device(lm), [], [], 0
+    while i < len(seqs):
+        j, longest = i + 1, len(seqs[i])
+        while j < len(seqs) and (j + 1 - i) * max(longest, len(seqs[j])) <= max_batch_tokens:
+            longest, j = max(longest, len(seqs[j])), j + 1
+        idx, pad = left_pad(seqs[i:j], pad_id, device)                       # (B, T), (B, T)
+        reader = lm
+        if encoder is not None:  # prefix_len counts real tokens from the row's first one, so pads are no prefix
+            reader = ModelLM(encoder, torch.tensor(prefix_lens[i:j], device=device))
+        lg, cache = reader.prefill(idx, pad if pad.any() else None)          # (B, V)
+        groups.append((torch.arange(i, j, device=device), cache))
+        logits.append(lg.float())
+        i = j
+    return groups, torch.cat(logits)                                         # [(rows, cache)], (b, V)
+
+
+def _heads(prefix, context, suffix, spans, read_twice):
+    """[P, C_i] per chunk, or [P, C_i, S, C_i] with JRT-Prompt: everything before the final S."""
+    return [prefix + context[a:e] + (suffix + context[a:e] if read_twice else []) for a, e in spans]
+
+
+def read_suffix(lm, states, suffix, keep=True):
+    """Read S token by token on every chunk's state: the states after [P, C_i, S], the first-answer
+    logits, and log p(S | P, C_i) = Σ_j log p(S_j | P, C_i, S_<j). keep: leave `states` untouched (a
+    cache for the next question) by stepping copies."""
+    lm = as_lm(lm)
+    groups, logits, loglik = [], [], []
+    for rows, cache in states.groups:
+        lg = states.logits[rows]                                             # (B, V)
+        ll = torch.zeros(len(rows), device=lg.device)                        # (B,)
+        cache = copy.deepcopy(cache) if keep else cache
+        for t in suffix:
+            ll = ll + F.log_softmax(lg.float(), -1)[:, t]
+            lg, cache = lm.step(torch.full((len(rows),), t, dtype=torch.long, device=rows.device), cache)
+        groups.append((rows, cache))
+        logits.append(lg.float())
+        loglik.append(ll)
+    return ChunkStates(states.spans, groups, torch.cat(logits), torch.cat(loglik))
+
+
+def speculative_prefill(lm, prefix, context, suffix, chunk_len, *, align=1, max_batch_tokens=120_000,
+                        pad_id=0, read_twice=False, chunk_prefix=None, step_suffix=False):
+    """Steps 1-2: every chunk's state after X_i and the distribution of its first answer token.
+    step_suffix: prefill [P, C_i] and read S token by token (gives log p(S | P, C_i), needed for the
+    likelihood selection); otherwise X_i = [P, C_i, S] is one parallel prefill, as in the paper."""
+    lm = as_lm(lm)
+    encoder = _encoder_model(lm, chunk_prefix)
+    spans = chunk_spans(len(context), chunk_len, align)
+    heads = _heads(prefix, context, suffix, spans, read_twice)
+    kw = dict(max_batch_tokens=max_batch_tokens, pad_id=pad_id, encoder=encoder)
+    prefix_lens = [len(h) for h in heads]  # JRT-RNN: the head is the prefix, S after it causal (data.py: M = C)
+    if step_suffix:
+        groups, logits = _prefill(lm, heads, prefix_lens, **kw)
+        return read_suffix(lm, ChunkStates(spans, groups, logits, None), suffix, keep=False)
+    groups, logits = _prefill(lm, [h + suffix for h in heads], prefix_lens, **kw)
+    return ChunkStates(spans, groups, logits, None)
+
+
+def cache_context(lm, prefix, context, chunk_len, *, align=1, max_batch_tokens=120_000, pad_id=0,
+                  chunk_prefix=None):
+    """The states after [P, C_i] for every chunk, read once for any number of questions: pass the
+    result as `cache=` to oprm_generate, which then reads only S on (copies of) these states."""
+    lm = as_lm(lm)
+    prefix, context = _tokens("prefix", prefix, lm.vocab_size), _tokens("context", context, lm.vocab_size)
+    encoder = _encoder_model(lm, chunk_prefix)
+    spans = chunk_spans(len(context), chunk_len, align)
+    heads = _heads(prefix, context, [], spans, read_twice=False)
+    groups, logits = _prefill(lm, heads, [len(h) for h in heads], max_batch_tokens=max_batch_tokens,
+                              pad_id=pad_id, encoder=encoder)
+    return ChunkStates(spans, groups, logits, None, key=(prefix, context, chunk_len, align, encoder is not None))
+
+
+# ----------------------------------------------------------------------------- 3. selection
+
+def entropy(logits):
+    """H = -Σ p log p of each row, in fp32 (SPEC §7: in bf16 near-ties between chunks blur). (..., V) -> (...)"""
+    logp = F.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(-1)
+
+
+def select_chunk(states, selection="entropy", idk_token=None):
+    """Step 3 -> (chosen chunk, scores (b,), kept (b,) bool).
+
+    scores: entropy (lower is better) or log p(S | P, C_i) (higher is better). idk_token: drop the
+    chunks whose top first token is IDK; if none is left, fall back to the lowest entropy (SPEC §7)."""
+    ent = entropy(states.logits)                                              # (b,)
+    if selection == "entropy":
+        scores, goodness = ent, -ent
+    else:
+        _check(states.loglik is not None, "selection", selection, "needs S read token by token (step_suffix=True)")
+        scores, goodness = states.loglik, states.loglik
+    kept = torch.ones_like(ent, dtype=torch.bool)
+    if idk_token is not None:
+        kept = states.logits.argmax(-1) != idk_token                          # "the answer is not in this chunk"
+    if kept.any():
+        chosen = int(goodness.masked_fill(~kept, float("-inf")).argmax())
+    else:
+        chosen = int(ent.argmin())
+    return chosen, scores, kept
+
+
+# ----------------------------------------------------------------------------- 4. decoding
+
+def _greedy(lm, logits, cache, max_new_tokens, stop_token):
+    """Greedy decoding of every row of a batched cache; a row stops at stop_token (not included)."""
+    out = [[] for _ in range(len(logits))]
+    done = torch.zeros(len(logits), dtype=torch.bool)
+    for i in range(max_new_tokens):
+        tok = logits.argmax(-1)                                               # (B,)
+        for r, t in enumerate(tok.tolist()):
+            if not done[r]:
+                done[r] = t == stop_token
+                if not done[r]:
+                    out[r].append(t)
+        if bool(done.all()) or i == max_new_tokens - 1:
+            break
+        logits, cache = lm.step(tok, cache)
+    return out
+
+
+def decode(lm, states, chunks, max_new_tokens=48, stop_token=None):
+    """Step 4: greedy answers from the states of the given chunks only (each group batched once)."""
+    lm = as_lm(lm)
+    answers = {}
+    for rows, cache in states.groups:
+        mine = [c for c in chunks if int(rows[0]) <= c <= int(rows[-1])]
+        if not mine:
+            continue
+        local = torch.tensor([c - int(rows[0]) for c in mine], device=rows.device)
+        sub = lm.select(cache, local)                                         # only these chunks' states
+        for c, a in zip(mine, _greedy(lm, states.logits[mine], sub, max_new_tokens, stop_token)):
+            answers[c] = a
+    return [answers[c] for c in chunks]
+
+
+# ----------------------------------------------------------------------------- all four steps
+
+@dataclass
+class OPRMResult:
+    answer: list           # generated token ids (summarize: the chunks' answers joined)
+    chunk: int             # the chosen chunk (-1 in summarize mode, where all are decoded)
+    scores: torch.Tensor   # (b,) entropy (lower is better) or log p(S | P, C_i) (higher is better)
+    entropy: torch.Tensor  # (b,) entropy of every chunk's first-token distribution
+    top: torch.Tensor      # (b,) every chunk's top first token
+    kept: torch.Tensor     # (b,) bool: chunks left after the IDK filter
+    spans: list            # b (start, end) in the context
+    answers: list = None   # summarize: every chunk's answer
+
+
+def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy", idk_token=None,
+                  mode="select", max_new_tokens=48, stop_token=None, join=(), cache=None, align=1,
+                  max_batch_tokens=120_000, pad_id=0, read_twice=False, chunk_prefix=None):
+    """Answer [prefix, context, suffix] (token ids) by OPRM. Knobs, with their defaults:
+
+    chunk_len         L: chunk length in tokens (the paper sweeps 1000-3000); len(context) = full context
+    selection         "entropy" (the paper's default) or "likelihood" of the suffix given [P, C_i]
+    idk_token         None; the id the prompt asks for when the answer is absent ("Error" in the paper)
+    mode              "select" (one chunk), "summarize" (every chunk, answers joined by `join`),
+                      "last" (only the last chunk_len tokens of the context: code completion)
+    max_new_tokens    48 and stop_token None: greedy decoding stops there (SPEC §5)
+    cache             None, or cache_context(lm, prefix, context, chunk_len, ...) for this very context:
+                      then the context is not read again, only the suffix
+    align             1; chunk boundaries on multiples of it (2 for MQAR's key-value pairs)
+    max_batch_tokens  120k tokens per prefill batch, padding included (the paper's ~120k)
+    pad_id            0; any id, pads are masked out of every state
+    read_twice        False; JRT-Prompt in every chunk: X_i = [P, C_i, S, C_i, S]
+    chunk_prefix      None = JRT-RNN reads each [P, C_i] as its prefix when our Model has pla layers
+    """
+    lm = as_lm(lm)
+    V = lm.vocab_size
+    _check(selection in SELECTIONS, "selection", selection, f"expected one of {SELECTIONS}")
+    _check(mode in MODES, "mode", mode, f"expected one of {MODES}")
+    prefix, context, suffix = _tokens("prefix", prefix, V), _tokens("context", context, V), _tokens("suffix", suffix, V)
+    _check(len(context) > 0, "context", context, "expected at least one token")
+    _check(isinstance(chunk_len, int) and 1 <= chunk_len <= len(context), "chunk_len", chunk_len,
+           f"expected an int in [1, len(context) = {len(context)}]")
+    _check(idk_token is None or (isinstance(idk_token, int) and 0 <= idk_token < V), "idk_token", idk_token,
+           f"expected None or a token id in [0, vocab_size = {V})")
+    _check(stop_token is None or (isinstance(stop_token, int) and 0 <= stop_token < V), "stop_token",
+           stop_token, f"expected None or a token id in [0, vocab_size = {V})")
+    _check(isinstance(max_new_tokens, int) and max_new_tokens >= 1, "max_new_tokens", max_new_tokens,
+           "expected an int >= 1")
+    _check(isinstance(max_batch_tokens, int) and max_batch_tokens >= 1, "max_batch_tokens", max_batch_tokens,
+           "expected an int >= 1 (a chunk longer than the budget is prefilled alone)")
+    _check(selection != "likelihood" or suffix, "suffix", suffix, "the likelihood selection needs a question")
+    limit = getattr(lm, "max_seq_len", None)  # models with absolute positions say how much they take
+    if limit is not None:
+        need = len(prefix) + len(suffix) + (2 if read_twice else 1) * (len(suffix) + min(chunk_len, len(context)))
+        _check(need <= limit, "suffix", f"{len(suffix)} tokens", f"prefix + chunk + suffix{' twice' if read_twice else ''}"
+               f" = {need} tokens, but the model takes at most max_seq_len = {limit}")
+    if mode == "last":  # code completion: what matters is right before the cursor
+        context, chunk_len = context[-chunk_len:], min(chunk_len, len(context))
+
+    if cache is not None:
+        _check(not read_twice, "read_twice", read_twice, "cannot use a cache: the state after [P, C_i, S, C_i] "
+               "depends on the question")
+        _check(cache.key == (prefix, context, chunk_len, align, _encoder_model(lm, chunk_prefix) is not None),
+               "cache", "ChunkStates", "was built from another prefix, context, chunk_len, align or chunk_prefix "
+               "than this call's (in mode='last', build it from context[-chunk_len:])")
+        states = read_suffix(lm, cache, suffix, keep=True)
+    else:
+        states = speculative_prefill(lm, prefix, context, suffix, chunk_len, align=align,
+                                     max_batch_tokens=max_batch_tokens, pad_id=pad_id, read_twice=read_twice,
+                                     chunk_prefix=chunk_prefix, step_suffix=selection == "likelihood")
+    ent, top = entropy(states.logits), states.logits.argmax(-1)
+    if mode == "summarize":
+        answers = decode(lm, states, list(range(len(states.spans))), max_new_tokens, stop_token)
+        joined = [t for i, a in enumerate(answers) for t in (list(join) if i else []) + a]
+        kept = torch.ones_like(ent, dtype=torch.bool)
+        return OPRMResult(joined, -1, ent, ent, top, kept, states.spans, answers)
+    chosen, scores, kept = select_chunk(states, selection, idk_token)
+    answer = decode(lm, states, [chosen], max_new_tokens, stop_token)[0]
+    return OPRMResult(answer, chosen, scores, ent, top, kept, states.spans)
