@@ -9,3 +9,19 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 torch.set_num_threads(min(torch.get_num_threads(), 2))  # CI has 2 cores; more threads only thrash
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # flat layout: import model, kernels
+
+if os.environ.get("TRITON_INTERPRET") == "1":
+    try:
+        from triton.runtime import interpreter
+    except ImportError:  # no triton: the Triton tests skip themselves
+        interpreter = None
+    if interpreter is not None and hasattr(interpreter, "_patch_lang_tensor"):
+        # Triton 3.6's interpreter holds scalars as 1-element arrays and int()s them for range() bounds
+        # (`for t0 in range(0, T, BT)`), which NumPy >= 2.4 rejects; .item() works with every NumPy.
+        _patch_lang_tensor = interpreter._patch_lang_tensor
+
+        def _patch_index(tensor, scope):
+            _patch_lang_tensor(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.item()))
+
+        interpreter._patch_lang_tensor = _patch_index
