@@ -3,7 +3,7 @@ Prefix linear attention (PLA), the mixer of JRT-RNN, and its special case causal
 
 Symbols (../README.md has the glossary): B batch, H heads, T sequence length, M prefix (encoder)
 length, f feature dim of q and k, D = 1 + f + f² the Taylor feature dim, dv value dim per head,
-s = q·k/√f, φ the Taylor feature map.
+s = q·k/√f, φ the Taylor feature map, C the chunk length of the chunked forms.
 
 The math (JRT paper, eq. for PLA; SPEC §2-3):
 
@@ -17,9 +17,23 @@ The encoder sums (over the M prefix positions, read non-causally) are just a sta
 S_e, z_e for ordinary causal linear attention. So PLA = "reduce the prefix into a state, then run
 causal Based attention from it". With M = 0 and no starting state this is plain Based attention.
 
+The Triton algorithm (backend="triton", f = 16), per head:
+  1. encoder: S_e, z_e = Σ_j φ(ke_j)[ve_j, 1]ᵀ, a parallel reduction: the M keys are cut into
+     segments, one program per segment, and the partial states are summed.
+  2. decoder: T/C chunks in order, carrying the state as three pieces, Σ v (dv), Σ k vᵀ (f×dv) and
+     Σ (k⊗k) vᵀ (f²×dv), with φ's scalings folded into q and k, so no D-dim feature ever reaches
+     memory. Inside a chunk the scores come from s = q·kᵀ as 1 + s + s²/2 (causal); across chunks
+     from φ(q)·state. The normaliser is the same attention applied to a column of ones; a padded key
+     gets weight 0 on its value and on that ones column, so it adds nothing anywhere.
+  3. backward: the same two sweeps run again, one forward for dq (re-building the state), one in
+     reverse for dk, dv (carrying dS = Σ_{later i} φ(q_i) dnum_iᵀ), then the encoder keys read dS.
+FLOP per head: forward ≈ T·(4·D·dv + 2·C·(f + dv)) + M·2·D·dv (read and update the state for every
+decoder token, C×C scores and values inside a chunk, one state update per prefix key); backward ≈
+2.5× that. At SPEC §9's shape (B = H = 16, T = 32768, M = 16384, dv = 64, C = 64): ≈ 0.82 TFLOP.
+
 Public API (layout (B, H, T, ·) everywhere):
     feature_map(x)                       (..., f) -> (..., D)
-    pla(q, k, v, k_enc, v_enc, ...)      the parallel (prefill / training) form
+    pla(q, k, v, k_enc, v_enc, ...)      the parallel (prefill / training) form; backend torch or triton
     pla_step(q, k, v, state)             one decode token
     pla_reference(...)                   the quadratic form written straight from the equation (tests)
 
@@ -28,12 +42,389 @@ add nothing to any sum. (Zeroing k is not enough: φ(0) = [1, 0, ...] still adds
 normaliser, which is what the official code does; SPEC §3.)
 """
 import math
+import os
 
 import torch
 
 EPS = 1e-12  # added to the normaliser, as in the official code; it only matters for rows with no keys
 CHUNK = 64   # chunk length of the chunked torch form: T/CHUNK serial steps, CHUNK² work per chunk
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests); read at import
 
+try:
+    import triton
+    import triton.language as tl
+    _NO_TRITON = None
+except ImportError as err:  # Triton is optional: without it pla runs on the torch backend
+    _NO_TRITON = f"triton is not importable ({err})"
+
+    class triton:  # stand-ins so that the kernel definitions below still parse; they are never launched
+        jit = staticmethod(lambda fn: fn)
+        autotune = staticmethod(lambda **kw: (lambda fn: fn))
+
+    class tl:
+        constexpr = None
+
+
+# ----------------------------------------------------------------------------- Triton kernels
+
+def _configs():
+    """Chunk length BT and warps. The interpreter cannot benchmark configs, so it gets one."""
+    if _NO_TRITON:
+        return []
+    if INTERPRET:
+        return [triton.Config({"BT": 64}, num_warps=4)]
+    return [triton.Config({"BT": bt}, num_warps=nw, num_stages=1) for bt, nw in ((16, 4), (32, 4), (64, 8))]
+
+
+@triton.jit
+def _tile(P, t, T, col, NC):
+    """Rows t (< T), columns col (< NC) of a row-major (T, NC) matrix, as fp32; zeros outside."""
+    return tl.load(P + t[:, None] * NC + col[None, :], mask=(t[:, None] < T) & (col[None, :] < NC),
+                   other=0.).to(tl.float32)
+
+
+@triton.jit
+def _put(P, t, T, col, NC, x):
+    tl.store(P + t[:, None] * NC + col[None, :], x.to(P.dtype.element_ty),
+             mask=(t[:, None] < T) & (col[None, :] < NC))
+
+
+@triton.jit
+def _weight(W, t, T, HAS_W: tl.constexpr):
+    """Per-key weight (BT,): 1 for a real key, 0 for padding and for rows past the end."""
+    if HAS_W:
+        return tl.load(W + t, mask=t < T, other=0.)
+    return (t < T).to(tl.float32)
+
+
+@triton.jit
+def _sq(x, BT: tl.constexpr, F: tl.constexpr):
+    """(BT, f) -> (BT, f²): vec(x ⊗ x)/√2, the quadratic piece of φ (x is pre-scaled by f^-¼)."""
+    return tl.reshape(x[:, :, None] * x[:, None, :], (BT, F * F)) * 0.7071067811865476
+
+
+@triton.jit
+def _load_state(S, Z, e, DV, F: tl.constexpr, zw):
+    """One head's state in the D layout [1, x (f), vec(x⊗x) (f²)] -> its three pieces, columns e
+    (and z times zw: 1, or 0 where this block of columns must not count the normaliser again)."""
+    c, cc = tl.arange(0, F), tl.arange(0, F * F)
+    m = e < DV
+    s0 = tl.load(S + e, mask=m, other=0.)                                                   # (BV,)
+    s1 = tl.load(S + (1 + c)[:, None] * DV + e[None, :], mask=m[None, :], other=0.)          # (f, BV)
+    s2 = tl.load(S + (1 + F + cc)[:, None] * DV + e[None, :], mask=m[None, :], other=0.)     # (f², BV)
+    return s0, s1, s2, tl.load(Z) * zw, tl.load(Z + 1 + c) * zw, tl.load(Z + 1 + F + cc) * zw  # (), (f,), (f²,)
+
+
+@triton.jit
+def _store_state(S, Z, s0, s1, s2, z0, z1, z2, e, DV, F: tl.constexpr, has_z):
+    c, cc = tl.arange(0, F), tl.arange(0, F * F)
+    m = e < DV
+    tl.store(S + e, s0, mask=m)
+    tl.store(S + (1 + c)[:, None] * DV + e[None, :], s1, mask=m[None, :])
+    tl.store(S + (1 + F + cc)[:, None] * DV + e[None, :], s2, mask=m[None, :])
+    if has_z:
+        tl.store(Z, z0)
+        tl.store(Z + 1 + c, z1)
+        tl.store(Z + 1 + F + cc, z2)
+
+
+@triton.jit
+def _add(s0, s1, s2, z0, z1, z2, x, x2, g, h, PREC: tl.constexpr):
+    """state += φ(x)ᵀ [g, h], piece by piece: x (BT, f), x2 = _sq(x), g (BT, BV), h (BT,).
+
+    Forward: x = k, g = w·v, h = w (the ones column). Backward: x = q, g = dnum, h = dden.
+    """
+    s1 += tl.dot(tl.trans(x), g, input_precision=PREC)
+    s2 += tl.dot(tl.trans(x2), g, input_precision=PREC)
+    return (s0 + tl.sum(g, 0), s1, s2,
+            z0 + tl.sum(h, 0), z1 + tl.sum(x * h[:, None], 0), z2 + tl.sum(x2 * h[:, None], 0))
+
+
+@triton.jit
+def _read(x, x2, s0, s1, s2, PREC: tl.constexpr):
+    """φ(x)·S for every row: (BT, BV)."""
+    return s0[None, :] + tl.dot(x, s1, input_precision=PREC) + tl.dot(x2, s2, input_precision=PREC)
+
+
+@triton.jit
+def _grad_phi(x, g, h, s1, s2, z1, z2, BT: tl.constexpr, F: tl.constexpr, PREC: tl.constexpr):
+    """∂/∂x of φ(x)·(S g + z h) for every row (x pre-scaled): the across-chunk part of dq and dk.
+
+    φ(x)·r = r0 + x·r1 + vec(x⊗x)·r2/√2, whose gradient is r1 + (R2 + R2ᵀ) x/√2 with R2 = r2 as f×f.
+    """
+    r1 = tl.dot(g, tl.trans(s1), input_precision=PREC) + h[:, None] * z1[None, :]          # (BT, f)
+    r2 = tl.dot(g, tl.trans(s2), input_precision=PREC) + h[:, None] * z2[None, :]          # (BT, f²)
+    r2 = tl.reshape(r2, (BT, F, F))
+    return r1 + (tl.sum(r2 * x[:, None, :], 2) + tl.sum(r2 * x[:, :, None], 1)) * 0.7071067811865476
+
+
+@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
+@triton.jit
+def _enc_fwd_kernel(KE, VE, W, S_part, Z_part, M, H, DV, SEG, scale,
+                    F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+                    BT: tl.constexpr):
+    """Step 1: the state of one segment of prefix keys, for one (b, h) and one block of BV columns."""
+    iv, sg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    D = 1 + F + F * F
+    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
+    KE, VE, W = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M
+    s0, s1, s2 = tl.zeros([BV], tl.float32), tl.zeros([F, BV], tl.float32), tl.zeros([F * F, BV], tl.float32)
+    z0 = tl.sum(tl.zeros([BT], tl.float32), 0)             # a 0-d fp32 zero: loop-carried values keep their type
+    z1, z2 = tl.zeros([F], tl.float32), tl.zeros([F * F], tl.float32)
+    for m0 in range(0, SEG, BT):  # rows past M are masked
+        tt = sg * SEG + m0 + t
+        k = _tile(KE, tt, M, c, F) * scale                  # (BT, f), scaled so that q·k = s
+        w = _weight(W, tt, M, HAS_W)                        # (BT,)
+        v = _tile(VE, tt, M, e, DV) * w[:, None]            # (BT, BV): a padded key carries nothing
+        s0, s1, s2, z0, z1, z2 = _add(s0, s1, s2, z0, z1, z2, k, _sq(k, BT, F), v, w, PREC)
+    part = bh * tl.num_programs(1) + sg                     # partial states (B·H, nseg, D, dv), summed by torch
+    _store_state(S_part + part * D * DV, Z_part + part * D, s0, s1, s2, z0, z1, z2, e, DV, F, iv == 0)
+
+
+@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
+@triton.jit
+def _fwd_kernel(Q, K, V, W, S_in, Z_in, Y, RDEN, S_out, Z_out, T, H, DV, scale, eps,
+                F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+                BT: tl.constexpr):
+    """Step 2: causal Based attention from the starting state, for one (b, h) and BV value columns."""
+    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    D = 1 + F + F * F
+    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
+    causal = t[:, None] >= t[None, :]
+    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T    # this head's rows (pads: its batch row)
+    V, Y, RDEN = V + bh * T * DV, Y + bh * T * DV, RDEN + bh * T
+    s0, s1, s2, z0, z1, z2 = _load_state(S_in + bh * D * DV, Z_in + bh * D, e, DV, F, 1.)
+    for t0 in range(0, T, BT):
+        tt = t0 + t
+        q, k = _tile(Q, tt, T, c, F) * scale, _tile(K, tt, T, c, F) * scale    # (BT, f)
+        w = _weight(W, tt, T, HAS_W)                                            # (BT,)
+        v = _tile(V, tt, T, e, DV) * w[:, None]                                 # (BT, BV)
+        q2, k2 = _sq(q, BT, F), _sq(k, BT, F)                                   # (BT, f²)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)                       # (BT, BT) = q·k/√f
+        a = tl.where(causal, 1 + s + 0.5 * s * s, 0.) * w[None, :]              # φ(q_i)·φ(k_j), j ≤ i
+        num = tl.dot(a, v, input_precision=PREC) + _read(q, q2, s0, s1, s2, PREC)               # (BT, BV)
+        den = tl.sum(a, 1) + z0 + tl.sum(q * z1[None, :], 1) + tl.sum(q2 * z2[None, :], 1)     # (BT,)
+        rden = 1 / (den + eps)
+        _put(Y, tt, T, e, DV, num * rden[:, None])
+        if iv == 0:
+            tl.store(RDEN + tt, rden, mask=tt < T)  # kept for the backward
+        s0, s1, s2, z0, z1, z2 = _add(s0, s1, s2, z0, z1, z2, k, k2, v, w, PREC)
+    _store_state(S_out + bh * D * DV, Z_out + bh * D, s0, s1, s2, z0, z1, z2, e, DV, F, iv == 0)
+
+
+# The backward. With dnum_i = dy_i/den_i and dden_i = -(dy_i·y_i)/den_i, PLA's gradient is that of
+# unnormalised linear attention on values [w·v, w] with output gradient [dnum, dden]. The dden
+# column is the same for every block of value columns: only block 0 adds it (the others load zeros).
+
+@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, W, S_in, Z_in, DY, RDEN, DDEN, DQ, T, H, DV, scale,
+                   F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+                   BT: tl.constexpr):
+    """dq: chunks in order, re-building the state; partial over BV columns (summed by torch)."""
+    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    first = (iv == 0).to(tl.float32)  # 1 for the block of columns that adds the normaliser's gradient
+    D = 1 + F + F * F
+    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
+    causal = t[:, None] >= t[None, :]
+    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
+    V, DY, RDEN, DDEN = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T
+    DQ += (iv * tl.num_programs(1) + bh) * T * F
+    s0, s1, s2, z0, z1, z2 = _load_state(S_in + bh * D * DV, Z_in + bh * D, e, DV, F, first)
+    for t0 in range(0, T, BT):
+        tt = t0 + t
+        q, k = _tile(Q, tt, T, c, F) * scale, _tile(K, tt, T, c, F) * scale
+        w = _weight(W, tt, T, HAS_W)
+        v = _tile(V, tt, T, e, DV) * w[:, None]
+        dnum = _tile(DY, tt, T, e, DV) * tl.load(RDEN + tt, mask=tt < T, other=0.)[:, None]  # (BT, BV)
+        dden = tl.load(DDEN + tt, mask=tt < T, other=0.) * first                                # (BT,)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        ds = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dden[:, None] * w[None, :]     # ∂L/∂a_ij
+        ds = tl.where(causal, ds * (1 + s), 0.)                                                # ∂L/∂s_ij
+        dq = tl.dot(ds, k, input_precision=PREC) + _grad_phi(q, dnum, dden, s1, s2, z1, z2, BT, F, PREC)
+        _put(DQ, tt, T, c, F, dq * scale)
+        s0, s1, s2, z0, z1, z2 = _add(s0, s1, s2, z0, z1, z2, k, _sq(k, BT, F), v, w, PREC)
+
+
+@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
+@triton.jit
+def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, dZ_in, DK, DVAL, dS_out, dZ_out, T, H, DV, scale,
+                    F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+                    BT: tl.constexpr):
+    """dk (partial over BV columns) and dv: chunks in reverse, carrying dS = Σ_{later i} φ(q_i) dnum_iᵀ.
+
+    Starts from the gradient of the final state; ends with the gradient of the starting state.
+    """
+    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
+    first = (iv == 0).to(tl.float32)  # 1 for the block of columns that adds the normaliser's gradient
+    D = 1 + F + F * F
+    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
+    causal = t[:, None] >= t[None, :]
+    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
+    V, DY, RDEN, DDEN = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T
+    DK, DVAL = DK + (iv * tl.num_programs(1) + bh) * T * F, DVAL + bh * T * DV
+    d0, d1, d2, y0, y1, y2 = _load_state(dS_in + bh * D * DV, dZ_in + bh * D, e, DV, F, first)
+    n = tl.cdiv(T, BT)
+    for i in range(0, n):
+        tt = (n - 1 - i) * BT + t
+        q, k = _tile(Q, tt, T, c, F) * scale, _tile(K, tt, T, c, F) * scale
+        w = _weight(W, tt, T, HAS_W)
+        v = _tile(V, tt, T, e, DV) * w[:, None]
+        dnum = _tile(DY, tt, T, e, DV) * tl.load(RDEN + tt, mask=tt < T, other=0.)[:, None]
+        dden = tl.load(DDEN + tt, mask=tt < T, other=0.) * first
+        q2, k2 = _sq(q, BT, F), _sq(k, BT, F)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC)
+        a = tl.where(causal, 1 + s + 0.5 * s * s, 0.)
+        ds = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dden[:, None] * w[None, :]
+        ds = tl.where(causal, ds * (1 + s), 0.)
+        dk = tl.dot(tl.trans(ds), q, input_precision=PREC) + _grad_phi(k, v, w, d1, d2, y1, y2, BT, F, PREC)
+        dv = tl.dot(tl.trans(a), dnum, input_precision=PREC) + _read(k, k2, d0, d1, d2, PREC)
+        _put(DK, tt, T, c, F, dk * scale)
+        _put(DVAL, tt, T, e, DV, dv * w[:, None])
+        d0, d1, d2, y0, y1, y2 = _add(d0, d1, d2, y0, y1, y2, q, q2, dnum, dden, PREC)
+    _store_state(dS_out + bh * D * DV, dZ_out + bh * D, d0, d1, d2, y0, y1, y2, e, DV, F, iv == 0)
+
+
+@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
+@triton.jit
+def _enc_bwd_kernel(KE, VE, W, dS, dZ, DKE, DVE, M, H, DV, SEG, scale,
+                    F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+                    BT: tl.constexpr):
+    """Step 3: the prefix keys read the gradient of the starting state; no order, segments in parallel."""
+    iv, sg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    first = (iv == 0).to(tl.float32)
+    D = 1 + F + F * F
+    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
+    KE, VE, W, DVE = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M, DVE + bh * M * DV
+    DKE += (iv * tl.num_programs(2) + bh) * M * F
+    d0, d1, d2, y0, y1, y2 = _load_state(dS + bh * D * DV, dZ + bh * D, e, DV, F, first)
+    for m0 in range(0, SEG, BT):  # rows past M are masked
+        tt = sg * SEG + m0 + t
+        k = _tile(KE, tt, M, c, F) * scale
+        w = _weight(W, tt, M, HAS_W)
+        v = _tile(VE, tt, M, e, DV) * w[:, None]
+        _put(DKE, tt, M, c, F, _grad_phi(k, v, w, d1, d2, y1, y2, BT, F, PREC) * scale)
+        _put(DVE, tt, M, e, DV, _read(k, _sq(k, BT, F), d0, d1, d2, PREC) * w[:, None])
+
+
+# ----------------------------------------------------------------------------- autograd and dispatch
+
+def _blocks(dv, M, BH, device):
+    """BV value columns per program (the f²×BV fp32 state piece must fit in registers: 32 KB at 32, as
+    in fla's fused_chunk_based), and the prefix segment per program: enough programs to fill the GPU,
+    no more, since each one writes a D×dv partial state."""
+    BV = 16 if dv <= 16 else 32
+    NV = triton.cdiv(dv, BV)
+    want = 8 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    nseg = max(1, min(triton.cdiv(M, 64), want // (BH * NV)))
+    seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT in _configs
+    return BV, NV, seg, triton.cdiv(M, seg)
+
+
+class _PLA(torch.autograd.Function):
+    """y, S, z = PLA(q, k, v, k_enc, v_enc, S0, z0) with the Triton kernels; keep / keep_enc are the
+    (B, T) / (B, M) fp32 key weights (1 real, 0 pad) or None, and get no gradient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, k_enc, v_enc, S0, z0, keep, keep_enc):
+        B, H, T, f = q.shape
+        dv, D, M = v.shape[-1], 1 + f + f * f, 0 if k_enc is None else k_enc.shape[2]
+        BV, NV, seg, nseg = _blocks(dv, M, B * H, q.device)
+        kw = dict(F=f, BV=BV, PREC="ieee" if q.dtype == v.dtype == torch.float32 else "tf32")  # 16-bit in: TF32 dots
+        dummy = q  # pointer for an absent pad mask (HAS_W=False: never read)
+        S = q.new_zeros(B, H, D, dv, dtype=torch.float32) if S0 is None else S0.float().contiguous()
+        z = q.new_zeros(B, H, D, dtype=torch.float32) if z0 is None else z0.float().contiguous()
+        if M > 0:  # 1. the prefix, reduced into partial states in parallel
+            S_part = q.new_empty(B * H, nseg, D, dv, dtype=torch.float32)
+            z_part = q.new_empty(B * H, nseg, D, dtype=torch.float32)
+            _enc_fwd_kernel[(NV, nseg, B * H)](k_enc, v_enc, dummy if keep_enc is None else keep_enc, S_part,
+                                               z_part, M, H, dv, seg, f ** -0.25, HAS_W=keep_enc is not None, **kw)
+            S = S + S_part.sum(1).view(B, H, D, dv)
+            z = z + z_part.sum(1).view(B, H, D)
+        y, rden = torch.empty_like(v), q.new_empty(B, H, T, dtype=torch.float32)
+        S_out, z_out = torch.empty_like(S), torch.empty_like(z)
+        _fwd_kernel[(NV, B * H)](q, k, v, dummy if keep is None else keep, S, z, y, rden, S_out, z_out,
+                                 T, H, dv, f ** -0.25, EPS, HAS_W=keep is not None, **kw)
+        ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, z, y, rden)
+        ctx.has_state, ctx.blocks, ctx.kw = S0 is not None, (BV, NV, seg, nseg), kw
+        return y, S_out, z_out
+
+    @staticmethod
+    def backward(ctx, dy, dS_out, dz_out):
+        q, k, v, k_enc, v_enc, keep, keep_enc, S, z, y, rden = ctx.saved_tensors
+        B, H, T, f = q.shape
+        dv, M = v.shape[-1], 0 if k_enc is None else k_enc.shape[2]
+        (BV, NV, seg, nseg), kw, dummy = ctx.blocks, ctx.kw, q
+        dy = dy.contiguous()
+        dden = -(dy.float() * y.float()).sum(-1) * rden      # (B, H, T): ∂L/∂den, the ones column's gradient
+        dS_out = torch.zeros_like(S) if dS_out is None else dS_out.float().contiguous()
+        dz_out = torch.zeros_like(z) if dz_out is None else dz_out.float().contiguous()
+        dq = q.new_empty(NV, B, H, T, f, dtype=torch.float32)
+        dk, dv_ = torch.empty_like(dq), torch.empty_like(v)
+        dS, dz = torch.empty_like(S), torch.empty_like(z)    # gradient of the starting state (prefix included)
+        w = dummy if keep is None else keep
+        _bwd_dq_kernel[(NV, B * H)](q, k, v, w, S, z, dy, rden, dden, dq, T, H, dv, f ** -0.25,
+                                    HAS_W=keep is not None, **kw)
+        _bwd_dkv_kernel[(NV, B * H)](q, k, v, w, dy, rden, dden, dS_out, dz_out, dk, dv_, dS, dz,
+                                     T, H, dv, f ** -0.25, HAS_W=keep is not None, **kw)
+        dke = dve = None
+        if M > 0:
+            dke, dve = k_enc.new_empty(NV, B, H, M, f, dtype=torch.float32), torch.empty_like(v_enc)
+            _enc_bwd_kernel[(NV, nseg, B * H)](k_enc, v_enc, dummy if keep_enc is None else keep_enc, dS, dz,
+                                               dke, dve, M, H, dv, seg, f ** -0.25,
+                                               HAS_W=keep_enc is not None, **kw)
+            dke = dke.sum(0).to(k_enc.dtype)
+        state_grads = (dS, dz) if ctx.has_state else (None, None)
+        return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv_, dke, dve, *state_grads, None, None
+
+
+def _why_not_triton(q, k, v, k_enc, v_enc):
+    """None if the Triton kernels can run on these tensors, else the reason."""
+    if _NO_TRITON:
+        return _NO_TRITON
+    if not (q.is_cuda or INTERPRET):
+        return f"the tensors are on {q.device}; the kernels need CUDA (or TRITON_INTERPRET=1 to run on CPU)"
+    if q.shape[-1] != 16:  # f² = 256 rows of the state piece Σ (k⊗k) vᵀ sit in registers; other f use torch
+        return f"f = {q.shape[-1]}, but the kernels are written for f = 16 (the papers' value)"
+    dtypes = {x.dtype for x in (q, k, v, k_enc, v_enc) if x is not None}
+    if not dtypes <= {torch.float32, torch.bfloat16, torch.float16}:  # loaded as is, computed in fp32
+        return f"dtypes {sorted(map(str, dtypes))}: the kernels take float32, bfloat16 and float16"
+    return None
+
+
+def pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None,
+        return_state=False, backend="auto"):
+    """Prefix linear attention. q, k (B,H,T,f); v (B,H,T,dv); k_enc (B,H,M,f); v_enc (B,H,M,dv).
+
+    state: optional starting (S (B,H,D,dv), z (B,H,D)), e.g. the state of an earlier prefill.
+    Returns y (B,H,T,dv) in v's dtype, and with return_state also the fp32 state after the last token.
+    backend: "torch" (chunked, O(T)), "triton" (the kernels above), "auto" (Triton for CUDA tensors when
+    it can run, else torch). pad_mask / enc_pad_mask: True where a key is padding; not differentiable.
+    """
+    _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask)
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
+    why = _why_not_triton(q, k, v, k_enc, v_enc)
+    if backend == "triton" and why:
+        raise ValueError(f"backend='triton' cannot run: {why}. Use backend='torch' or 'auto'.")
+    if why or backend == "torch" or (backend == "auto" and not q.is_cuda):  # interpreted kernels only on request
+        return _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
+    return _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
+
+
+@torch.compiler.disable  # torch.compile runs around the kernels (a graph break), not through them
+def _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state):
+    if k_enc is not None and k_enc.shape[2] == 0:  # M = 0: plain Based attention
+        k_enc = v_enc = enc_pad_mask = None
+    keep = None if pad_mask is None else (~pad_mask).float().contiguous()              # (B, T)
+    keep_enc = None if enc_pad_mask is None else (~enc_pad_mask).float().contiguous()  # (B, M)
+    enc = (None, None) if k_enc is None else (k_enc.contiguous(), v_enc.contiguous())
+    S0, z0 = (None, None) if state is None else state
+    y, S, z = _PLA.apply(q.contiguous(), k.contiguous(), v.contiguous(), *enc, S0, z0, keep, keep_enc)
+    return (y, (S, z)) if return_state else y
+
+
+# ----------------------------------------------------------------------------- the torch forms
 
 def feature_map(x):
     """Taylor (2nd order) feature map φ: (..., f) -> (..., 1 + f + f²)."""
@@ -77,22 +468,6 @@ def _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask):
 def _keep(mask, like):
     """(B, N) True-where-padding mask -> (B, 1, N, 1) float weight, 1 for real keys (None if no mask)."""
     return None if mask is None else (~mask)[:, None, :, None].to(like.dtype)
-
-
-def pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None,
-        return_state=False, backend="auto"):
-    """Prefix linear attention. q, k (B,H,T,f); v (B,H,T,dv); k_enc (B,H,M,f); v_enc (B,H,M,dv).
-
-    state: optional starting (S (B,H,D,dv), z (B,H,D)), e.g. the state of an earlier prefill.
-    Returns y (B,H,T,dv) in v's dtype, and with return_state also the fp32 state after the last token.
-    backend: "torch" (chunked, O(T)), "triton" (CUDA kernels), "auto" (Triton on CUDA, else torch).
-    """
-    _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask)
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
-    if backend == "triton":
-        raise ValueError("backend='triton' is not available yet; use 'torch' or 'auto'")
-    return _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
 
 
 def _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state, chunk=CHUNK):
@@ -146,6 +521,11 @@ def pla_step(q, k, v, state):
 
     Decoding is plain causal linear attention with the decoder projections (the prefix is already
     inside S, z). The new key is added before reading, as in the parallel form (j ≤ i).
+
+    This stays PyTorch on CUDA too (issue 3: a fused kernel only if it measurably beats PyTorch). A
+    fused step would read and write S once where this moves it about five times (the outer-product
+    temporary included): worth trying where decode is memory-bound (large batch), but no GPU was at
+    hand to measure it when the kernels were written.
     """
     S, z = state
     acc = S.dtype

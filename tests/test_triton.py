@@ -1,0 +1,159 @@
+# The Triton kernels of kernels.py against the quadratic reference (pla_reference, float64 autograd).
+# Without a GPU they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), which is
+# slow: every case is tiny (T <= 100, B·H <= 4). With a GPU the same tests run on the device.
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+import kernels  # noqa: E402  (after the skip: without triton there is nothing to test here)
+from kernels import pla, pla_reference  # noqa: E402
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+F = 16  # the kernels' f
+
+# Errors are max |got - ref| / max |ref|. fp32: the kernels and the float64 reference differ only by
+# fp32 rounding (seen: ~3e-7). bf16: inputs are rounded to bf16 before both runs, so what is left is the
+# bf16 output and gradients (2^-8 ≈ 4e-3) and, on a GPU, TF32 dots (~1e-3).
+TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
+
+# name: (B, H, T, M, dv, with a starting state, with pad masks). The interpreter's chunk is 64 (16-64
+# on a GPU), so T = 100, M = 37 end mid-chunk; M = 70 is two prefix segments; dv = 24 and 40 are not
+# powers of two, and 40 is two blocks of value columns (the normaliser must be counted once).
+CASES = {
+    "tails": (1, 1, 100, 37, 24, False, False),
+    "based_M0": (1, 1, 77, 0, 24, False, False),
+    "M_eq_T_state": (1, 1, 90, 90, 24, True, False),
+    "state_pads": (2, 2, 100, 70, 24, True, True),
+    "dv40_state_pads": (1, 1, 70, 45, 40, True, True),
+}
+
+
+def make(B, H, T, M, dv, with_state, with_pads, scale, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *shape: torch.randn(*shape, generator=g)
+    x = dict(q=r(B, H, T, F) * scale, k=r(B, H, T, F) * scale, v=r(B, H, T, dv))
+    if M:
+        x.update(k_enc=r(B, H, M, F) * scale, v_enc=r(B, H, M, dv))
+    if with_state:  # a state as a prefill would leave it: S = Σ φ(k) vᵀ, z = Σ φ(k) over some earlier keys
+        _, (S, z) = pla_reference(r(B, H, 20, F) * scale, r(B, H, 20, F) * scale, r(B, H, 20, dv))
+        x.update(S=S, z=z)
+    pads = {}
+    if with_pads:  # left padding like a short prompt, plus scattered pads
+        pads["pad_mask"] = (torch.rand(B, T, generator=g) < 0.25) | (torch.arange(T) < 5)
+        if M:
+            pads["enc_pad_mask"] = (torch.rand(B, M, generator=g) < 0.25) | (torch.arange(M) < 7)
+    return x, pads, g
+
+
+def run(x, pads, g, dtype, backend):
+    """Forward with the final state, then backward of a random linear loss on y, S and z."""
+    state_dtype = torch.float64 if dtype == torch.float64 else torch.float32  # states are kept in fp32
+    x = {n: t.detach().to(DEV, state_dtype if n in ("S", "z") else dtype).requires_grad_() for n, t in x.items()}
+    pads = {n: m.to(DEV) for n, m in pads.items()}
+    args = (x["q"], x["k"], x["v"], x.get("k_enc"), x.get("v_enc"))
+    state = (x["S"], x["z"]) if "S" in x else None
+    if backend == "reference":
+        y, (S, z) = pla_reference(*args, state=state, **pads)
+    else:
+        y, (S, z) = pla(*args, state=state, return_state=True, backend=backend, **pads)
+    g = torch.Generator().manual_seed(1)
+    loss = sum((t.double() * torch.randn(t.shape, generator=g).double().to(DEV)).sum() for t in (y, S, z))
+    loss.backward()
+    return y, S, z, {n: t.grad for n, t in x.items()}
+
+
+def check(got, want, tol, what):
+    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
+    err = ((got.double().cpu() - want.cpu()).abs().max() / want.abs().max()).item()
+    assert err < tol, f"{what}: max error {err:.1e} of max |ref| (tolerance {tol:.0e})"
+
+
+@pytest.mark.parametrize("scale", [1.0, 1 / 16], ids=["unit", "small"])  # randn/16 hides the s² term
+@pytest.mark.parametrize("case", CASES)
+def test_forward_state_and_grads_match_reference(case, scale):
+    x, pads, g = make(*CASES[case], scale)
+    y, S, z, grads = run(x, pads, g, torch.float32, "triton")
+    yr, Sr, zr, gr = run(x, pads, g, torch.float64, "reference")
+    tol = TOL[torch.float32]
+    assert y.dtype == torch.float32 and S.dtype == z.dtype == torch.float32
+    for what, a, b in [("y", y, yr), ("S", S, Sr), ("z", z, zr)] + [(f"d{n}", grads[n], gr[n]) for n in gr]:
+        check(a, b, tol, f"{case} {what}")
+
+
+def test_cases_cover_segments_and_value_blocks():
+    """The cases above reach the multi-program paths: >1 prefix segment, >1 block of value columns."""
+    if DEV == "cuda":
+        pytest.skip("block counts depend on the GPU")
+    assert kernels._blocks(24, 70, 4, DEV)[3] == 2     # state_pads: two prefix segments
+    assert kernels._blocks(40, 45, 1, DEV)[1] == 2     # dv40: two blocks of value columns
+
+
+def test_bf16_inputs():
+    """bf16 in (loaded as bf16, computed in fp32), bf16 out; the reference sees the same rounded inputs."""
+    x, pads, g = make(1, 1, 70, 45, 40, True, True, 1.0)
+    x = {n: t if n in ("S", "z") else t.bfloat16().double() for n, t in x.items()}
+    y, S, z, grads = run(x, pads, g, torch.bfloat16, "triton")
+    yr, Sr, zr, gr = run(x, pads, g, torch.float64, "reference")
+    assert y.dtype == torch.bfloat16 and S.dtype == torch.float32
+    assert all(grads[n].dtype == torch.bfloat16 for n in ("q", "k", "v", "k_enc", "v_enc"))
+    for what, a, b in [("y", y, yr), ("S", S, Sr), ("z", z, zr)] + [(f"d{n}", grads[n], gr[n]) for n in gr]:
+        check(a, b, TOL[torch.bfloat16], f"bf16 {what}")
+
+
+def test_empty_prefix_equals_no_prefix():
+    x, _, _ = make(1, 2, 40, 0, 24, False, False, 1.0)
+    q, k, v = (x[n].to(DEV) for n in "qkv")
+    empty_k, empty_v = q.new_zeros(1, 2, 0, F), v.new_zeros(1, 2, 0, 24)
+    assert torch.equal(pla(q, k, v, empty_k, empty_v, backend="triton"), pla(q, k, v, backend="triton"))
+
+
+@pytest.mark.skipif(DEV == "cuda", reason="on CUDA 'auto' means Triton")
+def test_auto_on_cpu_is_the_torch_backend():
+    x, pads, g = make(2, 1, 70, 45, 40, True, True, 1.0)
+    args = [x[n] for n in ("q", "k", "v", "k_enc", "v_enc")]
+    y_auto, st_auto = pla(*args, state=(x["S"], x["z"]), return_state=True, **pads)
+    y_torch, st_torch = pla(*args, state=(x["S"], x["z"]), return_state=True, backend="torch", **pads)
+    assert torch.equal(y_auto, y_torch) and all(torch.equal(a, b) for a, b in zip(st_auto, st_torch))
+
+
+def test_bad_backends_say_why():
+    q = torch.randn(1, 1, 8, F, device=DEV)
+    v = torch.randn(1, 1, 8, 24, device=DEV)
+    with pytest.raises(ValueError, match="backend must be"):
+        pla(q, q, v, backend="cuda")
+    with pytest.raises(ValueError, match="f = 8"):  # only f = 16 has kernels; 'auto' falls back instead
+        pla(q[..., :8], q[..., :8], v, backend="triton")
+    assert pla(q[..., :8], q[..., :8], v).shape == v.shape
+    with pytest.raises(ValueError, match="float64"):
+        pla(q.double(), q.double(), v.double(), backend="triton")
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setattr(kernels, "INTERPRET", False)
+    q, v = torch.randn(1, 1, 8, F), torch.randn(1, 1, 8, 24)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):
+        pla(q, q, v, backend="triton")
+
+
+def test_without_triton_everything_runs_on_torch():
+    """Triton is optional: with it missing, 'auto' runs torch and 'triton' says why it cannot."""
+    code = (
+        "import sys; sys.modules['triton'] = None\n"  # makes `import triton` raise ImportError
+        "import torch, kernels\n"
+        "q, v = torch.randn(1, 1, 8, 16), torch.randn(1, 1, 8, 24)\n"
+        "assert kernels.pla(q, q, v).shape == v.shape\n"
+        "try:\n"
+        "    kernels.pla(q, q, v, backend='triton')\n"
+        "except ValueError as e:\n"
+        "    assert 'triton is not importable' in str(e), e\n"
+        "else:\n"
+        "    raise AssertionError('no ValueError')\n"
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
