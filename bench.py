@@ -394,7 +394,8 @@ def tables(suite, recs, S):
         mb = lambda r: f"{r['cache_bytes_per_seq'] / 1e6:.2f}" if "cache_bytes_per_seq" in r else "-"  # noqa: E731
         rs = [dict(r, **{"cache MB/seq": mb(r)}) for r in recs]
         out += ["\n### decode tokens/s (greedy Model.step; cache MB per sequence at context T)\n"]
-        out += pivot(rs, ["model", "T", "cache MB/seq"], "B", lambda r: f"{r['tokens_per_s']:.0f}")
+        tps = lambda r: f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] >= 100 else f"{r['tokens_per_s']:.3g}"  # noqa: E731
+        out += pivot(rs, ["model", "T", "cache MB/seq"], "B", tps)
         if any("peak_bytes" in r for r in recs):
             out += ["\n### decode peak GPU memory, GB (weights + caches + activations)\n"]
             out += pivot(recs, ["model", "T"], "B", lambda r: f"{r.get('peak_bytes', 0) / 1e9:.2f}")
