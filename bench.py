@@ -394,8 +394,8 @@ def tables(suite, recs, S):
         mb = lambda r: f"{r['cache_bytes_per_seq'] / 1e6:.2f}" if "cache_bytes_per_seq" in r else "-"  # noqa: E731
         rs = [dict(r, **{"cache MB/seq": mb(r)}) for r in recs]
         out += ["\n### decode tokens/s (greedy Model.step; cache MB per sequence at context T)\n"]
-        tps = lambda r: f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] >= 100 else f"{r['tokens_per_s']:.3g}"  # noqa: E731
-        out += pivot(rs, ["model", "T", "cache MB/seq"], "B", tps)
+        out += pivot(rs, ["model", "T", "cache MB/seq"], "B",
+                     lambda r: f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] >= 100 else f"{r['tokens_per_s']:.3g}")
         if any("peak_bytes" in r for r in recs):
             out += ["\n### decode peak GPU memory, GB (weights + caches + activations)\n"]
             out += pivot(recs, ["model", "T"], "B", lambda r: f"{r.get('peak_bytes', 0) / 1e9:.2f}")
@@ -457,7 +457,7 @@ def main(argv=None):
     dev, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
     tiny = args.tiny or not cuda
     S = SIZES["tiny" if tiny else "gpu"]
-    device = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
+    device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
     peak = tuple(x * 1e12 for x in args.peak) if args.peak else next(
         ((fl, bw) for key, fl, bw in PEAK if cuda and key in device), None)
     try:
@@ -471,7 +471,7 @@ def main(argv=None):
     except OSError:
         commit = None
     suites = ("prefill", "decode", "train") if args.suite == "all" else (args.suite,)
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-")
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
     out = args.out or f"bench/{args.suite}-{slug}{'-tiny' if tiny else ''}.json"
     meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda, commit=commit,
                 date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
