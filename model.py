@@ -155,6 +155,27 @@ def rotary(x, pos, base):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
+def window_attention(q, k, v, W, pad_mask):
+    """Causal softmax attention where query i sees keys i-W..i, in blocks of W queries: each block reads
+    only itself and the block before, so time and memory are O(T·W), not O(T²). q, k, v (B, H, T, hd)."""
+    B, H, T, hd = q.shape
+    n = -(-T // W)                                                           # blocks of W positions
+    blocks = lambda t: F.pad(t, (0, 0, 0, n * W - T)).view(B, H, n, W, hd).transpose(1, 2)  # (B, n, H, W, hd)
+    qb, kb, vb = blocks(q), blocks(k), blocks(v)
+    two = lambda t: torch.cat([F.pad(t, (0, 0, 0, 0, 0, 0, 1, 0))[:, :n], t], dim=3)       # (B, n, H, 2W, hd)
+    kb, vb = two(kb), two(vb)
+    start = torch.arange(n, device=q.device)[:, None, None] * W             # (n, 1, 1) first query of a block
+    i = start + torch.arange(W, device=q.device)[:, None]                   # (n, W, 1) query positions
+    j = start - W + torch.arange(2 * W, device=q.device)                    # (n, 1, 2W) key positions
+    keep = torch.ones(B, T, dtype=torch.bool, device=q.device) if pad_mask is None else ~pad_mask
+    keep = F.pad(keep, (W, n * W - T), value=False).unfold(1, 2 * W, W)     # (B, n, 2W): real keys
+    # a pad (or past-the-end) query sees itself only, so that no row is empty (NaN)
+    allowed = (j <= i) & (i - j <= W) & (keep[:, :, None, :] | (i == j))    # (B, n, W, 2W)
+    y = F.scaled_dot_product_attention(qb.flatten(0, 1), kb.flatten(0, 1), vb.flatten(0, 1),
+                                       attn_mask=allowed.flatten(0, 1)[:, None])  # (B·n, H, W, hd)
+    return y.view(B, n, H, W, hd).transpose(1, 2).reshape(B, H, n * W, hd)[:, :, :T]
+
+
 class SoftmaxAttention(nn.Module):
     """`attn` (window=None: full causal) and `swa` (each token sees itself and `window` previous ones)."""
 
@@ -169,15 +190,14 @@ class SoftmaxAttention(nn.Module):
         q, k, v = self.qkv(x).view(B, T, 3, self.H, d // self.H).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, hd)
         pos = torch.arange(T, device=x.device)
         q, k = rotary(q, pos, self.base), rotary(k, pos, self.base)
-        if pad_mask is None and self.window is None:
+        if self.window is not None:
+            y = window_attention(q, k, v, self.window, pad_mask)
+        elif pad_mask is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        else:
+        else:  # pads are never keys; a pad query sees itself only, so that no row is empty (NaN)
             i, j = pos[:, None], pos[None, :]
-            allowed = j <= i if self.window is None else (j <= i) & (i - j <= self.window)  # (T, T)
-            if pad_mask is not None:  # pads are never keys; a pad query sees itself only, so nothing is NaN
-                allowed = allowed & (~pad_mask[:, None, :] | (i == j))                    # (B, T, T)
-                allowed = allowed[:, None]
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+            allowed = (j <= i) & (~pad_mask[:, None, :] | (i == j))                        # (B, T, T)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
         y = self.out(y.transpose(1, 2).reshape(B, T, d))
         if not want_cache:
             return y

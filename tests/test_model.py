@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from kernels import feature_map, pla, pla_reference, pla_step
-from model import PRESETS, Config, Model
+import torch.nn.functional as F
+
+from model import PRESETS, Config, Model, window_attention
 
 F64 = torch.float64
 
@@ -174,6 +176,17 @@ def test_360m_parameters_and_state_size():
     H, dv, D = cfg.n_head, cfg.d_model // cfg.n_head, 1 + cfg.feature_dim ** 2 + cfg.feature_dim
     assert Model(cfg).state_size() == {"pla": H * (D * dv + D), "total": H * (D * dv + D)}
     assert Model(Config.from_preset("transformer-tiny")).state_size(100)["total"] == 2 * 2 * 64 * 100
+
+
+@pytest.mark.parametrize("T,W", [(1, 4), (30, 4), (33, 8), (5, 128)])
+def test_blockwise_window_attention_equals_full_mask(T, W):
+    q, k, v = rand(2, 3, T, 6), rand(2, 3, T, 6), rand(2, 3, T, 6)
+    pad = torch.zeros(2, T, dtype=torch.bool)
+    pad[1, : T // 2] = True
+    i, j = torch.arange(T)[:, None], torch.arange(T)[None]
+    allowed = (j <= i) & (i - j <= W) & (~pad[:, None, :] | (i == j))  # the window, no pad keys, written out
+    ref = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
+    torch.testing.assert_close(window_attention(q, k, v, W, pad), ref, rtol=1e-12, atol=1e-12)
 
 
 def test_layer_layouts_of_presets():
