@@ -127,6 +127,7 @@ def cut_around(doc, answer, tokenizer, budget=BUDGET):
     ids = tokenizer.encode_ordinary(doc)
     if len(ids) <= budget:
         return doc
+    answer = answer.strip()
     found = re.search(re.escape(answer), doc, re.IGNORECASE) if answer else None
     if found is None:
         start = 0
@@ -345,22 +346,32 @@ def results_table(summary):
     return "\n".join(lines)
 
 
+def answer_logits(model, x, y, prefix_len=None, pad_mask=None):
+    """Model.forward with the output head applied only where an answer is scored: logits (n, V) and
+    targets (n,). Set disjointness scores one position of ~75 over a 2048-token vocabulary, so the
+    head on every position would be most of a CPU training step."""
+    enc_end = model._enc_end(x, prefix_len, pad_mask)                # where each row's prefix M ends
+    h = model.wte(x)                                                 # (B, T, d)
+    for block in model.blocks:
+        h = block(h, pad_mask, enc_end)
+    keep = y != -100                                                 # (B, T)
+    return model.lm_head(model.norm_f(h[keep])), y[keep]             # (n, V), (n,)
+
+
 @torch.no_grad()
 def accuracy(model, ex, batch_size=256):
     """Teacher-forced accuracy on data.Examples (MQAR, set disjointness): the argmax at every scored
     position, per group (ex.groups) and overall. Each row's prefix M is passed to pla layers."""
     model.eval()
     dev = next(model.parameters()).device
-    hit = torch.zeros(len(ex.groups))
-    tot = torch.zeros(len(ex.groups))
+    hit, tot = torch.zeros(len(ex.groups)), torch.zeros(len(ex.groups))
     for s in range(0, len(ex), batch_size):
         b = ex[slice(s, s + batch_size)]
-        x, y, pad = b.x.to(dev), b.y.to(dev), b.pad.to(dev)
-        logits, _ = model(x, prefix_len=b.prefix_len.to(dev), pad_mask=pad if bool(pad.any()) else None)
-        ok = ((logits.argmax(-1) == y) & (y != -100)).sum(1).float().cpu()   # (b,)
-        n = (y != -100).sum(1).float().cpu()
-        hit.index_add_(0, b.group, ok)
-        tot.index_add_(0, b.group, n)
+        pad = b.pad.to(dev) if bool(b.pad.any()) else None
+        logits, y = answer_logits(model, b.x.to(dev), b.y.to(dev), b.prefix_len.to(dev), pad)
+        group = b.group[:, None].expand_as(b.y)[b.y != -100]             # (n,) the group of each answer
+        hit.index_add_(0, group, (logits.argmax(-1) == y).float().cpu())
+        tot.index_add_(0, group, torch.ones(len(group)))
     per = {g: (hit[i] / tot[i]).item() for i, g in enumerate(ex.groups) if tot[i] > 0}
     return per, (hit.sum() / tot.sum()).item()
 
@@ -462,3 +473,205 @@ class HFTokenizer:
             offsets.append(n)
             n += len(self.tok.decode([i]))
         return self.tok.decode(ids), offsets
+
+
+# ----------------------------------------------------------------------------- 5. experiments (SPEC §1, §8)
+# Models as in the paper's synthetic study: BaseConv + linear-attention stacks, no sliding window (a window
+# as long as the input would be full attention and hide the effect). Causal Based: ("conv", "la") * 2;
+# JRT-RNN: ("conv", "pla") * 2 with the prefix M = the whole input (data.py's prefix_len).
+
+GRIDS = {  # "cpu": minutes on a shared 2-core CPU; "gpu": closer to the paper's grid (SPEC §8)
+    "set-order": {
+        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], n_train=4000, n_test=500,
+                    widths=[(32, 4), (64, 8)], n_head=2, iters=600, lr=3e-3, batch_size=32),
+        "gpu": dict(shapes=data.SD_TRAIN_SHAPES, n_train=20000, n_test=1000,
+                    widths=[(36, 4), (64, 8), (96, 16), (128, 24)], n_head=2, iters=20000, lr=1e-3, batch_size=256),
+    },
+    "read-twice": {   # (seq_len of one pass, key-value pairs, queries): few queries, so min(k, q) = q << k
+        "cpu": dict(tasks=[(64, 16, 4)], vocab_size=128, n_train=8000, n_test=500,
+                    widths=[(32, 4), (64, 8)], n_head=2, iters=600, lr=3e-3, batch_size=64),
+        "gpu": dict(tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000, n_test=1000,
+                    widths=[(64, 8), (128, 16), (256, 16)], n_head=4, iters=20000, lr=1e-3, batch_size=256),
+    },
+}
+
+
+def fit(model, ex, iters, lr, batch_size=64, seed=0, log_every=100):
+    """Train on data.Examples with train.py's recipe: AdamW (0.9, 0.95), weight decay 0.1 on matrices,
+    warmup then cosine to lr/10, gradient clip 1.0; loss on the answer positions only."""
+    import train  # its optimiser and schedule; imported here so that `import prompt` never needs it
+    hp = argparse.Namespace(lr=lr, min_lr_ratio=0.1, warmup_iters=max(1, iters // 20), lr_decay_iters=0,
+                            max_iters=iters, weight_decay=0.1, beta1=0.9, beta2=0.95)
+    dev = next(model.parameters()).device
+    opt = train.configure_optimizer(model, hp, dev.type)
+    gen = torch.Generator().manual_seed(seed)
+    model.train()
+    for it in range(iters):
+        for group in opt.param_groups:
+            group["lr"] = train.get_lr(it, hp)
+        e = ex[torch.randint(len(ex), (batch_size,), generator=gen)]
+        b = train.to_device(dict(x=e.x, y=e.y, M=e.prefix_len, pad=e.pad, mlm=None), dev)  # drops all-pad columns
+        logits, y = answer_logits(model, b["x"], b["y"], b["M"], b["pad"])
+        loss = F.cross_entropy(logits.float(), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if log_every and (it + 1) % log_every == 0:
+            print(f"  iter {it + 1}/{iters} loss {loss.item():.3f}", flush=True)
+    return model.eval()
+
+
+def _model(vocab_size, mixer, d_model, f, n_head, T, seed=0):
+    torch.manual_seed(seed)
+    cfg = Config(vocab_size=vocab_size, d_model=d_model, n_head=n_head, feature_dim=f, layers=("conv", mixer) * 2,
+                 prefix_len=T, backend="auto")
+    return Model(cfg).to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def set_order_experiment(grid="cpu", seed=0):
+    """SPEC §1, §8 (paper Figure 2): causal Based vs JRT-RNN on set disjointness, trained on both orders
+    of each shape; test accuracy with the shorter set first vs last, at a few state sizes.
+    A and B are drawn from the whole vocabulary (halves=False): with SPEC §8's halves, the shared token
+    is the only B token from A's half, which a model can spot without remembering A at all."""
+    g = GRIDS["set-order"][grid]
+    train_ex = data.disjoint_sets(g["n_train"], shapes=g["shapes"], halves=False, seed=seed, split="train")
+    test_ex = data.disjoint_sets(g["n_test"], shapes=g["shapes"], halves=False, seed=seed, split="test")
+    T = train_ex.x.shape[1]
+    pairs = [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
+    rows = []
+    for mixer, name in (("la", "Based (causal)"), ("pla", "JRT-RNN (prefix = input)")):
+        for d, f in g["widths"]:
+            print(f"set order: {name}, d_model {d}, f {f}", flush=True)
+            t0 = time.time()
+            model = fit(_model(data.SD_VOCAB, mixer, d, f, g["n_head"], T, seed), train_ex, g["iters"], g["lr"],
+                        g["batch_size"], seed)
+            per, _ = accuracy(model, test_ex)
+            cells = [f"{100 * per[f'|A|={a} |B|={b}']:.1f} / {100 * per[f'|A|={b} |B|={a}']:.1f}" for a, b in pairs]
+            rows.append(f"| {name} | {d} | {f} | {model.state_size()['total']:,} | " + " | ".join(cells)
+                        + f" | {time.time() - t0:.0f} s |")
+    head = ("| model | d_model | f | state | " + " | ".join(f"{a} & {b}: short first / last" for a, b in pairs)
+            + " | train time |")
+    return "\n".join([head, "|---" * (5 + len(pairs)) + "|"] + rows)
+
+
+def read_twice_experiment(grid="cpu", seed=0):
+    """Based trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and so the
+    same state size; and the once-trained model on the twice layout zero-shot. With q queries about k
+    pairs, one pass needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max))."""
+    g = GRIDS["read-twice"][grid]
+    rows = []
+    for P, k, q in g["tasks"]:
+        kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
+        once_tr = data.mqar(g["n_train"], seq_len=P, split="train", **kw)
+        twice_tr = data.mqar(g["n_train"], seq_len=2 * P, read_twice=True, split="train", **kw)
+        once_te = data.mqar(g["n_test"], seq_len=P, split="test", **kw)
+        twice_te = jrt_examples(once_te, 2)          # the same test rows, shown twice
+        for d, f in g["widths"]:
+            acc, secs = {}, 0.0
+            for fmt, train_ex in (("once", once_tr), ("twice", twice_tr)):
+                print(f"read twice: T={P} k={k} q={q}, trained {fmt}, d_model {d}, f {f}", flush=True)
+                t0 = time.time()
+                model = fit(_model(g["vocab_size"], "la", d, f, g["n_head"], 2 * P, seed), train_ex, g["iters"],
+                            g["lr"], g["batch_size"], seed)
+                secs += time.time() - t0
+                acc[fmt, "once"] = accuracy(model, once_te)[1]
+                acc[fmt, "twice"] = accuracy(model, twice_te)[1]
+            rows.append(f"| {P} | {k} | {q} | {d} | {f} | {model.state_size()['total']:,} | "
+                        f"{100 * acc['once', 'once']:.1f} | {100 * acc['once', 'twice']:.1f} | "
+                        f"{100 * acc['twice', 'twice']:.1f} | {100 * acc['twice', 'once']:.1f} | {secs:.0f} s |")
+    head = ("| T (one pass) | pairs k | queries q | d_model | f | state | once → once | once → twice (zero-shot) "
+            "| twice → twice | twice → once | train time (both) |")
+    return "\n".join([head, "|---" * 11 + "|"] + rows)
+
+
+EXPERIMENTS = {"set-order": set_order_experiment, "read-twice": read_twice_experiment}
+
+
+# ----------------------------------------------------------------------------- 6. CLI
+
+def load_checkpoint(path, device="cpu"):
+    """A train.py checkpoint -> (Model in eval mode, the training config dict)."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if "model_args" not in ck or "model" not in ck:
+        raise ValueError(f"{path} is not a train.py checkpoint (it needs the keys 'model' and 'model_args')")
+    model = Model(Config(**ck["model_args"]))
+    strip = lambda k: k.replace("_orig_mod.", "").removeprefix("module.")    # torch.compile / DDP prefixes
+    model.load_state_dict({strip(k): v for k, v in ck["model"].items()})
+    return model.to(device).eval(), ck.get("config", {})
+
+
+def synthetic_table(model, ex, formats):
+    """Teacher-forced accuracy of one test set shown in each format (default = once, jrt = twice, jr<p>)."""
+    lines = ["| task | n | " + " | ".join(f"{f} acc" for f in formats) + " |", "|---" * (2 + len(formats)) + "|"]
+    accs = {f: accuracy(model, jrt_examples(ex, _repeats_of(f)) if _repeats_of(f) > 1 else ex)[0] for f in formats}
+    for g in ex.groups:
+        lines.append(f"| {g} | {int((ex.group == ex.groups.index(g)).sum())} | "
+                     + " | ".join(f"{100 * accs[f][g + (f' x{_repeats_of(f)}' if _repeats_of(f) > 1 else '')]:.1f}"
+                                  for f in formats) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description="JRT-Prompt: default vs read-twice accuracy of a model, or the "
+                                             "synthetic experiments", formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--ckpt", help="a train.py checkpoint, e.g. out/ckpt.pt")
+    ap.add_argument("--hf", help="a Hugging Face causal LM name or path (needs transformers), e.g. "
+                                 "state-spaces/mamba-130m-hf")
+    ap.add_argument("--task", help="mqar | sets (synthetic, settings from the checkpoint's training config) |\n"
+                                   "a .jsonl file of text examples (see `evaluate` for the fields)")
+    ap.add_argument("--formats", default="default,jrt", help="comma-separated: default, jrt, jr3, ...")
+    ap.add_argument("--n", type=int, default=500, help="synthetic: test examples per slice")
+    ap.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together")
+    ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="run a synthetic experiment instead")
+    ap.add_argument("--grid", choices=("cpu", "gpu"), default="cpu", help="the experiment's size")
+    ap.add_argument("--out", help="also write the table (markdown) to this file")
+    a = ap.parse_args(argv)
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    for f in formats:
+        _repeats_of(f)                                              # a bad name fails here, with the allowed ones
+    t0 = time.time()
+    if a.experiment:
+        table = EXPERIMENTS[a.experiment](a.grid)
+        table += f"\n\n(`python prompt.py --experiment {a.experiment} --grid {a.grid}`: {time.time() - t0:.0f} s)"
+    else:
+        if bool(a.ckpt) == bool(a.hf) or not a.task:
+            ap.error("give --task and exactly one of --ckpt or --hf (or --experiment)")
+        if a.hf:
+            from transformers import AutoTokenizer                  # optional: only this path needs it
+            lm, tok = HFLM.from_pretrained(a.hf), HFTokenizer(AutoTokenizer.from_pretrained(a.hf))
+            lm.model.to(a.device)
+            model, cfg = None, {}
+        else:
+            model, cfg = load_checkpoint(a.ckpt, a.device)
+            lm = ModelLM(model)
+        if a.task in ("mqar", "sets"):
+            if model is None:
+                ap.error("--task mqar/sets needs --ckpt (a model trained on that task's token ids)")
+            if a.task == "mqar":
+                P = cfg.get("seq_len", 64) // (2 if cfg.get("read_twice") else 1)    # one pass
+                ex = data.mqar(a.n, vocab_size=cfg.get("vocab_size", 128), seq_len=P,
+                               num_pairs=cfg.get("num_pairs", 8), context_len=cfg.get("context_len") or None,
+                               seed=cfg.get("data_seed", 0), split="test")
+            else:
+                ex = data.disjoint_sets(a.n, halves=cfg.get("sd_halves", True), seed=cfg.get("data_seed", 0),
+                                        split="test")
+            table = synthetic_table(model, ex, formats)
+        else:
+            with open(a.task) as fh:
+                examples = [json.loads(line) for line in fh if line.strip()]
+            if model is not None:
+                tok = data.get_tokenizer(cfg.get("tokenizer", "gpt2"))
+            summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=a.device)
+            table = results_table(summary)
+    print(table)
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write(table + "\n")
+    return table
+
+
+if __name__ == "__main__":
+    main()

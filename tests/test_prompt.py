@@ -199,3 +199,24 @@ def test_hf_adapter_tiny_mamba():
     stop = ref[0][2]
     got = greedy(cached, prompts, max_new_tokens=6, stop={stop}, batch_size=3)  # rows leave via select
     assert got == [r[:r.index(stop)] if stop in r else r for r in ref]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def test_cli_on_a_checkpoint(tmp_path, capsys):
+    import json
+    from dataclasses import asdict
+
+    from prompt import main
+    model = tiny(("conv", "pla"), vocab=258)
+    path = tmp_path / "ckpt.pt"
+    torch.save(dict(model=model.state_dict(), model_args=asdict(model.config),
+                    config=dict(task="mqar", vocab_size=128, seq_len=32, num_pairs=4, tokenizer="bytes")), path)
+    table = main(["--ckpt", str(path), "--task", "mqar", "--n", "8"])
+    assert table.splitlines()[0] == "| task | n | default acc | jrt acc |" and "| T=32 k=4 | 8 |" in table
+    jsonl = tmp_path / "ex.jsonl"
+    jsonl.write_text("\n".join(json.dumps(e) for e in _text_examples()[:2]))
+    table = main(["--ckpt", str(path), "--task", str(jsonl), "--formats", "default,jrt"])
+    assert "| extract | 2 |" in table and "jrt acc" in table
+    with pytest.raises(ValueError, match="unknown prompt format"):
+        main(["--ckpt", str(path), "--task", "mqar", "--formats", "twice"])
