@@ -32,6 +32,7 @@ import copy
 import json
 import math
 import re
+import sys
 import time
 
 import torch
@@ -161,9 +162,10 @@ def jrt_tokens(context, question, repeats=2):
 
 def jrt_examples(ex, repeats=2):
     """data.Examples -> JR-p: each row's real tokens (pads dropped) shown `repeats` times, only the last
-    copy scored, rows left-padded again. The prefix M (context read non-causally by JRT-RNN) moves to the
-    last copy: M' = (p-1)·L + M, for a row of L real tokens. With repeats=2 an MQAR row becomes
-    `kv, queries, kv, queries`, exactly data.mqar(read_twice=True) with the same seed."""
+    copy scored, rows left-padded again. The prefix M (the context JRT-RNN reads non-causally, counted from
+    a row's first real token as Model reads it) moves into the last copy: M' = (p-1)·L + min(M, L) for a
+    row of L real tokens. With repeats=2 an MQAR row becomes `kv, queries, kv, queries`, exactly
+    data.mqar(read_twice=True) with the same seed; a set-disjointness row stays all prefix."""
     _check_repeats(repeats)
     N, T = ex.x.shape
     real = (~ex.pad).sum(1)                                          # (N,) real tokens per row
@@ -178,7 +180,7 @@ def jrt_examples(ex, repeats=2):
         x[r, T2 - repeats * L:] = xr.repeat(1, repeats)
         y[r, T2 - L:] = yr
         pad[r, T2 - repeats * L:] = False
-        M[r] = (T2 - repeats * L) + (repeats - 1) * L + (ex.prefix_len[r] - (T - L))
+        M[r] = (repeats - 1) * L + ex.prefix_len[r].clamp(max=L)
     return data.Examples(x, y, M, pad, ex.group.clone(), [g + f" x{repeats}" for g in ex.groups], ex.vocab_size)
 
 
@@ -480,20 +482,38 @@ class HFTokenizer:
 # as long as the input would be full attention and hide the effect). Causal Based: ("conv", "la") * 2;
 # JRT-RNN: ("conv", "pla") * 2 with the prefix M = the whole input (data.py's prefix_len).
 
-GRIDS = {  # "cpu": minutes on a shared 2-core CPU; "gpu": closer to the paper's grid (SPEC §8)
-    "set-order": {
-        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], n_train=4000, n_test=500,
-                    widths=[(32, 4), (64, 8)], n_head=2, iters=600, lr=3e-3, batch_size=32),
-        "gpu": dict(shapes=data.SD_TRAIN_SHAPES, n_train=20000, n_test=1000,
+GRIDS = {  # "cpu": minutes each on a shared 2-core CPU; "gpu": closer to the paper's grid (SPEC §8)
+    "set-order": {    # vocab_size < 2048: the sets relabelled onto fewer ids (see relabel)
+        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=128, n_train=2000, n_test=250,
+                    widths=[(16, 4), (32, 4)], n_head=2, iters=1500, lr=1e-2, batch_size=64),
+        "gpu": dict(shapes=data.SD_TRAIN_SHAPES, vocab_size=data.SD_VOCAB, n_train=20000, n_test=1000,
                     widths=[(36, 4), (64, 8), (96, 16), (128, 24)], n_head=2, iters=20000, lr=1e-3, batch_size=256),
     },
-    "read-twice": {   # (seq_len of one pass, key-value pairs, queries): few queries, so min(k, q) = q << k
-        "cpu": dict(tasks=[(64, 16, 4)], vocab_size=128, n_train=8000, n_test=500,
-                    widths=[(32, 4), (64, 8)], n_head=2, iters=600, lr=3e-3, batch_size=64),
+    "read-twice": {   # tasks: (seq_len of one pass, key-value pairs k, queries q); q < k, so min(k, q) = q
+        "cpu": dict(tasks=[(32, 8, 4)], vocab_size=64, n_train=8000, n_test=500,
+                    widths=[(32, 4), (64, 4)], n_head=2, iters=1500, lr=3e-3, batch_size=64),
         "gpu": dict(tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000, n_test=1000,
                     widths=[(64, 8), (128, 16), (256, 16)], n_head=4, iters=20000, lr=1e-3, batch_size=256),
     },
 }
+
+
+def relabel(ex, vocab_size, seed=0):
+    """Set disjointness over a smaller vocabulary: each row's set tokens (ids >= 4) are mapped one-to-one
+    onto random ids in [4, vocab_size). A and B stay sets that share exactly one token, and uniformly drawn
+    sets stay uniform. data.disjoint_sets always uses 2048 ids, and learning that many token identities
+    takes far longer than a CPU run of a few minutes."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = ex.x.clone(), ex.y.clone()
+    for r in range(len(x)):
+        toks = x[r][x[r] >= 4].unique()                                        # the row's distinct set tokens
+        if len(toks) > vocab_size - 4:
+            raise ValueError(f"relabel: a row has {len(toks)} set tokens, more than vocab_size - 4 = {vocab_size - 4}")
+        lut = torch.arange(max(data.SD_VOCAB, vocab_size))                     # old id -> new id
+        lut[toks] = torch.randperm(vocab_size - 4, generator=gen)[:len(toks)] + 4
+        x[r] = lut[x[r]]
+        y[r] = torch.where(y[r] >= 4, lut[y[r].clamp(min=0)], y[r])
+    return data.Examples(x, y, ex.prefix_len, ex.pad, ex.group, ex.groups, vocab_size)
 
 
 def fit(model, ex, iters, lr, batch_size=64, seed=0, log_every=100):
@@ -529,14 +549,17 @@ def _model(vocab_size, mixer, d_model, f, n_head, T, seed=0):
     return Model(cfg).to("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def set_order_experiment(grid="cpu", seed=0):
+def set_order_experiment(grid="cpu", seed=0, widths=None):
     """SPEC §1, §8 (paper Figure 2): causal Based vs JRT-RNN on set disjointness, trained on both orders
     of each shape; test accuracy with the shorter set first vs last, at a few state sizes.
     A and B are drawn from the whole vocabulary (halves=False): with SPEC §8's halves, the shared token
     is the only B token from A's half, which a model can spot without remembering A at all."""
-    g = GRIDS["set-order"][grid]
+    g = dict(GRIDS["set-order"][grid], **({"widths": widths} if widths else {}))
+    V = g["vocab_size"]
     train_ex = data.disjoint_sets(g["n_train"], shapes=g["shapes"], halves=False, seed=seed, split="train")
     test_ex = data.disjoint_sets(g["n_test"], shapes=g["shapes"], halves=False, seed=seed, split="test")
+    if V < data.SD_VOCAB:
+        train_ex, test_ex = relabel(train_ex, V, seed), relabel(test_ex, V, seed + 1)
     T = train_ex.x.shape[1]
     pairs = [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
     rows = []
@@ -544,7 +567,7 @@ def set_order_experiment(grid="cpu", seed=0):
         for d, f in g["widths"]:
             print(f"set order: {name}, d_model {d}, f {f}", flush=True)
             t0 = time.time()
-            model = fit(_model(data.SD_VOCAB, mixer, d, f, g["n_head"], T, seed), train_ex, g["iters"], g["lr"],
+            model = fit(_model(V, mixer, d, f, g["n_head"], T, seed), train_ex, g["iters"], g["lr"],
                         g["batch_size"], seed)
             per, _ = accuracy(model, test_ex)
             cells = [f"{100 * per[f'|A|={a} |B|={b}']:.1f} / {100 * per[f'|A|={b} |B|={a}']:.1f}" for a, b in pairs]
@@ -555,11 +578,11 @@ def set_order_experiment(grid="cpu", seed=0):
     return "\n".join([head, "|---" * (5 + len(pairs)) + "|"] + rows)
 
 
-def read_twice_experiment(grid="cpu", seed=0):
+def read_twice_experiment(grid="cpu", seed=0, widths=None):
     """Based trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and so the
     same state size; and the once-trained model on the twice layout zero-shot. With q queries about k
     pairs, one pass needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max))."""
-    g = GRIDS["read-twice"][grid]
+    g = dict(GRIDS["read-twice"][grid], **({"widths": widths} if widths else {}))
     rows = []
     for P, k, q in g["tasks"]:
         kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
@@ -627,6 +650,7 @@ def main(argv=None):
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="run a synthetic experiment instead")
     ap.add_argument("--grid", choices=("cpu", "gpu"), default="cpu", help="the experiment's size")
+    ap.add_argument("--widths", help="the experiment's (d_model, f) pairs instead of the grid's, e.g. 32:4,64:8")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
     a = ap.parse_args(argv)
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
@@ -634,8 +658,10 @@ def main(argv=None):
         _repeats_of(f)                                              # a bad name fails here, with the allowed ones
     t0 = time.time()
     if a.experiment:
-        table = EXPERIMENTS[a.experiment](a.grid)
-        table += f"\n\n(`python prompt.py --experiment {a.experiment} --grid {a.grid}`: {time.time() - t0:.0f} s)"
+        widths = [tuple(int(v) for v in w.split(":")) for w in a.widths.split(",")] if a.widths else None
+        table = EXPERIMENTS[a.experiment](a.grid, widths=widths)
+        cmd = " ".join(["python prompt.py"] + (argv if argv is not None else sys.argv[1:]))
+        table += f"\n\n(`{cmd}`: {time.time() - t0:.0f} s)"
     else:
         if bool(a.ckpt) == bool(a.hf) or not a.task:
             ap.error("give --task and exactly one of --ckpt or --hf (or --experiment)")
