@@ -23,8 +23,9 @@ The rest of the file, top to bottom:
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
     3. harness           greedy, contains, error_mode, evaluate, results_table, accuracy (teacher-forced)
     4. HF adapter        HFLM, HFTokenizer (transformers imported lazily, never required)
-    5. experiments       set order on set disjointness; MQAR read once vs twice
+    5. experiments       set order on set disjointness; MQAR read once vs twice (fit, relabel, GRIDS)
     6. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
+                         python prompt.py --experiment set-order --grid cpu
 """
 import argparse
 import bisect
@@ -658,6 +659,8 @@ def main(argv=None):
         _repeats_of(f)                                              # a bad name fails here, with the allowed ones
     t0 = time.time()
     if a.experiment:
+        if not torch.cuda.is_available():
+            torch.set_num_threads(1)  # tiny models: a second CPU thread only adds synchronisation
         widths = [tuple(int(v) for v in w.split(":")) for w in a.widths.split(",")] if a.widths else None
         table = EXPERIMENTS[a.experiment](a.grid, widths=widths)
         cmd = " ".join(["python prompt.py"] + (argv if argv is not None else sys.argv[1:]))
