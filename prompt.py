@@ -627,12 +627,15 @@ def load_checkpoint(path, device="cpu"):
 
 def synthetic_table(model, ex, formats):
     """Teacher-forced accuracy of one test set shown in each format (default = once, jrt = twice, jr<p>)."""
+    cells = {g: [] for g in ex.groups}
+    for f in formats:
+        p = _repeats_of(f)
+        per, _ = accuracy(model, jrt_examples(ex, p) if p > 1 else ex)     # groups in order, renamed "... x2"
+        for g, acc in zip(ex.groups, per.values()):
+            cells[g].append(f"{100 * acc:.1f}")
     lines = ["| task | n | " + " | ".join(f"{f} acc" for f in formats) + " |", "|---" * (2 + len(formats)) + "|"]
-    accs = {f: accuracy(model, jrt_examples(ex, _repeats_of(f)) if _repeats_of(f) > 1 else ex)[0] for f in formats}
-    for g in ex.groups:
-        lines.append(f"| {g} | {int((ex.group == ex.groups.index(g)).sum())} | "
-                     + " | ".join(f"{100 * accs[f][g + (f' x{_repeats_of(f)}' if _repeats_of(f) > 1 else '')]:.1f}"
-                                  for f in formats) + " |")
+    for i, g in enumerate(ex.groups):
+        lines.append(f"| {g} | {int((ex.group == i).sum())} | " + " | ".join(cells[g]) + " |")
     return "\n".join(lines)
 
 
