@@ -31,7 +31,6 @@ import argparse
 import bisect
 import copy
 import json
-import math
 import re
 import sys
 import time
