@@ -1,0 +1,527 @@
+"""
+Train JRT-RNN, or its Based and Transformer++ baselines, on a recall task or on text. nanoGPT style:
+the defaults below are the whole configuration, the loop is written out.
+
+    python train.py                                  # offline default: a small JRT-RNN learns MQAR on the CPU
+    python train.py config/text_bytes.py --data_path=input.txt   # a preset file, then --key=value overrides
+    python train.py config/recall_cpu.py             # the recall experiment: a grid, then one markdown table
+    torchrun --standalone --nproc_per_node=8 train.py config/xxx.py        # DDP, one process per GPU
+
+Objectives (SPEC §4, §8). Synthetic tasks: the context is the prefix M handed to the model, and the loss
+is cross-entropy on the answer positions only. Text: next-token loss for models without pla layers;
+for JRT-RNN the prefix-LM loss: next-token loss on positions >= M, plus 0.25 x an MLM loss on 15% of
+the prefix tokens, replaced by [MASK] and predicted in place.
+"""
+import ast
+import difflib
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import data
+from model import PRESETS, Config, Model
+
+# -----------------------------------------------------------------------------------------------------
+# Defaults: the offline run `python train.py`, a conv + pla JRT-RNN learning MQAR on the CPU in ~3 minutes.
+DEFAULTS = dict(
+    # I/O
+    out_dir="out",              # ckpt.pt goes here
+    eval_interval=100,          # iters between evaluations (and checkpoints)
+    log_interval=10,            # iters between log lines
+    save_checkpoint=True,       # write out_dir/ckpt.pt at every eval and at the end
+    resume=False,               # continue from out_dir/ckpt.pt: same loss curve as never stopping
+    seed=1337,                  # model init and batch sampling; the data itself uses data_seed
+    # task
+    task="mqar",                # mqar | disjoint_sets | text
+    data_seed=0,                # synthetic data: train and test are separate streams of this seed
+    train_examples=20000,       # synthetic: generated once (per (|A|,|B|) shape for disjoint_sets)
+    test_examples=1000,         # synthetic: per test slice
+    vocab_size=32,              # mqar: keys from [1, V/2), values from [V/2, V-1); V >= 128 takes far more steps
+    seq_len=64,                 # mqar and text: T
+    num_pairs=8,                # mqar: k key-value pairs per example
+    context_len=0,              # mqar: length of the key-value region; 0 = 2k (no filler between pairs)
+    idk_frac=0.0,               # mqar: fraction of queries about an absent key (answer: the IDK token)
+    read_twice=False,           # mqar: JRT-Prompt layout `kv, queries, kv, queries`, last block scored
+    test_shapes=(),             # mqar: test slices as ((seq_len, num_pairs), ...); () = the train shape
+    sd_halves=True,             # disjoint_sets: A and B from separate halves of the vocabulary (SPEC §8)
+    data_path="",               # text: a UTF-8 file, tokenised once into a uint16 memmap beside it
+    tokenizer="bytes",          # text: gpt2 (the paper's, needs tiktoken's files) | bytes (offline)
+    eval_iters=20,              # text: batches per evaluation
+    # model: a preset of model.PRESETS plus overrides (0 or () = the preset's value)
+    model="jrt-tiny",           # jrt-tiny: conv, pla, conv, pla at d_model 64, no sliding window
+    d_model=0,                  # width; the recurrent state grows with it
+    n_head=0,                   # heads of every mixer
+    feature_dim=0,              # f of pla/la, D = 1 + f + f^2
+    layers=(),                  # mixer per layer, e.g. ("conv", "pla", "conv", "pla")
+    window=0,                   # swa window
+    init_std=0.12,              # N(0, init_std) init; 0 = the preset's 0.02 (SPEC §4, for d_model 1024), which
+                                #   leaves a d_model-64 linear-attention model on MQAR's 1/k plateau
+    backend="auto",             # pla/la kernels: auto (Triton on CUDA) | torch | triton
+    # objective (text + pla layers)
+    prefix_len=0,               # M; 0 = seq_len // 2 (paper: 1024 of 2048)
+    mlm_prob=0.15,              # fraction of prefix tokens replaced by [MASK]
+    mlm_weight=0.25,            # loss = NTP + mlm_weight * MLM
+    # optimiser: AdamW, warmup then cosine (SPEC §4 betas, decay and clip)
+    batch_size=32,              # sequences per micro-batch per process
+    grad_accum=1,               # micro-batches per update, over all processes: global batch = batch_size * grad_accum
+    max_iters=500,              # updates: test accuracy is ~0.98 after 200, ~0.9999 after 500
+    lr=3e-3,                    # peak; MQAR likes large rates at this size (Zoology sweeps 1e-4..1e-2)
+    min_lr_ratio=0.1,           # cosine floor as a fraction of lr (paper: 8e-4 -> 8e-5)
+    warmup_iters=20,            # linear warmup (paper: 1% of the run)
+    lr_decay_iters=0,           # where the cosine ends; 0 = max_iters
+    weight_decay=0.1,           # on matrices only, not on biases, norms, embeddings
+    beta1=0.9,
+    beta2=0.95,
+    grad_clip=1.0,              # clip the global grad norm; 0 = off
+    # system
+    device="auto",              # auto (cuda if available) | cpu | cuda | mps
+    dtype="auto",               # auto (bfloat16 autocast on CUDA, else float32) | bfloat16 | float32
+    compile=False,              # torch.compile: faster on GPU after a slow start; no gain on CPU
+    peak_flops=0.0,             # for MFU; 0 = look up the GPU (H100/H200/A100), no MFU on CPU
+    threads=1,                  # torch CPU threads; a model this small gains little from more, and they thrash
+                                #   when the CPU is shared (22 min instead of 3 here); 0 = torch's default
+    # the recall experiment: non-empty grid_models runs the grid and prints one markdown table
+    grid_models=(),             # presets to compare, e.g. ("jrt-tiny", "based-tiny", "transformer-tiny")
+    grid_d_model=(),            # widths, i.e. state sizes (Model.state_size())
+    grid_lr=(),                 # report the best test accuracy over these learning rates
+)
+CHOICES = dict(task=("mqar", "disjoint_sets", "text"), tokenizer=tuple(data.TEXT_VOCAB), model=tuple(PRESETS),
+               backend=("auto", "torch", "triton"), device=("auto", "cpu", "cuda", "mps"),
+               dtype=("auto", "bfloat16", "float32"))
+
+
+class ConfigError(ValueError):
+    """A user's configuration mistake: printed as one line, without a traceback."""
+
+
+def check_value(key, value):
+    """The value for `key` with the default's type (an int is fine for a float), or a ConfigError."""
+    if key not in DEFAULTS:
+        near = difflib.get_close_matches(key, DEFAULTS, n=1)
+        raise ConfigError(f"unknown config key {key!r}" + (f" (did you mean {near[0]!r}?)" if near else "")
+                          + f"; allowed keys: {', '.join(DEFAULTS)}")
+    want = type(DEFAULTS[key])
+    if want is float and type(value) is int:
+        value = float(value)
+    if want is tuple and type(value) is list:
+        value = tuple(value)
+    if type(value) is not want:
+        raise ConfigError(f"{key}={value!r}: expected type {want.__name__}, like the default {DEFAULTS[key]!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise ConfigError(f"{key}={value!r}: expected one of {list(CHOICES[key])}")
+    least = 1 if key in ("batch_size", "grad_accum", "max_iters", "seq_len", "eval_interval", "log_interval",
+                         "eval_iters", "train_examples", "test_examples") else 0
+    if want in (int, float) and value < least:
+        raise ConfigError(f"{key}={value!r}: expected a {'positive' if least else 'non-negative'} {want.__name__}")
+    return value
+
+
+def get_config(argv):
+    """DEFAULTS <- config files (python, executed like nanoGPT's configurator) <- --key=value."""
+    cfg = dict(DEFAULTS)
+    for arg in argv:
+        if not arg.startswith("--"):  # a config file: its top-level names are config keys
+            if not os.path.isfile(arg):
+                raise ConfigError(f"config file {arg!r} not found (arguments are config files or --key=value)")
+            ns = {}
+            exec(open(arg).read(), ns)
+            for k, v in ns.items():
+                if not k.startswith("_") and not isinstance(v, type(os)):
+                    cfg[k] = check_value(k, v)
+        else:
+            key, eq, text = arg[2:].partition("=")
+            if not eq:                 # a bare --flag sets a bool key to True
+                text = "True"
+            try:
+                value = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                value = text           # a plain string, e.g. --out_dir=runs/a
+            if key in DEFAULTS and type(DEFAULTS[key]) is str:
+                value = text           # strings never need quotes
+            if key in DEFAULTS and type(DEFAULTS[key]) is tuple and type(value) is str:
+                value = tuple(value.split(","))  # --layers=conv,pla
+            cfg[key] = check_value(key, value)
+    return cfg
+
+
+# -----------------------------------------------------------------------------------------------------
+# data: batches, the prefix-LM objective, evaluation
+
+def load_task(cfg):
+    """(train data, [test Examples, ...] or the text data, vocab size)."""
+    c = cfg
+    try:
+        if c.task == "mqar":
+            opts = dict(vocab_size=c.vocab_size, context_len=c.context_len or None, idk_frac=c.idk_frac,
+                        read_twice=c.read_twice, seed=c.data_seed)
+            train = data.mqar(c.train_examples, seq_len=c.seq_len, num_pairs=c.num_pairs, split="train", **opts)
+            tests = [data.mqar(c.test_examples, seq_len=T, num_pairs=k, split="test", **opts)
+                     for T, k in (c.test_shapes or [(c.seq_len, c.num_pairs)])]
+            return train, tests, train.vocab_size
+        if c.task == "disjoint_sets":
+            train = data.disjoint_sets(c.train_examples, halves=c.sd_halves, seed=c.data_seed, split="train")
+            test = data.disjoint_sets(c.test_examples, shapes=data.SD_TEST_SHAPES, halves=c.sd_halves,
+                                      seed=c.data_seed, split="test")
+            return train, [test], train.vocab_size
+        if not c.data_path:
+            raise ConfigError("task='text' needs --data_path=<a UTF-8 text file>")
+        text = data.text(c.data_path, tokenizer=c.tokenizer)
+        if min(text.n_train, text.n_val) <= c.seq_len:
+            raise ConfigError(f"seq_len={c.seq_len}: {c.data_path} holds only {text.n_train} train and "
+                              f"{text.n_val} val tokens; each split needs more than seq_len")
+        return text, text, text.vocab_size
+    except (ValueError, FileNotFoundError) as e:  # data.py's messages name the bad value
+        raise ConfigError(str(e)) from e
+
+
+def prefix_lm_batch(x, y, M, mlm_prob, mask_id, gen):
+    """SPEC §4: 15% of the prefix tokens become [MASK] and are predicted in place (MLM, no shift);
+    next-token targets only at positions >= M. Returns (input, NTP targets, MLM targets), -100 = unscored."""
+    B, T = x.shape
+    in_prefix = torch.arange(T) < M                                        # (T,)
+    masked = (torch.rand(B, T, generator=gen) < mlm_prob) & in_prefix      # (B, T)
+    inp = x.masked_fill(masked, mask_id)
+    ntp = y.masked_fill(in_prefix, -100)
+    mlm = x.masked_fill(~masked, -100)
+    return inp, ntp, mlm
+
+
+def masked_ce(logits, targets):
+    """Mean cross-entropy over positions whose target is not -100; 0 when there are none."""
+    n = (targets != -100).sum()
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return ce / n.clamp(min=1)
+
+
+def prefix_lm_loss(logits, ntp, mlm, mlm_weight):
+    return masked_ce(logits, ntp) + mlm_weight * masked_ce(logits, mlm)
+
+
+def get_batches(train, cfg, gen, n_micro, rank, world, mask_id=None, split="train"):
+    """This rank's `n_micro` micro-batches of one update. Every rank draws the same global batch from the
+    same generator and keeps its rows, so an update does not depend on the number of processes (tested).
+    mask_id: text with the prefix-LM objective (a model with pla layers); None: plain next-token loss."""
+    G = cfg.batch_size * n_micro * world
+    if cfg.task == "text":
+        x, y = train.get_batch(split, G, cfg.seq_len, generator=gen)
+        M, mlm = None, None
+        if mask_id is not None:
+            M = cfg.prefix_len or cfg.seq_len // 2
+            x, y, mlm = prefix_lm_batch(x, y, M, cfg.mlm_prob, mask_id, gen)
+        full = dict(x=x, y=y, M=M, pad=None, mlm=mlm)
+    else:
+        ex = train[torch.randint(len(train), (G,), generator=gen)]
+        full = dict(x=ex.x, y=ex.y, M=ex.prefix_len, pad=ex.pad, mlm=None)
+    B = cfg.batch_size
+    rows = lambda m: slice((rank * n_micro + m) * B, (rank * n_micro + m + 1) * B)
+    return [{k: v[rows(m)] if torch.is_tensor(v) else v for k, v in full.items()} for m in range(n_micro)]
+
+
+def to_device(b, device):
+    """Drop the columns that are padding in every row (left padding, set disjointness), move to device."""
+    if b["pad"] is not None:
+        first = int((~b["pad"]).any(0).nonzero()[0])
+        b = {k: v[:, first:] if torch.is_tensor(v) and v.dim() == 2 else v for k, v in b.items()}
+        b["M"] = b["M"].clamp(max=b["x"].shape[1])
+        if not b["pad"].any():
+            b["pad"] = None
+    return {k: v.to(device) if torch.is_tensor(v) else v for k, v in b.items()}
+
+
+def forward_loss(model, b, mlm_weight):
+    logits, _ = model(b["x"], prefix_len=b["M"], pad_mask=b["pad"])
+    if b["mlm"] is not None:
+        return prefix_lm_loss(logits, b["y"], b["mlm"], mlm_weight)
+    return masked_ce(logits, b["y"])
+
+
+@torch.no_grad()
+def evaluate(model, tests, cfg, ctx, device, rank, world, mask_id):
+    """Test loss, and for recall tasks the accuracy on answer positions, overall and per slice.
+    Each rank scores a share of the rows; the sums are all-reduced."""
+    model.eval()
+    names, sums = [], []                      # sums: per slice [correct, answers]; then [loss sum, loss count]
+    loss_sum = torch.zeros(2, device=device)
+    if cfg.task == "text":                    # fixed batches: evaluations are comparable over time
+        gen = torch.Generator().manual_seed(cfg.seed)
+        for _ in range(cfg.eval_iters):
+            b = to_device(get_batches(tests, cfg, gen, 1, rank, world, mask_id, "val")[0], device)
+            with ctx:
+                loss_sum += torch.stack([forward_loss(model, b, cfg.mlm_weight).float(), loss_sum.new_ones(())])
+    else:
+        for ex in tests:
+            counts = torch.zeros(len(ex.groups), 2, device=device)
+            for i in range(rank * cfg.batch_size, len(ex), world * cfg.batch_size):
+                e = ex[i:i + cfg.batch_size]
+                b = to_device(dict(x=e.x, y=e.y, M=e.prefix_len, pad=e.pad, mlm=None), device)
+                with ctx:
+                    logits, _ = model(b["x"], prefix_len=b["M"], pad_mask=b["pad"])
+                ans = b["y"] != -100                                                  # (B, T)
+                correct = ((logits.argmax(-1) == b["y"]) & ans).sum(1)                # (B,)
+                g = e.group.to(device)
+                counts[:, 0].index_add_(0, g, correct.float())
+                counts[:, 1].index_add_(0, g, ans.sum(1).float())
+                ce = F.cross_entropy(logits.flatten(0, 1).float(), b["y"].flatten(), reduction="sum")
+                loss_sum += torch.stack([ce, ans.sum().float()])
+            names += ex.groups
+            sums.append(counts)
+    if world > 1:
+        for t in sums + [loss_sum]:
+            torch.distributed.all_reduce(t)
+    model.train()
+    out = dict(loss=(loss_sum[0] / loss_sum[1].clamp(min=1)).item())
+    if sums:
+        c = torch.cat(sums)
+        out["acc"] = (c[:, 0].sum() / c[:, 1].sum()).item()
+        out["slices"] = {n: (c[i, 0] / c[i, 1].clamp(min=1)).item() for i, n in enumerate(names)}
+    return out
+
+
+# -----------------------------------------------------------------------------------------------------
+# optimiser, schedule, throughput
+
+def configure_optimizer(model, cfg, device_type):
+    """AdamW with weight decay on weight matrices only: biases, norms and the (tied) embedding get none."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.dim() < 2 or name == "wte.weight" else decay).append(p)
+    groups = [dict(params=decay, weight_decay=cfg.weight_decay), dict(params=no_decay, weight_decay=0.0)]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=device_type == "cuda")
+
+
+def get_lr(it, cfg):
+    """Linear warmup, cosine decay to min_lr_ratio * lr at lr_decay_iters, then flat."""
+    decay_iters, min_lr = cfg.lr_decay_iters or cfg.max_iters, cfg.lr * cfg.min_lr_ratio
+    if it < cfg.warmup_iters:
+        return cfg.lr * (it + 1) / (cfg.warmup_iters + 1)
+    if it >= decay_iters:
+        return min_lr
+    ratio = (it - cfg.warmup_iters) / max(1, decay_iters - cfg.warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - min_lr)
+
+
+def flops_per_token(model, T):
+    """Training FLOPs per token, forward + backward = 3 x forward (PaLM appendix B style, approximate):
+    2 per weight (the tied lm_head is a real matmul), plus each mixer's own work at length T."""
+    c = model.config
+    H, d, f = c.n_head, c.d_model, c.feature_dim
+    dv, D = d // H, 1 + f + f * f
+    mixer = dict(attn=4 * d * T,                             # q.k and a.v over T keys (causal halves ignored)
+                 swa=4 * d * min(T, c.window + 1),
+                 pla=H * (4 * D * dv + 4 * 64 * (f + dv)),   # read and update the D x dv state, 64-token chunks
+                 la=H * (4 * D * dv + 4 * 64 * (f + dv)),
+                 conv=4 * d * c.conv_kernel)
+    return 3 * (2 * model.num_params() + sum(mixer[m] for m in c.layers))
+
+
+def peak_flops(cfg, device_type):
+    if cfg.peak_flops or device_type != "cuda":
+        return cfg.peak_flops
+    name = torch.cuda.get_device_name()          # dense bf16 peaks from the data sheets
+    return next((v for k, v in (("H100", 989e12), ("H200", 989e12), ("A100", 312e12)) if k in name), 0.0)
+
+
+def state_dict_clean(sd):
+    """Strip the wrappers' prefixes: `_orig_mod.` (torch.compile) and `module.` (DDP)."""
+    strip = lambda k: k.replace("_orig_mod.", "").removeprefix("module.")
+    return {strip(k): v for k, v in sd.items()}
+
+
+# -----------------------------------------------------------------------------------------------------
+# one training run
+
+def train(cfg, rank=0, world=1):
+    master = rank == 0
+    log = print if master else (lambda *a, **k: None)
+    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and world > 1:
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    device_type = device.split(":")[0]
+    if device_type == "cpu" and cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if device_type == "cuda" else "float32"
+    ctx = torch.autocast(device_type, dtype=torch.bfloat16) if dtype == "bfloat16" else nullcontext()
+    if world > 1 and cfg.grad_accum % world:
+        raise ConfigError(f"grad_accum={cfg.grad_accum} must be a multiple of the {world} processes")
+    n_micro = cfg.grad_accum // world                       # this rank's micro-batches per update
+
+    train_data, tests, vocab = load_task(cfg)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = None
+    if cfg.resume:
+        if not os.path.exists(ckpt_path):
+            raise ConfigError(f"resume=True but there is no checkpoint at {ckpt_path}")
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items() if getattr(cfg, k, v) != v}
+        log(f"resuming from {ckpt_path} at iter {ckpt['iter']}; changed since: {changed or 'nothing'}")
+        mcfg = Config(**ckpt["model_args"])                  # the checkpoint's model, whatever the flags say
+    else:
+        overrides = {k: getattr(cfg, k) for k in ("d_model", "n_head", "feature_dim", "layers", "window", "init_std")
+                     if getattr(cfg, k)}
+        try:
+            mcfg = Config.from_preset(cfg.model, vocab_size=vocab, backend=cfg.backend, **overrides,
+                                      prefix_len=cfg.prefix_len or cfg.seq_len // 2)
+        except ValueError as e:
+            raise ConfigError(f"model: {e}") from e
+    is_prefix_lm = cfg.task == "text" and "pla" in mcfg.layers   # JRT-RNN on text: SPEC §4's objective
+    mask_id = mcfg.mask_token_id if is_prefix_lm else None
+    if is_prefix_lm and not 0 < (cfg.prefix_len or cfg.seq_len // 2) < cfg.seq_len:
+        raise ConfigError(f"prefix_len={cfg.prefix_len}: expected 0 < M < seq_len={cfg.seq_len}")
+
+    torch.manual_seed(cfg.seed)                              # the same init on every rank
+    model = Model(mcfg).to(device)
+    optimizer = configure_optimizer(model, cfg, device_type)
+    gen = torch.Generator().manual_seed(cfg.seed)            # batch sampler: shared by all ranks, checkpointed
+    iter_num = 0
+    if ckpt is not None:
+        model.load_state_dict(state_dict_clean(ckpt["model"]))
+        optimizer.load_state_dict(ckpt["optimizer"])
+        iter_num, rng = ckpt["iter"], ckpt["rng"]
+        random.setstate(rng["python"])
+        np.random.set_state(rng["numpy"])
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] is not None and device_type == "cuda":
+            torch.cuda.set_rng_state(rng["cuda"])
+        gen.set_state(rng["sampler"])
+        ckpt = None                                          # free the memory
+    raw_model = model                                        # what gets saved and evaluated
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device_type == "cuda" else None)
+    T = cfg.seq_len if cfg.task != "disjoint_sets" else train_data.x.shape[1]
+    fpt, peak = flops_per_token(raw_model, T), peak_flops(cfg, device_type)
+    objective = ("loss on the answer positions" if cfg.task != "text" else
+                 f"prefix-LM loss, M={cfg.prefix_len or cfg.seq_len // 2}" if is_prefix_lm else "next-token loss")
+    state = raw_model.state_size(seq_len=T)["total"]
+    log(f"model {cfg.model}: {mcfg.layers}, d_model {mcfg.d_model}, {raw_model.num_params() / 1e6:.3f}M params, "
+        f"state {state:,} numbers at T={T}; {objective}; "
+        f"{device} {dtype}, {world} process(es), global batch {cfg.batch_size * cfg.grad_accum}")
+
+    def save(it):
+        if not (master and cfg.save_checkpoint):
+            return
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
+                   cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None, sampler=gen.get_state())
+        ck = dict(model=state_dict_clean(raw_model.state_dict()), optimizer=optimizer.state_dict(),
+                  model_args=asdict(mcfg), config=vars(cfg), iter=it, rng=rng)
+        torch.save(ck, ckpt_path + ".tmp")
+        os.replace(ckpt_path + ".tmp", ckpt_path)           # atomic: a crash never leaves half a checkpoint
+
+    def report(it):
+        ev = evaluate(raw_model, tests, cfg, ctx, device, rank, world, mask_id)
+        slices = ev.get("slices", {})
+        per = " | " + ", ".join(f"{n}: {a:.3f}" for n, a in slices.items()) if len(slices) > 1 else ""
+        log(f"eval iter {it}: {'val' if cfg.task == 'text' else 'test'} loss {ev['loss']:.4f}"
+            + (f", accuracy {ev['acc']:.4f}{per}" if "acc" in ev else ""))
+        return ev
+
+    losses, t0, t_start, it_start = [], time.time(), time.time(), iter_num
+    while iter_num < cfg.max_iters:
+        if iter_num % cfg.eval_interval == 0 and iter_num > it_start:
+            report(iter_num)
+            save(iter_num)
+            t0 = time.time()                                 # the step time below excludes evaluation
+        lr = get_lr(iter_num, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        tokens, loss_acc = 0, 0.0
+        for m, b in enumerate(get_batches(train_data, cfg, gen, n_micro, rank, world, mask_id)):
+            b = to_device(b, device)
+            last = m == n_micro - 1
+            with (model.no_sync() if world > 1 and not last else nullcontext()), ctx:  # all-reduce once per update
+                loss = forward_loss(model, b, cfg.mlm_weight) / n_micro
+            loss.backward()
+            loss_acc += loss.item()
+            tokens += b["x"].numel() * world
+        if cfg.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss_acc)
+        iter_num += 1
+        t1 = time.time()
+        dt, t0 = t1 - t0, t1
+        if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
+            eta = (t1 - t_start) / (iter_num - it_start) * (cfg.max_iters - iter_num)
+            mfu = f" | mfu {fpt * tokens / dt / (peak * world):.1%}" if peak else ""
+            log(f"iter {iter_num}/{cfg.max_iters} | loss {loss_acc:.4f} | lr {lr:.2e} | {dt * 1000:.0f} ms | "
+                f"{tokens / dt:,.0f} tok/s{mfu} | eta {eta / 60:.1f} min")
+    ev = report(iter_num)
+    save(iter_num)
+    log(f"done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min" +
+        (f"; test accuracy {ev['acc']:.4f}" if "acc" in ev else f"; val loss {ev['loss']:.4f}"))
+    return dict(losses=losses, eval=ev, state_size=state, params=raw_model.num_params(),
+                seconds=time.time() - t_start)
+
+
+# -----------------------------------------------------------------------------------------------------
+# the recall experiment: models x widths, best over learning rates, one table
+
+def run_grid(cfg, rank, world):
+    results = {}                                     # (model, d_model) -> (best acc, lr, state size)
+    for name in cfg.grid_models:
+        for d in cfg.grid_d_model:
+            for lr in cfg.grid_lr or (cfg.lr,):
+                run = SimpleNamespace(**{**vars(cfg), "model": name, "d_model": d, "lr": lr, "grid_models": (),
+                                         "out_dir": os.path.join(cfg.out_dir, f"{name}-d{d}-lr{lr:g}")})
+                if rank == 0:
+                    print(f"\n=== {name}, d_model {d}, lr {lr:g}")
+                r = train(run, rank, world)
+                best = results.get((name, d))
+                if best is None or r["eval"]["acc"] > best[0]:
+                    results[(name, d)] = (r["eval"]["acc"], lr, r["state_size"])
+    T = cfg.seq_len
+    lines = [f"MQAR T={T}, k={cfg.num_pairs}, V={cfg.vocab_size}: test accuracy (best over lr {list(cfg.grid_lr)}) "
+             f"@ recurrent state size in numbers (Model.state_size(); attn: its KV cache at T={T}, the ceiling)",
+             "", "| model | " + " | ".join(f"d_model {d}" for d in cfg.grid_d_model) + " |",
+             "|---" * (1 + len(cfg.grid_d_model)) + "|"]
+    for name in cfg.grid_models:
+        cells = [f"{results[name, d][0]:.3f} @ {results[name, d][2] / 1000:.1f}k" for d in cfg.grid_d_model]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+    if rank == 0:
+        print("\n" + table)
+        os.makedirs(cfg.out_dir, exist_ok=True)
+        with open(os.path.join(cfg.out_dir, "recall_table.md"), "w") as f:
+            f.write(table + "\n")
+    return results, table
+
+
+def main(argv=None):
+    cfg = SimpleNamespace(**get_config(sys.argv[1:] if argv is None else argv))
+    ddp = int(os.environ.get("RANK", -1)) != -1             # launched by torchrun
+    rank, world = 0, 1
+    if ddp:
+        backend = "nccl" if torch.cuda.is_available() and cfg.device != "cpu" else "gloo"
+        torch.distributed.init_process_group(backend)
+        rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+        if backend == "nccl":
+            torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    if rank == 0:
+        print("config:", ", ".join(f"{k}={v!r}" for k, v in vars(cfg).items()))
+    try:
+        if cfg.grid_models:
+            return run_grid(cfg, rank, world)
+        return train(cfg, rank, world)
+    finally:
+        if ddp:
+            torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
