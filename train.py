@@ -89,8 +89,9 @@ DEFAULTS = dict(
     peak_flops=0.0,             # for MFU; 0 = look up the GPU (H100/H200/A100), no MFU on CPU
     threads=1,                  # torch CPU threads; a model this small gains little from more, and they thrash
                                 #   when the CPU is shared (22 min instead of 3 here); 0 = torch's default
-    # the recall experiment: non-empty grid_models runs the grid and prints one markdown table
-    grid_models=(),             # presets to compare, e.g. ("jrt-tiny", "based-tiny", "transformer-tiny")
+    # the recall experiment: non-empty grid_layers trains `model` with each layout, width and lr, then prints
+    # one markdown table; Zoology's layouts: (("conv", "pla"), ("conv", "la"), ("conv", "attn"))
+    grid_layers=(),             # layouts to compare: JRT-RNN (pla), Based (la), attention (the ceiling)
     grid_d_model=(),            # widths, i.e. state sizes (Model.state_size())
     grid_lr=(),                 # report the best test accuracy over these learning rates
 )
@@ -179,7 +180,7 @@ def load_task(cfg):
             raise ConfigError(f"seq_len={c.seq_len}: {c.data_path} holds only {text.n_train} train and "
                               f"{text.n_val} val tokens; each split needs more than seq_len")
         return text, text, text.vocab_size
-    except (ValueError, FileNotFoundError) as e:  # data.py's messages name the bad value
+    except (ValueError, RuntimeError, FileNotFoundError) as e:  # data.py's messages say what to change
         raise ConfigError(str(e)) from e
 
 
@@ -438,10 +439,11 @@ def train(cfg, rank=0, world=1):
         tokens, loss_acc = 0, 0.0
         for m, b in enumerate(get_batches(train_data, cfg, gen, n_micro, rank, world, mask_id)):
             b = to_device(b, device)
-            last = m == n_micro - 1
-            with (model.no_sync() if world > 1 and not last else nullcontext()), ctx:  # all-reduce once per update
-                loss = forward_loss(model, b, cfg.mlm_weight) / n_micro
-            loss.backward()
+            sync = model.no_sync() if world > 1 and m < n_micro - 1 else nullcontext()  # all-reduce once per update
+            with sync:
+                with ctx:
+                    loss = forward_loss(model, b, cfg.mlm_weight) / n_micro  # mean over the micro-batches
+                loss.backward()
             loss_acc += loss.item()
             tokens += b["x"].numel() * world
         if cfg.grad_clip:
@@ -469,25 +471,29 @@ def train(cfg, rank=0, world=1):
 # the recall experiment: models x widths, best over learning rates, one table
 
 def run_grid(cfg, rank, world):
-    results = {}                                     # (model, d_model) -> (best acc, lr, state size)
-    for name in cfg.grid_models:
+    if cfg.task == "text" or not cfg.grid_d_model:
+        raise ConfigError("the grid needs a recall task (mqar or disjoint_sets) and grid_d_model, e.g. (32, 64)")
+    results = {}                                     # (layout, d_model) -> (best acc, lr, state size)
+    for layers in cfg.grid_layers:
+        name = ",".join(layers)
         for d in cfg.grid_d_model:
             for lr in cfg.grid_lr or (cfg.lr,):
-                run = SimpleNamespace(**{**vars(cfg), "model": name, "d_model": d, "lr": lr, "grid_models": (),
-                                         "out_dir": os.path.join(cfg.out_dir, f"{name}-d{d}-lr{lr:g}")})
+                run = SimpleNamespace(**{**vars(cfg), "layers": tuple(layers), "d_model": d, "lr": lr,
+                                         "grid_layers": (), "out_dir": os.path.join(cfg.out_dir, f"{name}-d{d}-lr{lr:g}")})
                 if rank == 0:
                     print(f"\n=== {name}, d_model {d}, lr {lr:g}")
                 r = train(run, rank, world)
                 best = results.get((name, d))
                 if best is None or r["eval"]["acc"] > best[0]:
                     results[(name, d)] = (r["eval"]["acc"], lr, r["state_size"])
-    T = cfg.seq_len
-    lines = [f"MQAR T={T}, k={cfg.num_pairs}, V={cfg.vocab_size}: test accuracy (best over lr {list(cfg.grid_lr)}) "
-             f"@ recurrent state size in numbers (Model.state_size(); attn: its KV cache at T={T}, the ceiling)",
-             "", "| model | " + " | ".join(f"d_model {d}" for d in cfg.grid_d_model) + " |",
+    task = f"MQAR T={cfg.seq_len}, k={cfg.num_pairs}, V={cfg.vocab_size}" if cfg.task == "mqar" else cfg.task
+    lines = [f"{task}: test accuracy, best over lr {list(cfg.grid_lr or (cfg.lr,))}, @ state size in numbers "
+             f"(Model.state_size(); for attn its KV cache at the full length: the unbounded ceiling)",
+             "", "| layers | " + " | ".join(f"d_model {d}" for d in cfg.grid_d_model) + " |",
              "|---" * (1 + len(cfg.grid_d_model)) + "|"]
-    for name in cfg.grid_models:
-        cells = [f"{results[name, d][0]:.3f} @ {results[name, d][2] / 1000:.1f}k" for d in cfg.grid_d_model]
+    for name in (",".join(layers) for layers in cfg.grid_layers):
+        cells = ["{:.3f} @ {:.1f}k (lr {:g})".format(results[name, d][0], results[name, d][2] / 1000, results[name, d][1])
+                 for d in cfg.grid_d_model]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     table = "\n".join(lines)
     if rank == 0:
@@ -511,7 +517,7 @@ def main(argv=None):
     if rank == 0:
         print("config:", ", ".join(f"{k}={v!r}" for k, v in vars(cfg).items()))
     try:
-        if cfg.grid_models:
+        if cfg.grid_layers:
             return run_grid(cfg, rank, world)
         return train(cfg, rank, world)
     finally:

@@ -7,6 +7,7 @@ task = "text"
 tokenizer = "gpt2"
 data_path = "data/pile.txt"
 model = "jrt-360m"
+init_std = 0.0               # the preset's N(0, 0.02) (SPEC §4)
 seq_len = 2048
 prefix_len = 1024
 batch_size = 8               # per process and micro-step; 8 x 2048 tokens fit an 80 GB GPU in bf16

@@ -5,6 +5,7 @@ tokenizer = "bytes"          # 258 ids: 256 bytes, <|endoftext|>, [MASK]; nothin
 data_path = "input.txt"      # tokenised once into input.txt.bytes.bin
 model = "jrt-tiny"           # conv, pla, conv, pla
 d_model = 128
+init_std = 0.0               # the preset's N(0, 0.02), as in the paper
 seq_len = 256
 prefix_len = 128             # M: the first half is read non-causally, 15% of it masked (MLM, weight 0.25)
 batch_size = 16

@@ -87,7 +87,8 @@ def test_checkpoint_has_clean_keys_config_and_rng(tmp_path):
 
 
 def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
-    args = TINY + ["--max_iters=2", "--grad_accum=2"]           # global batch 32: 2 x 16 on one process, 16 on each of two
+    # global batch 4 x 16: four micro-batches on one process; two on each of two, the first under no_sync
+    args = TINY + ["--max_iters=2", "--grad_accum=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                         "train.py", *args, f"--out_dir={tmp_path / 'two'}"],
@@ -101,10 +102,10 @@ def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
 
 
 def test_recall_grid_prints_one_table(tmp_path, capsys):
-    results, table = run(tmp_path, "--max_iters=2", "--grid_models=('jrt-tiny', 'transformer-tiny')",
+    results, table = run(tmp_path, "--max_iters=2", "--grid_layers=(('conv', 'pla'), ('conv', 'attn'))",
                          "--grid_d_model=(16,)", "--grid_lr=(1e-3, 3e-3)")
-    assert set(results) == {("jrt-tiny", 16), ("transformer-tiny", 16)}
-    assert "| jrt-tiny |" in table and "| transformer-tiny |" in table
+    assert set(results) == {("conv,pla", 16), ("conv,attn", 16)}
+    assert "| conv,pla | " in table and "| conv,attn | " in table
     assert (tmp_path / "recall_table.md").read_text().strip() == table
 
 
