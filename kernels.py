@@ -354,7 +354,7 @@ class _PLA(torch.autograd.Function):
         q, k, v, k_enc, v_enc, keep, keep_enc, S, z, y, rden = ctx.saved_tensors
         B, H, T, f = q.shape
         dv, M = v.shape[-1], 0 if k_enc is None else k_enc.shape[2]
-        (BV, NV, seg, nseg), kw, dummy = ctx.blocks, ctx.kw, q
+        (_, NV, seg, nseg), kw, dummy = ctx.blocks, ctx.kw, q
         dy = dy.contiguous()
         dden = -(dy.float() * y.float()).sum(-1) * rden      # (B, H, T): ∂L/∂den, the ones column's gradient
         dS_out = torch.zeros_like(S) if dS_out is None else dS_out.float().contiguous()
@@ -543,7 +543,6 @@ def pla_reference(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None,
     Ground truth for the tests only (memory O(T·(T + M + D))). Returns y and the final state.
     """
     B, H, T, f = q.shape
-    dv, D = v.shape[-1], 1 + f + f * f
     phq, phk = feature_map(q), feature_map(k)                                   # (B, H, T, D)
     a = (phq @ phk.transpose(-1, -2)).tril()                                    # (B, H, T, T), j ≤ i
     keep = torch.ones(B, 1, T, 1, dtype=q.dtype) if pad_mask is None else _keep(pad_mask, q)

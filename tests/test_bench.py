@@ -4,7 +4,6 @@ Times themselves are not checked."""
 import json
 import re
 
-import pytest
 import torch
 
 import bench
@@ -13,14 +12,6 @@ from model import Config, Model
 
 TINY = ["--tiny", "--backend", "torch"]  # the same sizes and backend on a CPU and on a GPU
 NUM = r"\d+(\.\d+)?(e[-+]?\d+)?"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():  # on 2 shared cores, torch's thread barriers stall whenever another process holds one
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tables(text):

@@ -9,15 +9,6 @@ from prompt import ModelLM
 PRESETS = ("based-tiny", "jrt-tiny", "transformer-tiny")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """The models here are tiny: a second thread only waits for the first (10x slower on a busy CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(preset, seed=0):
     torch.manual_seed(seed)
     return Model(Config.from_preset(preset, vocab_size=64, d_model=32, n_head=2, feature_dim=4)).eval()

@@ -11,15 +11,6 @@ from prompt import (HFLM, ModelLM, accuracy, contains, cut_around, error_mode, e
 BYTES = data.get_tokenizer("bytes")  # built in code: no download
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread only adds synchronisation (6x slower on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def tiny(layers=("conv", "la"), vocab=258, seed=0, **kw):
     torch.manual_seed(seed)
     cfg = Config(vocab_size=vocab, d_model=32, n_head=2, feature_dim=4, layers=layers, prefix_len=32,

@@ -15,15 +15,6 @@ TINY = ["--model=jrt-tiny", "--d_model=32", "--n_head=2", "--feature_dim=4", "--
         "--eval_interval=1000", "--log_interval=1000", "--device=cpu"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: a second thread gains nothing and thrashes when other jobs share the CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def run(out_dir, *args):
     return train.main(TINY + [f"--out_dir={out_dir}", *args])
 
