@@ -63,8 +63,8 @@ DEFAULTS = dict(
     feature_dim=0,              # f of pla/la, D = 1 + f + f^2
     layers=(),                  # mixer per layer, e.g. ("conv", "pla", "conv", "pla")
     window=0,                   # swa window
-    init_std=0.12,              # N(0, init_std) init; 0 = the preset's 0.02 (SPEC §4, for d_model 1024), which
-                                #   leaves a d_model-64 linear-attention model on MQAR's 1/k plateau
+    init_std=0.12,              # N(0, init_std) init; 0 = the preset's 0.02 (SPEC §4; use it for the paper's sizes),
+                                #   which leaves a d_model-64 linear-attention model on MQAR's 1/k plateau
     backend="auto",             # pla/la kernels: auto (Triton on CUDA) | torch | triton
     # objective (text + pla layers)
     prefix_len=0,               # M; 0 = seq_len // 2 (paper: 1024 of 2048)
@@ -79,8 +79,8 @@ DEFAULTS = dict(
     warmup_iters=20,            # linear warmup (paper: 1% of the run)
     lr_decay_iters=0,           # where the cosine ends; 0 = max_iters
     weight_decay=0.1,           # on matrices only, not on biases, norms, embeddings
-    beta1=0.9,
-    beta2=0.95,
+    beta1=0.9,                  # AdamW betas of the paper
+    beta2=0.95,                 #   (0.95: steadier than 0.999 on short runs)
     grad_clip=1.0,              # clip the global grad norm; 0 = off
     # system
     device="auto",              # auto (cuda if available) | cpu | cuda | mps
