@@ -573,6 +573,9 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     device = torch.device(a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     ints = lambda s: [int(v) for v in s.split(",") if v]
+    for name in ("num_pairs", "chunk_len", "context_lens"):
+        if any(v < 1 for v in ints(getattr(a, name))):
+            p.error(f"--{name}={getattr(a, name)}: expected positive ints, comma-separated")
     if a.task == "overflow":
         g = EXPERIMENT[a.size]
         os.makedirs(a.out_dir, exist_ok=True)
