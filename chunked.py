@@ -325,9 +325,9 @@ def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy"
     _check(selection != "likelihood" or suffix, "suffix", suffix, "the likelihood selection needs a question")
     limit = getattr(lm, "max_seq_len", None)  # models with absolute positions say how much they take
     if limit is not None:
-        need = len(prefix) + len(suffix) + (2 if read_twice else 1) * (len(suffix) + min(chunk_len, len(context)))
-        _check(need <= limit, "suffix", f"{len(suffix)} tokens", f"prefix + chunk + suffix{' twice' if read_twice else ''}"
-               f" = {need} tokens, but the model takes at most max_seq_len = {limit}")
+        need = len(prefix) + (2 if read_twice else 1) * (min(chunk_len, len(context)) + len(suffix))
+        _check(need <= limit, "suffix", f"{len(suffix)} tokens", f"prefix + (chunk + suffix)"
+               f"{' x 2' if read_twice else ''} = {need} tokens, but the model takes at most max_seq_len = {limit}")
     if mode == "last":  # code completion: what matters is right before the cursor
         context, chunk_len = context[-chunk_len:], min(chunk_len, len(context))
 

@@ -221,8 +221,9 @@ def test_bad_inputs_say_what_is_allowed():
         with pytest.raises(ValueError, match=msg):
             oprm_generate(lm, **args)
     lm.max_seq_len = 12                                              # a model with a length limit
-    with pytest.raises(ValueError, match=r"suffix=.*max_seq_len = 12"):
-        oprm_generate(lm, [2], [1] * 20, [3] * 8, 5)
+    with pytest.raises(ValueError, match=r"suffix=.* = 14 tokens.*max_seq_len = 12"):
+        oprm_generate(lm, [2], [1] * 20, [3] * 8, 5)                 # 1 + 5 + 8 = 14 > 12
+    assert oprm_generate(lm, [2], [1] * 20, [3] * 6, 5, max_new_tokens=1).answer == [0]   # 12 fits
     with pytest.raises(ValueError, match="chunk_prefix"):            # JRT-RNN's prefix needs pla layers
         oprm_generate(tiny("transformer-tiny"), [], [1] * 20, [3], 5, chunk_prefix=True)
     cache = cache_context(NeedleLM(), [2], [1] * 20, 5)
