@@ -34,8 +34,9 @@ ModelLM. A chunk is read once: the states of the speculative prefill are the one
 
 Symbols: b chunks, L chunk length, V vocabulary, B rows of one prefill group.
 
-    python chunked.py --task mqar_long --ckpt out/oprm_based/ckpt.pt   # full context vs OPRM accuracy
-    python chunked.py --task cost                                       # prefill time and memory vs context
+    python chunked.py --task overflow          # train Based, JRT-RNN, Transformer; full context vs OPRM (CPU)
+    python chunked.py --task mqar_long --ckpt out/ckpt.pt   # the same test for train.py checkpoints
+    python chunked.py --task cost              # prefill time and peak memory vs context length
 """
 import argparse
 import copy
