@@ -52,7 +52,7 @@ import torch.nn.functional as F
 
 import data
 from model import Config, Model
-from prompt import ModelLM, left_pad
+from prompt import ModelLM, left_pad, load_checkpoint, untie  # noqa: F401 (load_checkpoint: the CLI, tests)
 
 SELECTIONS = ("entropy", "likelihood")
 MODES = ("select", "summarize", "last")
@@ -390,24 +390,6 @@ def mqar_mixture(g, seed=0):
                          torch.cat([e.prefix_len for e in parts]), torch.cat([left(e.pad, True) for e in parts]),
                          torch.cat([torch.full((len(e),), i) for i, e in enumerate(parts)]),
                          [f"C={C} k={k}" for C, k in shapes], g["vocab_size"])
-
-
-def untie(model):
-    """A separate output layer instead of the input embedding (model.py ties them, SPEC §4). Tied, Based and
-    the Transformer stayed on MQAR's plateau (accuracy ≈ 1/k: any value in the context) for 400 and 1000
-    steps on our CPU; untied, they passed 0.9 within 200-400 steps on the same task."""
-    model.lm_head.weight = torch.nn.Parameter(model.wte.weight.detach().clone())
-    return model
-
-
-def load_checkpoint(path, device="cpu"):
-    """A train.py checkpoint (or fit_mqar's, in the same format) -> (Model in eval mode, its training config)."""
-    ck = torch.load(path, map_location=device, weights_only=False)
-    model = Model(Config(**ck["model_args"]))
-    if ck["config"].get("untied_head"):
-        untie(model)
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), ck["config"]
 
 
 def fit_mqar(preset, g, path, *, device="cpu", seed=0):
