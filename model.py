@@ -41,6 +41,7 @@ class Config:
     rope_base: float = 10000.0     # rotary base of swa/attn
     norm_eps: float = 1e-5         # RMSNorm epsilon
     init_std: float = 0.02         # N(0, 0.02) init; output projections get 0.02/√(2·n_layer)
+    tie_embeddings: bool = True    # the output layer is the input embedding (SPEC §4); False: its own matrix
     backend: str = "auto"          # pla/la kernels: "auto" (Triton on CUDA, torch elsewhere), "torch", "triton"
 
     def __post_init__(self):
@@ -55,6 +56,8 @@ class Config:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if ({"swa", "attn"} & set(self.layers)) and (self.d_model // self.n_head) % 2:
             raise ValueError(f"rotary needs an even head dim; d_model / n_head = {self.d_model // self.n_head}")
+        if not isinstance(self.tie_embeddings, bool):
+            raise ValueError(f"tie_embeddings must be True or False; got {self.tie_embeddings!r}")
         if self.backend not in ("auto", "torch", "triton"):
             raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {self.backend!r}")
 
@@ -308,7 +311,8 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList(Block(cfg, name) for name in cfg.layers)
         self.norm_f = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # tied input/output embeddings
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.wte.weight
         for name, p in self.named_parameters():  # SPEC §4 init; the depthwise conv keeps PyTorch's default
             if p.dim() == 2:
                 small = name.endswith(("mixer.out.weight", "mlp.fc2.weight"))
@@ -431,3 +435,14 @@ class Model(nn.Module):
             sizes[m] = sizes.get(m, 0) + per[m]
         sizes["total"] = sum(sizes.values())
         return sizes
+
+
+def load_checkpoint(path, device="cpu"):
+    """A train.py checkpoint (keys `model`, `model_args`, `config`) -> (Model in eval mode, its training
+    config as a dict)."""
+    ck = torch.load(path, map_location=device, weights_only=False)
+    if not isinstance(ck, dict) or "model_args" not in ck or "model" not in ck:
+        raise ValueError(f"{path} is not a train.py checkpoint (it needs the keys 'model' and 'model_args')")
+    model = Model(Config(**ck["model_args"]))
+    model.load_state_dict(ck["model"])
+    return model.to(device).eval(), ck.get("config", {})

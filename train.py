@@ -63,6 +63,7 @@ DEFAULTS = dict(
     feature_dim=0,              # f of pla/la, D = 1 + f + f^2
     layers=(),                  # mixer per layer, e.g. ("conv", "pla", "conv", "pla")
     window=0,                   # swa window
+    tie_embeddings=True,        # lm_head = the input embedding (SPEC §4); False gives the output its own matrix
     init_std=0.12,              # N(0, init_std) init; 0 = the preset's 0.02 (SPEC §4; use it for the paper's sizes),
                                 #   which leaves a d_model-64 linear-attention model on MQAR's 1/k plateau
     backend="auto",             # pla/la kernels: auto (Triton on CUDA) | torch | triton
@@ -291,7 +292,7 @@ def evaluate(model, tests, cfg, ctx, device, rank, world, mask_id):
 # optimiser, schedule, throughput
 
 def configure_optimizer(model, cfg, device_type):
-    """AdamW with weight decay on weight matrices only: biases, norms and the (tied) embedding get none."""
+    """AdamW with weight decay on weight matrices only: biases, norms and the input embedding get none."""
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         (no_decay if p.dim() < 2 or name == "wte.weight" else decay).append(p)
@@ -312,8 +313,10 @@ def get_lr(it, cfg):
 
 def flops_per_token(model, T):
     """Training FLOPs per token, forward + backward = 3 x forward (PaLM appendix B style, approximate):
-    2 per weight (the tied lm_head is a real matmul), plus each mixer's own work at length T."""
+    2 per weight used in a matmul (all but the embedding lookup; tied, the embedding is the lm_head's matmul),
+    plus each mixer's own work at length T."""
     c = model.config
+    matmul_params = model.num_params() - (0 if c.tie_embeddings else model.wte.weight.numel())
     H, d, f = c.n_head, c.d_model, c.feature_dim
     dv, D = d // H, 1 + f + f * f
     mixer = dict(attn=4 * d * T,                             # q.k and a.v over T keys (causal halves ignored)
@@ -321,7 +324,7 @@ def flops_per_token(model, T):
                  pla=H * (4 * D * dv + 4 * 64 * (f + dv)),   # read and update the D x dv state, 64-token chunks
                  la=H * (4 * D * dv + 4 * 64 * (f + dv)),
                  conv=4 * d * c.conv_kernel)
-    return 3 * (2 * model.num_params() + sum(mixer[m] for m in c.layers))
+    return 3 * (2 * matmul_params + sum(mixer[m] for m in c.layers))
 
 
 def peak_flops(cfg, device_type):
@@ -370,6 +373,7 @@ def train(cfg, rank=0, world=1):
                      if getattr(cfg, k)}
         try:
             mcfg = Config.from_preset(cfg.model, vocab_size=vocab, backend=cfg.backend, **overrides,
+                                      tie_embeddings=cfg.tie_embeddings,
                                       prefix_len=cfg.prefix_len or cfg.seq_len // 2)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e

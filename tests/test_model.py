@@ -219,3 +219,12 @@ def test_bad_input_raises_clear_errors():
         Config.from_preset("jrt-tiny", n_heads=4)
     with pytest.raises(ValueError, match="seq_len"):
         Model(Config.from_preset("transformer-tiny")).state_size()
+    with pytest.raises(ValueError, match="tie_embeddings"):
+        Config.from_preset("jrt-tiny", tie_embeddings="no")
+
+
+def test_tied_and_untied_output_layer():
+    tied, untied = Model(Config.from_preset("jrt-tiny")), Model(Config.from_preset("jrt-tiny", tie_embeddings=False))
+    assert tied.lm_head.weight is tied.wte.weight and untied.lm_head.weight is not untied.wte.weight
+    V, d = untied.config.vocab_size, untied.config.d_model
+    assert untied.num_params() - tied.num_params() == V * d

@@ -77,6 +77,17 @@ def test_checkpoint_has_clean_keys_config_and_rng(tmp_path):
     assert train.state_dict_clean({"module._orig_mod.wte.weight": 1}) == {"wte.weight": 1}
 
 
+def test_untied_head_trains_and_loads_back(tmp_path):
+    from model import load_checkpoint
+    run(tmp_path, "--max_iters=2", "--tie_embeddings=False")
+    model, cfg = load_checkpoint(tmp_path / "ckpt.pt")
+    assert cfg["tie_embeddings"] is False and model.lm_head.weight is not model.wte.weight
+    assert not torch.equal(model.lm_head.weight, model.wte.weight)
+    with pytest.raises(ValueError, match="not a train.py checkpoint"):
+        torch.save({"weights": 1}, tmp_path / "other.pt")
+        load_checkpoint(tmp_path / "other.pt")
+
+
 def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
     # global batch 4 x 16: four micro-batches on one process; two on each of two, the first under no_sync
     args = TINY + ["--max_iters=2", "--grad_accum=4"]
