@@ -34,25 +34,24 @@ ModelLM. A chunk is read once: the states of the speculative prefill are the one
 
 Symbols: b chunks, L chunk length, V vocabulary, B rows of one prefill group.
 
-    python chunked.py --task overflow          # train Based, JRT-RNN, Transformer; full context vs OPRM (CPU)
-    python chunked.py --task mqar_long --ckpt out/ckpt.pt   # the same test for train.py checkpoints
+    python chunked.py --task mqar_long --ckpt out/ckpt.pt   # full context vs OPRM on MQAR with more pairs
     python chunked.py --task cost              # prefill time and peak memory vs context length
+    python experiments.py overflow             # trains Based, JRT-RNN and a Transformer, then the same test
 """
 import argparse
 import copy
 import ctypes
 import math
 import operator
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import data
-from model import Config, Model
-from prompt import ModelLM, left_pad, load_checkpoint, untie  # noqa: F401 (load_checkpoint: the CLI, tests)
+from model import Config, Model, load_checkpoint
+from prompt import ModelLM, left_pad
 
 SELECTIONS = ("entropy", "likelihood")
 MODES = ("select", "summarize", "last")
@@ -354,75 +353,7 @@ def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy"
     return OPRMResult(answer, chosen, scores, ent, top, kept, states.spans)
 
 
-# ----------------------------------------------------------------------------- the overflow experiment
-
-# OPRM's associative-recall study (SPEC §7), on MQAR. Training: a mixture of context lengths (train_contexts)
-# and of few pairs (train_pairs), queries at the end, a quarter of them about absent keys (answer: the IDK
-# token, so a chunk without the key can say so). Like an LLM, which has read texts of every length, the
-# model then knows what a short chunk looks like. Test: the longest context with more pairs, one query.
-# "cpu" runs in minutes; "gpu" is the larger version.
-MODELS = {  # Zoology-style conv + mixer stacks, no sliding window (a window as long as the input is attention)
-    "based-tiny": ("conv", "la", "conv", "la"),
-    "jrt-tiny": ("conv", "pla", "conv", "pla"),
-    "transformer-tiny": ("conv", "attn", "conv", "attn"),  # the conv too: the preset's attn-only pair did not
-}                                                          # leave MQAR's plateau in 1000 steps here
-EXPERIMENT = {
-    "cpu": dict(models=MODELS, vocab_size=64, train_contexts=(8, 16, 32),
-                train_pairs=(4,), query_slots=4, idk_frac=0.25, d_model=64, feature_dim=8, n_train=20000,
-                iters=1500, lr=3e-3, batch_size=64, test_pairs=(4, 8, 16), chunk_lens=(16, 8), n_test=200),
-    "gpu": dict(models=MODELS, vocab_size=8192,
-                train_contexts=(64, 128, 256, 512, 1024), train_pairs=(4, 8, 16), query_slots=16, idk_frac=0.25,
-                d_model=128, feature_dim=16, n_train=100000, iters=20000, lr=1e-3, batch_size=256,
-                test_pairs=(16, 32, 64, 128, 256), chunk_lens=(128, 64), n_test=1000),
-}
-
-
-def mqar_mixture(g, seed=0):
-    """The training set: n_train examples spread evenly over every (context length, pairs) of the mixture,
-    left-padded to one length (pads never enter a state); the context is JRT-RNN's prefix (M = C)."""
-    shapes = [(C, k) for C in g["train_contexts"] for k in g["train_pairs"] if 2 * k <= C]
-    parts = [data.mqar(g["n_train"] // len(shapes), vocab_size=g["vocab_size"], seq_len=C + 2 * g["query_slots"],
-                       num_pairs=k, num_queries=min(k, g["query_slots"]), context_len=C, idk_frac=g["idk_frac"],
-                       seed=seed + i, split="train") for i, (C, k) in enumerate(shapes)]
-    T = max(e.x.shape[1] for e in parts)
-    left = lambda t, value: torch.cat([torch.full((len(t), T - t.shape[1]), value, dtype=t.dtype), t], 1)
-    return data.Examples(torch.cat([left(e.x, 0) for e in parts]), torch.cat([left(e.y, -100) for e in parts]),
-                         torch.cat([e.prefix_len for e in parts]), torch.cat([left(e.pad, True) for e in parts]),
-                         torch.cat([torch.full((len(e),), i) for i, e in enumerate(parts)]),
-                         [f"C={C} k={k}" for C, k in shapes], g["vocab_size"])
-
-
-def fit_mqar(preset, g, path, *, device="cpu", seed=0):
-    """Train one model of the experiment with train.py's recipe (AdamW, warmup + cosine, clip 1.0, loss on
-    the answers only) and save it in train.py's checkpoint format, with the test's shape in its config."""
-    import train  # its optimiser and schedule; imported here so that `import chunked` never needs it
-    torch.manual_seed(seed)
-    C = max(g["train_contexts"])
-    mcfg = Config.from_preset(preset, vocab_size=g["vocab_size"], d_model=g["d_model"], feature_dim=g["feature_dim"],
-                              layers=g["models"][preset], prefix_len=C)
-    model = untie(Model(mcfg)).to(device)
-    ex = mqar_mixture(g, seed)
-    hp = argparse.Namespace(lr=g["lr"], min_lr_ratio=0.1, warmup_iters=g["iters"] // 20, lr_decay_iters=0,
-                            max_iters=g["iters"], weight_decay=0.1, beta1=0.9, beta2=0.95)
-    opt = train.configure_optimizer(model, hp, device.type)
-    gen, t0 = torch.Generator().manual_seed(seed), time.time()
-    for it in range(g["iters"]):
-        for group in opt.param_groups:
-            group["lr"] = train.get_lr(it, hp)
-        b = ex[torch.randint(len(ex), (g["batch_size"],), generator=gen)]
-        logits, _ = model(b.x.to(device), prefix_len=b.prefix_len.to(device), pad_mask=b.pad.to(device))  # (B, T, V)
-        loss = train.masked_ce(logits, b.y.to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if (it + 1) % 100 == 0:
-            print(f"  {preset} iter {it + 1}/{g['iters']} loss {loss.item():.3f} ({time.time() - t0:.0f} s)", flush=True)
-    config = dict(g, model=preset, untied_head=True, train_seconds=time.time() - t0, context_len=C,
-                  seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]))
-    torch.save(dict(model=model.state_dict(), model_args=asdict(mcfg), config=config, iter=g["iters"]), path)
-    return model.eval(), config
-
+# ----------------------------------------------------------------------------- OPRM on long MQAR
 
 @torch.no_grad()
 def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=200, seed=0):
@@ -451,8 +382,9 @@ def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=
     return {"full": hits["full"] / n, **{L: {r: v / n for r, v in hits[L].items()} for L in chunk_lens}}
 
 
-def print_accuracy(model, c, pairs, chunk_lens, n, device):
-    """One markdown row per (pairs, L) for a trained model; c is its training config."""
+def accuracy_rows(model, c, pairs, chunk_lens, n):
+    """One markdown row per (pairs, L) for a model trained on MQAR, as each is measured; c is its training
+    config (vocab_size, seq_len, context_len, num_pairs, model)."""
     C = c["context_len"] or 2 * c["num_pairs"]
     for k in pairs:
         t0 = time.time()
@@ -460,8 +392,8 @@ def print_accuracy(model, c, pairs, chunk_lens, n, device):
                         chunk_lens=chunk_lens, n=n)
         for L in chunk_lens:
             cells = [acc["full"], *acc[L].values()]
-            print(f"| {c['model']} | {k} | {L} | " + " | ".join(f"{v:.3f}" for v in cells)
-                  + f" | {time.time() - t0:.0f} |", flush=True)
+            yield (f"| {c['model']} | {k} | {L} | " + " | ".join(f"{v:.3f}" for v in cells)
+                   + f" | {time.time() - t0:.0f} |")
 
 
 ACC_HEADER = ("| model | pairs | L | full context | OPRM entropy | OPRM entropy + IDK | OPRM likelihood | "
@@ -533,19 +465,18 @@ def prefill_cost(lm, context_len, chunk_len, *, max_batch_tokens=120_000, suffix
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="OPRM: full context vs chunked inference (SPEC §7)")
-    p.add_argument("--task", default="overflow", choices=("overflow", "mqar_long", "cost"),
-                   help="overflow: train the experiment's models (or reuse them) and test them; mqar_long: test "
-                   "checkpoints; cost: prefill time and memory vs context length")
-    p.add_argument("--size", default="cpu", choices=tuple(EXPERIMENT), help="overflow: the experiment's size")
-    p.add_argument("--out_dir", default="out/oprm", help="overflow: where the models are saved (and reused)")
+    p = argparse.ArgumentParser(description="OPRM: full context vs chunked inference (SPEC §7); the overflow "
+                                "experiment that trains its own models is `python experiments.py overflow`")
+    p.add_argument("--task", default="mqar_long", choices=("mqar_long", "cost"),
+                   help="mqar_long: test MQAR checkpoints with more pairs than they were trained on; "
+                   "cost: prefill time and memory vs context length")
     p.add_argument("--ckpt", default="", help="mqar_long: checkpoints, comma-separated")
     p.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default 1, 2, 4, 8 x the training count")
     p.add_argument("--chunk_len", default="", help="L, comma-separated; default context_len // 4 (mqar_long), "
                    "512 (cost)")
-    p.add_argument("--n", type=int, default=0, help="test examples per pair count; default 200 (cpu), 1000 (gpu)")
-    p.add_argument("--models", default="", help="overflow: presets to train (default: the experiment's); "
-                   "cost: presets, random weights (default: based-tiny, jrt-tiny, transformer-tiny)")
+    p.add_argument("--n", type=int, default=200, help="mqar_long: test examples per pair count")
+    p.add_argument("--models", default="based-tiny,jrt-tiny,transformer-tiny",
+                   help="cost: model.py presets, random weights")
     p.add_argument("--context_lens", default="1024,2048,4096,8192,16384", help="cost: context lengths")
     p.add_argument("--max_batch_tokens", type=int, default=120_000, help="tokens per prefill batch (paper ~120k)")
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
@@ -556,26 +487,10 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     device = torch.device(a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
     ints = lambda s: [int(v) for v in s.split(",") if v]
-    for name in ("num_pairs", "chunk_len", "context_lens"):
-        if any(v < 1 for v in ints(getattr(a, name))):
+    for name in ("num_pairs", "chunk_len", "context_lens", "n"):
+        if any(v < 1 for v in ints(str(getattr(a, name)))):
             p.error(f"--{name}={getattr(a, name)}: expected positive ints, comma-separated")
-    if a.task == "overflow":
-        g = EXPERIMENT[a.size]
-        os.makedirs(a.out_dir, exist_ok=True)
-        trained = []
-        for preset in a.models.split(",") if a.models else g["models"]:
-            path = os.path.join(a.out_dir, f"{preset}.pt")
-            if os.path.exists(path):
-                print(f"reusing {path}")
-                trained.append(load_checkpoint(path, device))
-            else:
-                trained.append(fit_mqar(preset, g, path, device=device))
-                print(f"saved {path}: {trained[-1][1]['train_seconds']:.0f} s of training", flush=True)
-        print("\n" + ACC_HEADER)
-        for model, c in trained:
-            print_accuracy(model, c, ints(a.num_pairs) or g["test_pairs"], ints(a.chunk_len) or g["chunk_lens"],
-                           a.n or g["n_test"], device)
-    elif a.task == "mqar_long":
+    if a.task == "mqar_long":
         if not a.ckpt:
             p.error("--task mqar_long needs --ckpt (a train.py checkpoint, e.g. out/ckpt.pt)")
         print(ACC_HEADER)
@@ -583,14 +498,15 @@ def main(argv=None):
             model, c = load_checkpoint(path, device)
             C = c["context_len"] or 2 * c["num_pairs"]
             pairs = ints(a.num_pairs) or [c["num_pairs"] * m for m in (1, 2, 4, 8) if c["num_pairs"] * m <= C // 2]
-            print_accuracy(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n or 200, device)
+            for row in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n):
+                print(row, flush=True)
     else:
         if device.type == "cpu":
             _rss_follows_tensors()
         print(f"device {device}; prefill of [C_i, S] with |S| = 8, max_batch_tokens {a.max_batch_tokens}; "
               "seconds (best of 3) and peak memory above the start (MB)\n")
         print("| model | context | L | full s | OPRM s | full MB | OPRM MB |\n|---|---|---|---|---|---|---|")
-        for name in (a.models or "based-tiny,jrt-tiny,transformer-tiny").split(","):
+        for name in a.models.split(","):
             torch.manual_seed(0)
             model = Model(Config.from_preset(name)).to(device).eval()
             for N in ints(a.context_lens):

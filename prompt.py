@@ -1,6 +1,6 @@
 """
-JRT-Prompt: show the context twice before the question (JRT paper, SPEC §1, §5), its evaluation harness,
-and the synthetic experiments behind it (set order on set disjointness; reading MQAR twice).
+JRT-Prompt: show the context twice before the question (JRT paper, SPEC §1, §5), and its evaluation
+harness. The synthetic experiments behind it (set order, MQAR read twice) are in experiments.py.
 
 A recurrent LM reads with a fixed-size state, so it must decide what to keep before it knows the
 question. Showing (context, question, context, question) lets the second pass be read with the
@@ -23,24 +23,20 @@ The rest of the file, top to bottom:
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
     3. harness           greedy, contains, error_mode, evaluate, results_table, accuracy (teacher-forced)
     4. HF adapter        HFLM, HFTokenizer (transformers imported lazily, never required)
-    5. experiments       set order on set disjointness; MQAR read once vs twice (fit, relabel, GRIDS)
-    6. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
-                         python prompt.py --experiment set-order --grid cpu
+    5. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
 """
 import argparse
 import bisect
 import copy
 import json
 import re
-import sys
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.utils._pytree import tree_map
 
 import data
-from model import Config, Model
+from model import load_checkpoint
 
 
 class ModelLM:
@@ -477,162 +473,7 @@ class HFTokenizer:
         return self.tok.decode(ids), offsets
 
 
-# ----------------------------------------------------------------------------- 5. experiments (SPEC §1, §8)
-# Models as in the paper's synthetic study: BaseConv + linear-attention stacks, no sliding window (a window
-# as long as the input would be full attention and hide the effect). Causal Based: ("conv", "la") * 2;
-# JRT-RNN: ("conv", "pla") * 2 with the prefix M = the whole input (data.py's prefix_len).
-
-GRIDS = {  # "cpu": minutes each on a shared 2-core CPU; "gpu": closer to the paper's grid (SPEC §8)
-    "set-order": {    # vocab_size < 2048: the sets relabelled onto fewer ids (see relabel)
-        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=128, n_train=2000, n_test=250,
-                    widths=[(16, 4), (32, 4)], n_head=2, iters=1500, lr=1e-2, batch_size=64),
-        "gpu": dict(shapes=data.SD_TRAIN_SHAPES, vocab_size=data.SD_VOCAB, n_train=20000, n_test=1000,
-                    widths=[(36, 4), (64, 8), (96, 16), (128, 24)], n_head=2, iters=20000, lr=1e-3, batch_size=256),
-    },
-    "read-twice": {   # tasks: (seq_len of one pass, key-value pairs k, queries q); q < k, so min(k, q) = q
-        "cpu": dict(tasks=[(32, 8, 4)], vocab_size=64, n_train=8000, n_test=500,
-                    widths=[(32, 4), (64, 4)], n_head=2, iters=1500, lr=3e-3, batch_size=64),
-        "gpu": dict(tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000, n_test=1000,
-                    widths=[(64, 8), (128, 16), (256, 16)], n_head=4, iters=20000, lr=1e-3, batch_size=256),
-    },
-}
-
-
-def relabel(ex, vocab_size, seed=0):
-    """Set disjointness over a smaller vocabulary: each row's set tokens (ids >= 4) are mapped one-to-one
-    onto random ids in [4, vocab_size). A and B stay sets that share exactly one token, and uniformly drawn
-    sets stay uniform. data.disjoint_sets always uses 2048 ids, and learning that many token identities
-    takes far longer than a CPU run of a few minutes."""
-    gen = torch.Generator().manual_seed(seed)
-    x, y = ex.x.clone(), ex.y.clone()
-    for r in range(len(x)):
-        toks = x[r][x[r] >= 4].unique()                                        # the row's distinct set tokens
-        if len(toks) > vocab_size - 4:
-            raise ValueError(f"relabel: a row has {len(toks)} set tokens, more than vocab_size - 4 = {vocab_size - 4}")
-        lut = torch.arange(max(data.SD_VOCAB, vocab_size))                     # old id -> new id
-        lut[toks] = torch.randperm(vocab_size - 4, generator=gen)[:len(toks)] + 4
-        x[r] = lut[x[r]]
-        y[r] = torch.where(y[r] >= 4, lut[y[r].clamp(min=0)], y[r])
-    return data.Examples(x, y, ex.prefix_len, ex.pad, ex.group, ex.groups, vocab_size)
-
-
-def fit(model, ex, iters, lr, batch_size=64, seed=0, log_every=100):
-    """Train on data.Examples with train.py's recipe: AdamW (0.9, 0.95), weight decay 0.1 on matrices,
-    warmup then cosine to lr/10, gradient clip 1.0; loss on the answer positions only."""
-    import train  # its optimiser and schedule; imported here so that `import prompt` never needs it
-    hp = argparse.Namespace(lr=lr, min_lr_ratio=0.1, warmup_iters=max(1, iters // 20), lr_decay_iters=0,
-                            max_iters=iters, weight_decay=0.1, beta1=0.9, beta2=0.95)
-    dev = next(model.parameters()).device
-    opt = train.configure_optimizer(model, hp, dev.type)
-    gen = torch.Generator().manual_seed(seed)
-    model.train()
-    for it in range(iters):
-        for group in opt.param_groups:
-            group["lr"] = train.get_lr(it, hp)
-        e = ex[torch.randint(len(ex), (batch_size,), generator=gen)]
-        b = train.to_device(dict(x=e.x, y=e.y, M=e.prefix_len, pad=e.pad, mlm=None), dev)  # drops all-pad columns
-        logits, y = answer_logits(model, b["x"], b["y"], b["M"], b["pad"])
-        loss = F.cross_entropy(logits.float(), y)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if log_every and (it + 1) % log_every == 0:
-            print(f"  iter {it + 1}/{iters} loss {loss.item():.3f}", flush=True)
-    return model.eval()
-
-
-def _model(vocab_size, mixer, d_model, f, n_head, T, seed=0):
-    torch.manual_seed(seed)
-    cfg = Config(vocab_size=vocab_size, d_model=d_model, n_head=n_head, feature_dim=f, layers=("conv", mixer) * 2,
-                 prefix_len=T, backend="auto")
-    return Model(cfg).to("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def set_order_experiment(grid="cpu", seed=0, widths=None):
-    """SPEC §1, §8 (paper Figure 2): causal Based vs JRT-RNN on set disjointness, trained on both orders
-    of each shape; test accuracy with the shorter set first vs last, at a few state sizes.
-    A and B are drawn from the whole vocabulary (halves=False): with SPEC §8's halves, the shared token
-    is the only B token from A's half, which a model can spot without remembering A at all."""
-    g = dict(GRIDS["set-order"][grid], **({"widths": widths} if widths else {}))
-    V = g["vocab_size"]
-    train_ex = data.disjoint_sets(g["n_train"], shapes=g["shapes"], halves=False, seed=seed, split="train")
-    test_ex = data.disjoint_sets(g["n_test"], shapes=g["shapes"], halves=False, seed=seed, split="test")
-    if V < data.SD_VOCAB:
-        train_ex, test_ex = relabel(train_ex, V, seed), relabel(test_ex, V, seed + 1)
-    T = train_ex.x.shape[1]
-    pairs = [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
-    rows = []
-    for mixer, name in (("la", "Based (causal)"), ("pla", "JRT-RNN (prefix = input)")):
-        for d, f in g["widths"]:
-            print(f"set order: {name}, d_model {d}, f {f}", flush=True)
-            t0 = time.time()
-            model = fit(_model(V, mixer, d, f, g["n_head"], T, seed), train_ex, g["iters"], g["lr"],
-                        g["batch_size"], seed)
-            per, _ = accuracy(model, test_ex)
-            cells = [f"{100 * per[f'|A|={a} |B|={b}']:.1f} / {100 * per[f'|A|={b} |B|={a}']:.1f}" for a, b in pairs]
-            rows.append(f"| {name} | {d} | {f} | {model.state_size()['total']:,} | " + " | ".join(cells)
-                        + f" | {time.time() - t0:.0f} s |")
-    head = ("| model | d_model | f | state | " + " | ".join(f"{a} & {b}: short first / last" for a, b in pairs)
-            + " | train time |")
-    return "\n".join([head, "|---" * (5 + len(pairs)) + "|"] + rows)
-
-
-def read_twice_experiment(grid="cpu", seed=0, widths=None):
-    """Based trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and so the
-    same state size; and the once-trained model on the twice layout zero-shot. With q queries about k
-    pairs, one pass needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max))."""
-    g = dict(GRIDS["read-twice"][grid], **({"widths": widths} if widths else {}))
-    rows = []
-    for P, k, q in g["tasks"]:
-        kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
-        once_tr = data.mqar(g["n_train"], seq_len=P, split="train", **kw)
-        twice_tr = data.mqar(g["n_train"], seq_len=2 * P, read_twice=True, split="train", **kw)
-        once_te = data.mqar(g["n_test"], seq_len=P, split="test", **kw)
-        twice_te = jrt_examples(once_te, 2)          # the same test rows, shown twice
-        for d, f in g["widths"]:
-            acc, secs = {}, 0.0
-            for fmt, train_ex in (("once", once_tr), ("twice", twice_tr)):
-                print(f"read twice: T={P} k={k} q={q}, trained {fmt}, d_model {d}, f {f}", flush=True)
-                t0 = time.time()
-                model = fit(_model(g["vocab_size"], "la", d, f, g["n_head"], 2 * P, seed), train_ex, g["iters"],
-                            g["lr"], g["batch_size"], seed)
-                secs += time.time() - t0
-                acc[fmt, "once"] = accuracy(model, once_te)[1]
-                acc[fmt, "twice"] = accuracy(model, twice_te)[1]
-            rows.append(f"| {P} | {k} | {q} | {d} | {f} | {model.state_size()['total']:,} | "
-                        f"{100 * acc['once', 'once']:.1f} | {100 * acc['once', 'twice']:.1f} | "
-                        f"{100 * acc['twice', 'twice']:.1f} | {100 * acc['twice', 'once']:.1f} | {secs:.0f} s |")
-    head = ("| T (one pass) | pairs k | queries q | d_model | f | state | once → once | once → twice (zero-shot) "
-            "| twice → twice | twice → once | train time (both) |")
-    return "\n".join([head, "|---" * 11 + "|"] + rows)
-
-
-EXPERIMENTS = {"set-order": set_order_experiment, "read-twice": read_twice_experiment}
-
-
-# ----------------------------------------------------------------------------- 6. CLI
-
-def untie(model):
-    """A separate output layer instead of the input embedding (model.py ties them, SPEC §4). Tied, Based and
-    the Transformer stayed on MQAR's plateau (accuracy ≈ 1/k: any value in the context) for 400 and 1000
-    steps on our CPU; untied, they passed 0.9 within 200-400 steps on the same task (chunked.py's experiment)."""
-    model.lm_head.weight = torch.nn.Parameter(model.wte.weight.detach().clone())
-    return model
-
-
-def load_checkpoint(path, device="cpu"):
-    """A train.py checkpoint (or chunked.fit_mqar's, marked `untied_head`) -> (Model in eval mode, its config)."""
-    ck = torch.load(path, map_location=device, weights_only=False)
-    if "model_args" not in ck or "model" not in ck:
-        raise ValueError(f"{path} is not a train.py checkpoint (it needs the keys 'model' and 'model_args')")
-    model = Model(Config(**ck["model_args"]))
-    if ck.get("config", {}).get("untied_head"):
-        untie(model)
-    strip = lambda k: k.replace("_orig_mod.", "").removeprefix("module.")    # torch.compile / DDP prefixes
-    model.load_state_dict({strip(k): v for k, v in ck["model"].items()})
-    return model.to(device).eval(), ck.get("config", {})
-
+# ----------------------------------------------------------------------------- 5. CLI
 
 def synthetic_table(model, ex, formats):
     """Teacher-forced accuracy of one test set shown in each format (default = once, jrt = twice, jr<p>)."""
@@ -649,8 +490,8 @@ def synthetic_table(model, ex, formats):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description="JRT-Prompt: default vs read-twice accuracy of a model, or the "
-                                             "synthetic experiments", formatter_class=argparse.RawTextHelpFormatter)
+    ap = argparse.ArgumentParser(description="JRT-Prompt: default vs read-twice accuracy of a model",
+                                 formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ckpt", help="a train.py checkpoint, e.g. out/ckpt.pt")
     ap.add_argument("--hf", help="a Hugging Face causal LM name or path (needs transformers), e.g. "
                                  "state-spaces/mamba-130m-hf")
@@ -661,52 +502,40 @@ def main(argv=None):
     ap.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together")
     ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--experiment", choices=sorted(EXPERIMENTS), help="run a synthetic experiment instead")
-    ap.add_argument("--grid", choices=("cpu", "gpu"), default="cpu", help="the experiment's size")
-    ap.add_argument("--widths", help="the experiment's (d_model, f) pairs instead of the grid's, e.g. 32:4,64:8")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
     a = ap.parse_args(argv)
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
     for f in formats:
         _repeats_of(f)                                              # a bad name fails here, with the allowed ones
-    t0 = time.time()
-    if a.experiment:
-        if not torch.cuda.is_available():
-            torch.set_num_threads(1)  # tiny models: a second CPU thread only adds synchronisation
-        widths = [tuple(int(v) for v in w.split(":")) for w in a.widths.split(",")] if a.widths else None
-        table = EXPERIMENTS[a.experiment](a.grid, widths=widths)
-        cmd = " ".join(["python prompt.py"] + (argv if argv is not None else sys.argv[1:]))
-        table += f"\n\n(`{cmd}`: {time.time() - t0:.0f} s)"
+    if bool(a.ckpt) == bool(a.hf) or not a.task:
+        ap.error("give --task and exactly one of --ckpt or --hf")
+    if a.hf:
+        from transformers import AutoTokenizer              # optional: only this path needs it
+        lm, tok = HFLM.from_pretrained(a.hf), HFTokenizer(AutoTokenizer.from_pretrained(a.hf))
+        lm.model.to(a.device)
+        model, cfg = None, {}
     else:
-        if bool(a.ckpt) == bool(a.hf) or not a.task:
-            ap.error("give --task and exactly one of --ckpt or --hf (or --experiment)")
-        if a.hf:
-            from transformers import AutoTokenizer                  # optional: only this path needs it
-            lm, tok = HFLM.from_pretrained(a.hf), HFTokenizer(AutoTokenizer.from_pretrained(a.hf))
-            lm.model.to(a.device)
-            model, cfg = None, {}
+        model, cfg = load_checkpoint(a.ckpt, a.device)
+        lm = ModelLM(model)
+    if a.task in ("mqar", "sets"):
+        if model is None:
+            ap.error("--task mqar/sets needs --ckpt (a model trained on that task's token ids)")
+        if a.task == "mqar":
+            P = cfg.get("seq_len", 64) // (2 if cfg.get("read_twice") else 1)    # one pass
+            ex = data.mqar(a.n, vocab_size=cfg.get("vocab_size", 128), seq_len=P,
+                           num_pairs=cfg.get("num_pairs", 8), context_len=cfg.get("context_len") or None,
+                           seed=cfg.get("data_seed", 0), split="test")
         else:
-            model, cfg = load_checkpoint(a.ckpt, a.device)
-            lm = ModelLM(model)
-        if a.task in ("mqar", "sets"):
-            if model is None:
-                ap.error("--task mqar/sets needs --ckpt (a model trained on that task's token ids)")
-            if a.task == "mqar":
-                P = cfg.get("seq_len", 64) // (2 if cfg.get("read_twice") else 1)    # one pass
-                ex = data.mqar(a.n, vocab_size=cfg.get("vocab_size", 128), seq_len=P,
-                               num_pairs=cfg.get("num_pairs", 8), context_len=cfg.get("context_len") or None,
-                               seed=cfg.get("data_seed", 0), split="test")
-            else:
-                ex = data.disjoint_sets(a.n, halves=cfg.get("sd_halves", True), seed=cfg.get("data_seed", 0),
-                                        split="test")
-            table = synthetic_table(model, ex, formats)
-        else:
-            with open(a.task) as fh:
-                examples = [json.loads(line) for line in fh if line.strip()]
-            if model is not None:
-                tok = data.get_tokenizer(cfg.get("tokenizer", "gpt2"))
-            summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=a.device)
-            table = results_table(summary)
+            ex = data.disjoint_sets(a.n, halves=cfg.get("sd_halves", True), seed=cfg.get("data_seed", 0),
+                                    split="test")
+        table = synthetic_table(model, ex, formats)
+    else:
+        with open(a.task) as fh:
+            examples = [json.loads(line) for line in fh if line.strip()]
+        if model is not None:
+            tok = data.get_tokenizer(cfg.get("tokenizer", "gpt2"))
+        summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=a.device)
+        table = results_table(summary)
     print(table)
     if a.out:
         with open(a.out, "w") as fh:

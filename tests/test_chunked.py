@@ -231,20 +231,3 @@ def test_bad_inputs_say_what_is_allowed():
         oprm_generate(NeedleLM(), [2], [1] * 19 + [4], [3], 5, cache=cache)
     with pytest.raises(ValueError, match="read_twice"):
         oprm_generate(NeedleLM(), [2], [1] * 20, [3], 5, cache=cache, read_twice=True)
-
-
-# ----------------------------------------------------------------------------- the experiment's plumbing
-
-def test_experiment_trains_saves_loads_and_scores(tmp_path):
-    from chunked import EXPERIMENT, fit_mqar, load_checkpoint, mqar_long
-    g = dict(EXPERIMENT["cpu"], n_train=64, iters=2, batch_size=8)
-    model, c = fit_mqar("jrt-tiny", g, tmp_path / "m.pt", device=torch.device("cpu"))
-    loaded, c2 = load_checkpoint(tmp_path / "m.pt")
-    assert c2["model"] == "jrt-tiny" and loaded.lm_head.weight is not loaded.wte.weight   # the untied head survives
-    x = torch.randint(1, g["vocab_size"], (2, 12))
-    torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    assert (c2["context_len"], c2["seq_len"]) == (32, 40)                 # the test's shape: the longest context
-    acc = mqar_long(loaded, num_pairs=8, context_len=c2["context_len"], seq_len=c2["seq_len"],
-                    vocab_size=g["vocab_size"], chunk_lens=[8], n=3)
-    assert set(acc) == {"full", 8} and set(acc[8]) == {"entropy", "entropy+idk", "likelihood", "oracle"}
-    assert all(0 <= v <= 1 for v in [acc["full"], *acc[8].values()])

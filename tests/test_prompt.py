@@ -6,7 +6,7 @@ import torch
 import data
 from model import Config, Model
 from prompt import (HFLM, ModelLM, accuracy, contains, cut_around, error_mode, evaluate, extraction_prompt,
-                    greedy, jrt_examples, jrt_tokens, qa_prompt, read_twice, relabel, text_prompt)
+                    greedy, jrt_examples, jrt_tokens, qa_prompt, read_twice, text_prompt)
 
 BYTES = data.get_tokenizer("bytes")  # built in code: no download
 
@@ -122,19 +122,6 @@ def test_jrt_examples_set_disjointness_with_padding(p):
         assert torch.equal(jr.x[r][~jr.pad[r]], real.repeat(p))
         assert (jr.x[r][jr.pad[r]] == 0).all() and jr.pad[r].sum() == T - p * len(real)
         assert jr.y[r, -1] == ex.y[r, -1] and (jr.y[r, :-1] == -100).all()
-
-
-def test_relabel_keeps_set_disjointness_structure():
-    ex = data.disjoint_sets(20, shapes=[(3, 9), (9, 3)], halves=False, seed=0)
-    small = relabel(ex, 32, seed=1)
-    assert small.vocab_size == 32 and small.x.max() < 32 and torch.equal(small.pad, ex.pad)
-    for r in range(len(ex)):
-        row = small.x[r][~small.pad[r]].tolist()
-        sep = row.index(data.SD_SEP)
-        A, B = row[1:sep], row[sep + 1:-1]
-        assert row[0] == data.SD_START and row[-1] == data.SD_CUE and len(A) == len(set(A)) and len(B) == len(set(B))
-        assert set(A) & set(B) == {int(small.y[r, -1])} and min(A + B) >= 4
-        assert len(A) == ex.x[r].tolist().index(data.SD_SEP) - ex.x[r].tolist().index(data.SD_START) - 1
 
 
 # ----------------------------------------------------------------------------- greedy decoding and the harness
