@@ -40,8 +40,8 @@ NAMES = {"based": "Based", "jrt": "JRT-RNN", "transformer": "Transformer"}
 GRIDS = {
     # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (see relabel)
     "set-order": {
-        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=64, n_train=2000, n_test=250,
-                    widths=[(16, 4), (32, 4)], n_head=2, init_std=0.12, iters=1000, lr=3e-3, batch_size=64),
+        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=64, n_train=10000, n_test=250,
+                    widths=[(16, 4), (32, 4)], n_head=2, init_std=0.12, iters=2000, lr=3e-3, batch_size=64),
         "gpu": dict(shapes=data.SD_TRAIN_SHAPES, vocab_size=data.SD_VOCAB, n_train=20000, n_test=1000,
                     widths=[(36, 4), (64, 8), (96, 16), (128, 24)], n_head=2, init_std=0.06, iters=20000, lr=1e-3,
                     batch_size=256),
