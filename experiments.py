@@ -48,8 +48,8 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q); q < k, so min(k, q) = q
     "read-twice": {
-        "cpu": dict(tasks=[(32, 8, 4)], vocab_size=64, n_train=8000, n_test=500, widths=[(16, 4), (32, 4)],
-                    n_head=2, init_std=0.12, iters=1000, lr=3e-3, batch_size=64),
+        "cpu": dict(tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=500,
+                    widths=[(16, 4), (24, 4), (32, 4)], n_head=2, init_std=0.12, iters=1000, lr=3e-3, batch_size=64),
         "gpu": dict(tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000, n_test=1000,
                     widths=[(64, 8), (128, 16), (256, 16)], n_head=4, init_std=0.06, iters=20000, lr=1e-3,
                     batch_size=256),
