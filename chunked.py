@@ -383,17 +383,22 @@ def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=
 
 
 def accuracy_rows(model, c, pairs, chunk_lens, n):
-    """One markdown row per (pairs, L) for a model trained on MQAR, as each is measured; c is its training
-    config (vocab_size, seq_len, context_len, num_pairs, model)."""
+    """Full context vs OPRM for a model trained on MQAR, one record per (pairs, L) as each is measured:
+    {"model", "pairs", "L", "full", "entropy", "entropy+idk", "likelihood", "oracle", "seconds"}; c is the
+    model's training config (vocab_size, seq_len, context_len, num_pairs, model)."""
     C = c["context_len"] or 2 * c["num_pairs"]
     for k in pairs:
         t0 = time.time()
         acc = mqar_long(model, num_pairs=k, context_len=C, seq_len=c["seq_len"], vocab_size=c["vocab_size"],
                         chunk_lens=chunk_lens, n=n)
         for L in chunk_lens:
-            cells = [acc["full"], *acc[L].values()]
-            yield (f"| {c['model']} | {k} | {L} | " + " | ".join(f"{v:.3f}" for v in cells)
-                   + f" | {time.time() - t0:.0f} |")
+            yield dict(model=c["model"], pairs=k, L=L, full=acc["full"], **acc[L], seconds=time.time() - t0)
+
+
+def markdown_row(r):
+    """One record of accuracy_rows as a row under ACC_HEADER."""
+    cells = [r[key] for key in ("full", "entropy", "entropy+idk", "likelihood", "oracle")]
+    return f"| {r['model']} | {r['pairs']} | {r['L']} | " + " | ".join(f"{v:.3f}" for v in cells) + f" | {r['seconds']:.0f} |"
 
 
 ACC_HEADER = ("| model | pairs | L | full context | OPRM entropy | OPRM entropy + IDK | OPRM likelihood | "
@@ -498,8 +503,8 @@ def main(argv=None):
             model, c = load_checkpoint(path, device)
             C = c["context_len"] or 2 * c["num_pairs"]
             pairs = ints(a.num_pairs) or [c["num_pairs"] * m for m in (1, 2, 4, 8) if c["num_pairs"] * m <= C // 2]
-            for row in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n):
-                print(row, flush=True)
+            for r in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n):
+                print(markdown_row(r), flush=True)
     else:
         if device.type == "cpu":
             _rss_follows_tensors()

@@ -14,7 +14,8 @@ Models as in the papers' synthetic studies: BaseConv + mixer stacks without a sl
 as long as the input is full attention and would hide the effect), with an output layer of their own
 (`tie_embeddings=False`): tied, these tiny models sat on MQAR's plateau (accuracy ~1/k, "any value from
 the context") for a whole CPU run. One training loop serves all three (`fit`): train.py's optimiser and
-schedule, loss on the answer positions only. Each prints a markdown table; results/ holds what we measured.
+schedule, loss on the answer positions only. Each prints a markdown table (and with --plot draws it);
+results/ holds what we measured.
 """
 import argparse
 import os
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 import data
-from chunked import accuracy_rows, ACC_HEADER
+from chunked import ACC_HEADER, accuracy_rows, markdown_row
 from model import Config, Model, load_checkpoint
 from prompt import accuracy, answer_logits, jrt_examples
 
@@ -136,9 +137,7 @@ def set_order(g, seed=0):
         train_ex, test_ex = relabel(train_ex, V, seed), relabel(test_ex, V, seed + 1)
     T = train_ex.x.shape[1]
     pairs = [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
-    head = ("| model | d_model | f | state | " + " | ".join(f"{a} & {b}: short first / last" for a, b in pairs)
-            + " | train time |")
-    rows = [head, "|---" * (5 + len(pairs)) + "|"]
+    records = []
     for name in ("based", "jrt"):
         for d, f in g["widths"]:
             print(f"set order: {NAMES[name]}, d_model {d}, f {f}", flush=True)
@@ -147,10 +146,31 @@ def set_order(g, seed=0):
                                prefix_len=T, init_std=g["init_std"], seed=seed)
             fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
             per, _ = accuracy(model, test_ex)
-            cells = [f"{100 * per[f'|A|={a} |B|={b}']:.1f} / {100 * per[f'|A|={b} |B|={a}']:.1f}" for a, b in pairs]
-            rows.append(f"| {NAMES[name]} | {d} | {f} | {model.state_size()['total']:,} | " + " | ".join(cells)
-                        + f" | {time.time() - t0:.0f} s |")
-    return "\n".join(rows)
+            acc = {(a, b): (per[f"|A|={a} |B|={b}"], per[f"|A|={b} |B|={a}"]) for a, b in pairs}  # short first, last
+            records.append(dict(model=NAMES[name], d_model=d, f=f, state=model.state_size()["total"], acc=acc,
+                                seconds=time.time() - t0))
+    rows = [("| model | d_model | f | state | " + " | ".join(f"{a} & {b}: short first / last" for a, b in pairs)
+             + " | train time |"), "|---" * (5 + len(pairs)) + "|"]
+    for r in records:
+        cells = [f"{100 * first:.1f} / {100 * last:.1f}" for first, last in r["acc"].values()]
+        rows.append(f"| {r['model']} | {r['d_model']} | {r['f']} | {r['state']:,} | " + " | ".join(cells)
+                    + f" | {r['seconds']:.0f} s |")
+    return "\n".join(rows), records
+
+
+def plot_set_order(records, plt):
+    pairs = list(records[0]["acc"])
+    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
+    for ax, (a, b) in zip(axes[0], pairs):
+        for j, model in enumerate(dict.fromkeys(r["model"] for r in records)):  # a colour per model
+            rs = [r for r in records if r["model"] == model]
+            for i, (order, style) in enumerate((("short set first", "-"), ("short set last", "--"))):
+                ax.plot([r["state"] for r in rs], [100 * r["acc"][a, b][i] for r in rs], style, color=f"C{j}",
+                        marker="o", label=f"{model}, {order}")
+        ax.set(title=f"set disjointness, sets of {a} and {b}", xlabel="state (numbers per sequence)",
+               ylabel="accuracy (%)", ylim=(0, 102))
+    axes[0][0].legend(fontsize=8)
+    return fig
 
 
 # ----------------------------------------------------------------------------- JRT: reading twice (SPEC §1)
@@ -159,9 +179,7 @@ def read_twice(g, seed=0):
     """Based trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and so the
     same state size; and each model on the other layout zero-shot. With q queries about k pairs, one pass
     needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max))."""
-    head = ("| T (one pass) | pairs k | queries q | d_model | f | state | once → once | once → twice (zero-shot) "
-            "| twice → twice | twice → once | train time (both) |")
-    rows = [head, "|---" * 11 + "|"]
+    records = []
     for P, k, q in g["tasks"]:
         kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
         once_tr = data.mqar(g["n_train"], seq_len=P, split="train", **kw)
@@ -169,20 +187,40 @@ def read_twice(g, seed=0):
         once_te = data.mqar(g["n_test"], seq_len=P, split="test", **kw)
         twice_te = jrt_examples(once_te, 2)          # the same test rows, shown twice
         for d, f in g["widths"]:
-            acc, secs = {}, 0.0
+            r = dict(T=P, k=k, q=q, d_model=d, f=f, seconds=0.0)
             for fmt, train_ex in (("once", once_tr), ("twice", twice_tr)):
                 print(f"read twice: T={P} k={k} q={q}, trained {fmt}, d_model {d}, f {f}", flush=True)
                 t0 = time.time()
                 model = make_model(LAYERS["based"], vocab_size=g["vocab_size"], d_model=d, n_head=g["n_head"],
                                    feature_dim=f, prefix_len=2 * P, init_std=g["init_std"], seed=seed)
                 fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
-                secs += time.time() - t0
-                acc[fmt, "once"] = accuracy(model, once_te)[1]
-                acc[fmt, "twice"] = accuracy(model, twice_te)[1]
-            rows.append(f"| {P} | {k} | {q} | {d} | {f} | {model.state_size()['total']:,} | "
-                        f"{100 * acc['once', 'once']:.1f} | {100 * acc['once', 'twice']:.1f} | "
-                        f"{100 * acc['twice', 'twice']:.1f} | {100 * acc['twice', 'once']:.1f} | {secs:.0f} s |")
-    return "\n".join(rows)
+                r["seconds"] += time.time() - t0
+                r[f"{fmt} → once"] = accuracy(model, once_te)[1]
+                r[f"{fmt} → twice"] = accuracy(model, twice_te)[1]
+            records.append(dict(r, state=model.state_size()["total"]))
+    rows = ["| T (one pass) | pairs k | queries q | d_model | f | state | once → once | once → twice (zero-shot) "
+            "| twice → twice | twice → once | train time (both) |", "|---" * 11 + "|"]
+    for r in records:
+        rows.append(f"| {r['T']} | {r['k']} | {r['q']} | {r['d_model']} | {r['f']} | {r['state']:,} | "
+                    + " | ".join(f"{100 * r[c]:.1f}" for c in READ_TWICE_CELLS) + f" | {r['seconds']:.0f} s |")
+    return "\n".join(rows), records
+
+
+READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")  # trained on → tested on
+
+
+def plot_read_twice(records, plt):
+    tasks = list(dict.fromkeys((r["T"], r["k"], r["q"]) for r in records))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
+    for ax, (P, k, q) in zip(axes[0], tasks):
+        rs = [r for r in records if (r["T"], r["k"], r["q"]) == (P, k, q)]
+        for c in READ_TWICE_CELLS:
+            ax.plot([r["state"] for r in rs], [100 * r[c] for r in rs], "-" if c.startswith("twice →") else "--",
+                    marker="o", label=f"trained {c.replace(' → ', ', tested ')}")
+        ax.set(title=f"MQAR, Based: T={P} per pass, {k} pairs, {q} queries", xlabel="state (numbers per sequence)",
+               ylabel="accuracy (%)", ylim=(0, 102))
+    axes[0][0].legend(fontsize=8)
+    return fig
 
 
 # ----------------------------------------------------------------------------- OPRM: overflow (SPEC §7)
@@ -231,16 +269,48 @@ def overflow(g, seed=0, out_dir="out/oprm", models=None, device=None):
             print(f"overflow: training {NAMES[name]}", flush=True)
             trained.append(fit_mqar(name, g, path, device=device, seed=seed))
             print(f"saved {path}: {trained[-1][1]['train_seconds']:.0f} s of training", flush=True)
-    rows = [ACC_HEADER]
+    rows, records = [ACC_HEADER], []
     print(ACC_HEADER, flush=True)
     for model, c in trained:
-        for row in accuracy_rows(model, c, g["test_pairs"], g["chunk_lens"], g["n_test"]):
-            print(row, flush=True)
-            rows.append(row)
-    return "\n".join(rows)
+        for r in accuracy_rows(model, c, g["test_pairs"], g["chunk_lens"], g["n_test"]):
+            rows.append(markdown_row(r))
+            records.append(r)
+            print(rows[-1], flush=True)
+    return "\n".join(rows), records
 
 
-EXPERIMENTS = {"set-order": set_order, "read-twice": read_twice, "overflow": overflow}
+def plot_overflow(records, plt):
+    models = list(dict.fromkeys(r["model"] for r in records))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rs = [r for r in records if r["model"] == model]
+        full = {r["pairs"]: r["full"] for r in rs}
+        ax.plot(list(full), [100 * v for v in full.values()], "k-", marker="o", label="full context")
+        for L in dict.fromkeys(r["L"] for r in rs):
+            rl = [r for r in rs if r["L"] == L]
+            ax.plot([r["pairs"] for r in rl], [100 * r["entropy+idk"] for r in rl], "--", marker="o",
+                    label=f"OPRM entropy + IDK, L={L}")
+        ax.set(title=f"MQAR overflow: {model}", xlabel="key-value pairs in the context", ylabel="accuracy (%)",
+               ylim=(0, 102), xscale="log")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def save_plot(plot, records, path):
+    """Draw records with `plot` into a PNG at path, if matplotlib is installed (it is optional)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print(f"--plot: matplotlib is not installed (pip install matplotlib), so {path} was not written")
+        return
+    plot(records, plt).savefig(path, dpi=120, bbox_inches="tight")
+    print(f"wrote {path}")
+
+
+EXPERIMENTS = {"set-order": (set_order, plot_set_order), "read-twice": (read_twice, plot_read_twice),
+               "overflow": (overflow, plot_overflow)}
 
 
 def main(argv=None):
@@ -254,6 +324,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one (more "
                     "threads only wait for each other, ~10x slower on a busy CPU); 0 = torch's default")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
+    ap.add_argument("--plot", help="also draw the results into this PNG file (needs matplotlib)")
     a = ap.parse_args(argv)
     g = dict(GRIDS[a.experiment][a.grid])
     kw = {}
@@ -277,13 +348,16 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     t0 = time.time()
-    table = EXPERIMENTS[a.experiment](g, seed=a.seed, **kw)
+    run, plot = EXPERIMENTS[a.experiment]
+    table, records = run(g, seed=a.seed, **kw)
     cmd = " ".join(["python experiments.py"] + (argv if argv is not None else sys.argv[1:]))
     table += f"\n\n(`{cmd}`: {time.time() - t0:.0f} s)"
     print("\n" + table)
     if a.out:
         with open(a.out, "w") as fh:
             fh.write(table + "\n")
+    if a.plot:
+        save_plot(plot, records, a.plot)
     return table
 
 

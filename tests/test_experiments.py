@@ -1,4 +1,6 @@
 """experiments.py: the shared training loop, relabelled set disjointness, and each experiment end to end at a toy size."""
+import importlib.util
+
 import pytest
 import torch
 
@@ -44,16 +46,22 @@ def cells(table):
     return [[c.strip() for c in r.strip("|").split("|")] for r in rows]
 
 
-def test_set_order_and_read_twice_tables():
-    table = experiments.set_order(tiny_grid("set-order", widths=[(8, 2)]))
+def test_set_order_and_read_twice_tables(tmp_path):
+    table, records = experiments.set_order(tiny_grid("set-order", widths=[(8, 2)]))
     rows = cells(table)
     assert [r[0] for r in rows] == ["Based", "JRT-RNN"]
     for r in rows:                                                   # "short first / last" per shape pair
         for c in r[4:-1]:
             first, last = (float(v) for v in c.split(" / "))
             assert 0 <= first <= 100 and 0 <= last <= 100
-    rows = cells(experiments.read_twice(tiny_grid("read-twice", widths=[(8, 2)])))
-    assert len(rows) == 1 and all(0 <= float(v) <= 100 for v in rows[0][6:10])
+    assert [r["model"] for r in records] == ["Based", "JRT-RNN"] and set(records[0]["acc"]) == {(4, 16), (4, 32)}
+    table, records = experiments.read_twice(tiny_grid("read-twice", widths=[(8, 2)]))
+    rows = cells(table)
+    assert len(rows) == 1 and [float(v) for v in rows[0][6:10]] == [
+        round(100 * records[0][c], 1) for c in experiments.READ_TWICE_CELLS]
+    if importlib.util.find_spec("matplotlib"):                     # optional: figures only when it is installed
+        experiments.save_plot(experiments.plot_read_twice, records, tmp_path / "rt.png")
+        assert (tmp_path / "rt.png").stat().st_size > 0
 
 
 def test_overflow_trains_saves_reuses_and_scores(tmp_path, capsys):
@@ -67,8 +75,9 @@ def test_overflow_trains_saves_reuses_and_scores(tmp_path, capsys):
     acc = mqar_long(loaded, num_pairs=8, context_len=32, seq_len=40, vocab_size=g["vocab_size"], chunk_lens=[8], n=3)
     assert set(acc) == {"full", 8} and set(acc[8]) == {"entropy", "entropy+idk", "likelihood", "oracle"}
     assert all(0 <= v <= 1 for v in [acc["full"], *acc[8].values()])
-    rows = cells(experiments.overflow(g, out_dir=str(tmp_path)))   # reuses jrt.pt: no training
-    assert "reusing" in capsys.readouterr().out and [r[:3] for r in rows] == [["JRT-RNN", "8", "8"]]
+    table, records = experiments.overflow(g, out_dir=str(tmp_path))   # reuses jrt.pt: no training
+    assert "reusing" in capsys.readouterr().out and [r[:3] for r in cells(table)] == [["JRT-RNN", "8", "8"]]
+    assert records[0]["pairs"] == 8 and 0 <= records[0]["entropy+idk"] <= 1
 
 
 @pytest.mark.parametrize("argv, message", [
