@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from kernels import pla, pla_reference
+from kernels import pla, pla_flop, pla_reference
 from model import Config, Model
 
 SIZES = {
@@ -70,18 +70,6 @@ TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-4}  # max |y - ref| / max |ref|
 
 
 # ----------------------------------------------------------------------------- work models (per head)
-
-def pla_flop(T, M, f=16, dv=64, C=64):
-    """Forward FLOP of PLA per head with C-token chunks, D = 1 + f + f². Per query/key (= 81.7k at f 16, dv 64):
-         2C(f + dv) + 4C    inside its chunk: s = q·kᵀ and a·v, then 1 + s + s²/2 and the row sum
-         2·D·dv + 2·D       read the state: φ(q)·S, φ(q)·z
-         2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
-         2·f²               the outer products of φ(q) and φ(k)
-       per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
-    So SPEC §9's ≈ 81.7k·T + 35.5k·M; at T = 32k, M = 16k, B·H = 256 that is 0.83 TFLOP."""
-    D = 1 + f + f * f
-    return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M
-
 
 def pla_bytes(T, M, f, dv, elt):
     return elt * (T * (2 * f + 2 * dv) + M * (f + dv))  # the least traffic: read q, k, v, k_enc, v_enc; write y
@@ -312,18 +300,6 @@ def decode_suite(S, dev, dtype, backend, peak):
 
 # ----------------------------------------------------------------------------- train
 
-def train_flop_per_token(model, T):
-    """Forward + backward = 3 × forward. 6·N for the weights (each a multiply-add forward, two backward;
-    k_enc/v_enc see only the prefix, so ~1% high for JRT-RNN), plus the mixing per layer: attn 3·4·d·T/2
-    (a causal query sees T/2 keys on average), swa 3·4·d·(W+1), pla/la 3·H·pla_flop/T; conv is in 6·N."""
-    c = model.config
-    d, dv = c.d_model, c.d_model // c.n_head
-    mix = {"attn": 6 * d * T, "swa": 12 * d * (c.window + 1), "conv": 0,
-           "pla": 3 * c.n_head * pla_flop(T, min(c.prefix_len, T), c.feature_dim, dv) / T,
-           "la": 3 * c.n_head * pla_flop(T, 0, c.feature_dim, dv) / T}
-    return 6 * model.num_params() + sum(mix[m] for m in c.layers)
-
-
 def train_suite(S, dev, dtype, backend, peak):
     recs, B, T = [], S["train_B"], S["train_T"]
     for preset in S["train"]:
@@ -342,7 +318,7 @@ def train_suite(S, dev, dtype, backend, peak):
                 opt.step()
                 opt.zero_grad(set_to_none=True)
             rec["ms"] = timeit(step, dev, *S["runs"])
-            flop = train_flop_per_token(model, T)
+            flop = model.flops_per_token(T)
             rec.update(status="ok", params=model.num_params(), tokens_per_s=B * T / rec["ms"] * 1e3,
                        flop_per_token=flop, tflops=flop * B * T / rec["ms"] / 1e9)
             rec["mfu"] = rec["tflops"] * 1e12 / peak[0] if peak else None

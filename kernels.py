@@ -561,3 +561,15 @@ def pla_reference(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None,
         num, den = num + phq @ state[0], den + (phq @ state[1].unsqueeze(-1)).squeeze(-1)
         S, z = S + state[0], z + state[1]
     return num / (den.unsqueeze(-1) + EPS), (S, z)
+
+
+def pla_flop(T, M, f=16, dv=64, C=64):
+    """Forward FLOP of PLA per head with C-token chunks, D = 1 + f + f². Per query/key (= 81.7k at f 16, dv 64):
+         2C(f + dv) + 4C    inside its chunk: s = q·kᵀ and a·v, then 1 + s + s²/2 and the row sum
+         2·D·dv + 2·D       read the state: φ(q)·S, φ(q)·z
+         2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
+         2·f²               the outer products of φ(q) and φ(k)
+       per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
+    So SPEC §9's ≈ 81.7k·T + 35.5k·M; at T = 32k, M = 16k, B·H = 256 that is 0.83 TFLOP."""
+    D = 1 + f + f * f
+    return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kernels import pla, pla_step
+from kernels import pla, pla_flop, pla_step
 
 MIXERS = ("pla", "la", "swa", "conv", "attn")
 
@@ -417,6 +417,19 @@ class Model(nn.Module):
                 break
             logits, cache = self.step(nxt, cache)
         return torch.cat([idx, torch.stack(out, 1)], 1) if out else idx
+
+    def flops_per_token(self, T):
+        """Training FLOP per token at length T, forward + backward = 3 × forward. 6 per weight used in a
+        matmul (all but the lookup of an untied embedding; k_enc/v_enc see only the prefix, so ~1% high for
+        JRT-RNN), plus each layer's mixing: attn 3·4·d·T/2 (a causal query sees T/2 keys on average), swa
+        3·4·d·(W+1), pla/la 3·H·pla_flop/T (kernels.pla_flop); conv's work is in its weights."""
+        c = self.config
+        d, dv = c.d_model, c.d_model // c.n_head
+        matmul_params = self.num_params() - (0 if c.tie_embeddings else self.wte.weight.numel())
+        mix = {"attn": 6 * d * T, "swa": 12 * d * (c.window + 1), "conv": 0,
+               "pla": 3 * c.n_head * pla_flop(T, min(c.prefix_len, T), c.feature_dim, dv) / T,
+               "la": 3 * c.n_head * pla_flop(T, 0, c.feature_dim, dv) / T}
+        return 6 * matmul_params + sum(mix[m] for m in c.layers)
 
     def state_size(self, seq_len=None):
         """Numbers of state one sequence carries while decoding, per mixer kind and in total.

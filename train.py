@@ -311,22 +311,6 @@ def get_lr(it, cfg):
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - min_lr)
 
 
-def flops_per_token(model, T):
-    """Training FLOPs per token, forward + backward = 3 x forward (PaLM appendix B style, approximate):
-    2 per weight used in a matmul (all but the embedding lookup; tied, the embedding is the lm_head's matmul),
-    plus each mixer's own work at length T."""
-    c = model.config
-    matmul_params = model.num_params() - (0 if c.tie_embeddings else model.wte.weight.numel())
-    H, d, f = c.n_head, c.d_model, c.feature_dim
-    dv, D = d // H, 1 + f + f * f
-    mixer = dict(attn=4 * d * T,                             # q.k and a.v over T keys (causal halves ignored)
-                 swa=4 * d * min(T, c.window + 1),
-                 pla=H * (4 * D * dv + 4 * 64 * (f + dv)),   # read and update the D x dv state, 64-token chunks
-                 la=H * (4 * D * dv + 4 * 64 * (f + dv)),
-                 conv=4 * d * c.conv_kernel)
-    return 3 * (2 * matmul_params + sum(mixer[m] for m in c.layers))
-
-
 def peak_flops(cfg, device_type):
     if cfg.peak_flops or device_type != "cuda":
         return cfg.peak_flops
@@ -404,7 +388,7 @@ def train(cfg, rank=0, world=1):
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device_type == "cuda" else None)
     T = cfg.seq_len if cfg.task != "disjoint_sets" else train_data.x.shape[1]
-    fpt, peak = flops_per_token(raw_model, T), peak_flops(cfg, device_type)
+    fpt, peak = raw_model.flops_per_token(T), peak_flops(cfg, device_type)
     objective = ("loss on the answer positions" if cfg.task != "text" else
                  f"prefix-LM loss, M={cfg.prefix_len or cfg.seq_len // 2}" if is_prefix_lm else "next-token loss")
     state = raw_model.state_size(seq_len=T)["total"]

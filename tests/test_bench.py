@@ -7,7 +7,7 @@ import re
 import torch
 
 import bench
-from kernels import pla
+from kernels import pla, pla_flop
 from model import Config, Model
 
 TINY = ["--tiny", "--backend", "torch"]  # the same sizes and backend on a CPU and on a GPU
@@ -79,7 +79,7 @@ def test_wrong_failing_and_oom_rows_are_reported_not_timed():
 
 
 def test_flop_model_is_spec_section_9():
-    assert bench.pla_flop(1, 0) == 81715 and bench.pla_flop(0, 1) == 35473  # ≈ 81.7k·T + 35.5k·M per head
+    assert pla_flop(1, 0) == 81715 and pla_flop(0, 1) == 35473  # ≈ 81.7k·T + 35.5k·M per head
     flop, nbytes = (x * 16 * 16 for x in bench.work("pla", 32768, bench.SIZES["gpu"], 2))  # 32k, B = H = 16
     assert abs(flop / 0.83e12 - 1) < 0.01 and abs(nbytes / 3.4e9 - 1) < 0.02  # SPEC: 0.83 TFLOP, 3.4 GB
     assert abs(bench.work("attn", 32768, bench.SIZES["gpu"], 2)[0] * 256 / 35e12 - 1) < 0.01  # FA2: 35 TFLOP

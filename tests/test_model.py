@@ -228,3 +228,4 @@ def test_tied_and_untied_output_layer():
     assert tied.lm_head.weight is tied.wte.weight and untied.lm_head.weight is not untied.wte.weight
     V, d = untied.config.vocab_size, untied.config.d_model
     assert untied.num_params() - tied.num_params() == V * d
+    assert untied.flops_per_token(64) == tied.flops_per_token(64)     # the extra matrix replaces a lookup
