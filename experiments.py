@@ -290,8 +290,10 @@ def plot_overflow(records, plt):
             rl = [r for r in rs if r["L"] == L]
             ax.plot([r["pairs"] for r in rl], [100 * r["entropy+idk"] for r in rl], "--", marker="o",
                     label=f"OPRM entropy + IDK, L={L}")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(list(full), [str(k) for k in full])
         ax.set(title=f"MQAR overflow: {model}", xlabel="key-value pairs in the context", ylabel="accuracy (%)",
-               ylim=(0, 102), xscale="log")
+               ylim=(0, 102))
         ax.legend(fontsize=8)
     return fig
 
