@@ -320,6 +320,8 @@ def main(argv=None):
     ap.add_argument("experiment", choices=tuple(EXPERIMENTS))
     ap.add_argument("--grid", choices=("cpu", "gpu"), default="cpu", help="the experiment's size (GRIDS)")
     ap.add_argument("--widths", help="set-order, read-twice: (d_model, f) pairs instead of the grid's, e.g. 32:4,64:8")
+    ap.add_argument("--vocab_size", type=int, help="the grid's vocabulary instead (set-order: ids the sets are relabelled onto)")
+    ap.add_argument("--iters", type=int, help="the grid's training steps per model instead")
     ap.add_argument("--models", help=f"overflow: which of {','.join(LAYERS)} to train or reuse (default: all)")
     ap.add_argument("--out_dir", default="out/oprm", help="overflow: where its models are saved and reused from")
     ap.add_argument("--seed", type=int, default=0, help="model init, data and batch order")
@@ -339,6 +341,12 @@ def main(argv=None):
             g["widths"] = [()]
         if not all(len(w) == 2 and min(w) > 0 for w in g["widths"]):
             ap.error(f"--widths={a.widths}: expected d_model:f pairs of positive ints, comma-separated, e.g. 32:4,64:8")
+    for key in ("vocab_size", "iters"):
+        value = getattr(a, key)
+        if value is not None:
+            if value < (8 if key == "vocab_size" else 1):
+                ap.error(f"--{key}={value}: expected an int >= {8 if key == 'vocab_size' else 1}")
+            g[key] = value
     if a.experiment == "overflow":
         models = [m for m in (a.models or "").split(",") if m]
         bad = [m for m in models if m not in LAYERS]
@@ -351,7 +359,10 @@ def main(argv=None):
         torch.set_num_threads(a.threads)
     t0 = time.time()
     run, plot = EXPERIMENTS[a.experiment]
-    table, records = run(g, seed=a.seed, **kw)
+    try:
+        table, records = run(g, seed=a.seed, **kw)
+    except ValueError as e:               # our checks of the data's settings, e.g. a vocabulary too small
+        ap.error(str(e))
     cmd = " ".join(["python experiments.py"] + (argv if argv is not None else sys.argv[1:]))
     table += f"\n\n(`{cmd}`: {time.time() - t0:.0f} s)"
     print("\n" + table)

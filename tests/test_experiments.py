@@ -86,6 +86,8 @@ def test_overflow_trains_saves_reuses_and_scores(tmp_path, capsys):
     (["overflow", "--widths", "32:4"], "--widths is for"),
     (["overflow", "--models", "mamba"], "allowed: based,jrt,transformer"),
     (["set-order", "--models", "jrt"], "--models is for"),
+    (["read-twice", "--iters", "0"], "--iters=0: expected an int >= 1"),
+    (["set-order", "--vocab_size", "20", "--iters", "1"], "more than vocab_size - 4 = 16"),
 ])
 def test_cli_errors_name_the_option(argv, message, capsys):
     with pytest.raises(SystemExit):
