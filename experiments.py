@@ -322,6 +322,7 @@ def main(argv=None):
     ap.add_argument("--widths", help="set-order, read-twice: (d_model, f) pairs instead of the grid's, e.g. 32:4,64:8")
     ap.add_argument("--vocab_size", type=int, help="the grid's vocabulary instead (set-order: ids the sets are relabelled onto)")
     ap.add_argument("--iters", type=int, help="the grid's training steps per model instead")
+    ap.add_argument("--n_train", type=int, help="the grid's training examples instead (set-order: per shape)")
     ap.add_argument("--models", help=f"overflow: which of {','.join(LAYERS)} to train or reuse (default: all)")
     ap.add_argument("--out_dir", default="out/oprm", help="overflow: where its models are saved and reused from")
     ap.add_argument("--seed", type=int, default=0, help="model init, data and batch order")
@@ -341,11 +342,11 @@ def main(argv=None):
             g["widths"] = [()]
         if not all(len(w) == 2 and min(w) > 0 for w in g["widths"]):
             ap.error(f"--widths={a.widths}: expected d_model:f pairs of positive ints, comma-separated, e.g. 32:4,64:8")
-    for key in ("vocab_size", "iters"):
+    for key, least in (("vocab_size", 8), ("iters", 1), ("n_train", 1)):
         value = getattr(a, key)
         if value is not None:
-            if value < (8 if key == "vocab_size" else 1):
-                ap.error(f"--{key}={value}: expected an int >= {8 if key == 'vocab_size' else 1}")
+            if value < least:
+                ap.error(f"--{key}={value}: expected an int >= {least}")
             g[key] = value
     if a.experiment == "overflow":
         models = [m for m in (a.models or "").split(",") if m]

@@ -87,6 +87,7 @@ def test_overflow_trains_saves_reuses_and_scores(tmp_path, capsys):
     (["overflow", "--models", "mamba"], "allowed: based,jrt,transformer"),
     (["set-order", "--models", "jrt"], "--models is for"),
     (["read-twice", "--iters", "0"], "--iters=0: expected an int >= 1"),
+    (["read-twice", "--n_train", "0"], "--n_train=0: expected an int >= 1"),
     (["set-order", "--vocab_size", "20", "--iters", "1"], "more than vocab_size - 4 = 16"),
 ])
 def test_cli_errors_name_the_option(argv, message, capsys):
