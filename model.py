@@ -450,6 +450,25 @@ class Model(nn.Module):
         return sizes
 
 
+def resolve_device(name="auto"):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> torch.device, with a one-line error when that device
+    is absent (every CLI's --device goes through here). 'auto' is CUDA when available, else the CPU."""
+    name = str(name)
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind = name.split(":")[0]
+    if kind not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={name!r} but CUDA is not available here; use device='cpu' (or 'auto')")
+    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device={name!r} but MPS is not available here; use device='cpu' (or 'auto')")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+
+
 def load_checkpoint(path, device="cpu"):
     """A train.py checkpoint (keys `model`, `model_args`, `config`) -> (Model in eval mode, its training
     config as a dict)."""

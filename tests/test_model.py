@@ -229,3 +229,15 @@ def test_tied_and_untied_output_layer():
     V, d = untied.config.vocab_size, untied.config.d_model
     assert untied.num_params() - tied.num_params() == V * d
     assert untied.flops_per_token(64) == tied.flops_per_token(64)     # the extra matrix replaces a lookup
+
+
+def test_resolve_device_names_what_is_missing():
+    from model import resolve_device
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda")
+    for bad in ("gpu", "cuda:x"):
+        with pytest.raises(ValueError, match="device="):
+            resolve_device(bad)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            resolve_device("cuda")
