@@ -85,7 +85,7 @@ def idk_token(vocab_size):
 
 
 def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, context_len=None,
-         power_a=0.01, idk_frac=0.0, read_twice=False, seed=0, split="train"):
+         power_a=0.01, idk_frac=0.0, read_twice=False, seed=0, split="train", random_filler=False):
     """n MQAR examples. Layout of one pass (Zoology's, filler 0):
 
         k1 v1 k2 v2 ... (context_len tokens) | 0 .. k3 0 .. k1 0 .. (queries at even offsets)
@@ -101,6 +101,13 @@ def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, con
     power_a      0.01  query gaps drawn without replacement with weight i^(a-1): queries bunch early
     idk_frac     0.0   probability that a query asks for a key absent from the context; target idk_token(V)
     read_twice   False JRT-Prompt: the row is `kv, queries, kv, queries`, only the last block scored
+    random_filler False every filler position (between queries, and between pairs when context_len > 2k)
+                       holds a token drawn uniformly from [0, V-1), keys and values included, instead of 0:
+                       Zoology's random_non_queries=True, its default. Harder: the model can no longer
+                       tell a query by its neighbours being 0, and a filler key is not asked about.
+                       Our default stays 0 (Zoology's random_non_queries=False) because every result
+                       in results/ and the README was measured with it; pass True to compare with
+                       Zoology's numbers. The labels are the same either way (same seed, same rows).
     """
     V, T, k = vocab_size, seq_len, num_pairs
     q = k if num_queries is None else num_queries
@@ -144,12 +151,15 @@ def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, con
     x[rows, q_pos] = q_key
     y[rows, q_pos] = q_val
 
+    if random_filler:                                                # drawn last: the rest is as with filler 0
+        filler = x == 0                                              # (N, P); no key, value or IDK id is 0
+        x[filler] = rng.integers(0, V - 1, size=int(filler.sum()))
     if read_twice:                                                   # `kv, queries, kv, queries`; score the last block
         x = np.concatenate([x, x], axis=1)                           # (N, T)
         y = np.concatenate([np.full_like(y, -100), y], axis=1)       # (N, T)
     M = P + C if read_twice else C                                   # everything before the scored query block
     name = f"T={T} k={k}" + (f" q={q}" if q != k else "") + (f" ctx={C}" if C != 2 * k else "") \
-        + (f" idk={idk_frac}" if idk_frac else "") + (" x2" if read_twice else "")
+        + (f" idk={idk_frac}" if idk_frac else "") + (" x2" if read_twice else "") + (" rand" if random_filler else "")
     return _examples(x, y, np.full(n, M, dtype=np.int64), np.zeros(x.shape, dtype=bool),
                      np.zeros(n, dtype=np.int64), [name], V)
 
@@ -166,15 +176,17 @@ SD_TRAIN_SHAPES = [(4, 16), (16, 4), (8, 32), (32, 8), (64, 16), (16, 64),
 SD_TEST_SHAPES = SD_TRAIN_SHAPES + [(1, 32), (32, 1), (512, 16), (16, 512), (768, 16), (16, 768)]
 
 
-def disjoint_sets(n, *, shapes=SD_TRAIN_SHAPES, halves=True, seed=0, split="train"):
+def disjoint_sets(n, *, shapes=SD_TRAIN_SHAPES, halves=False, seed=0, split="train"):
     """n examples of each (|A|, |B|) shape: `1 A 2 B 3`, the target at the last position is the one
     token A and B share. Shapes of different length are left-padded with 0 to the longest, and `pad`
     marks the padding, so one random batch can mix shapes as in the paper (pass one shape to avoid
     padding). Memory: 17 bytes per token, e.g. the paper's 20k per train shape is ~1.1 GB at T = 275.
 
-    halves  True  SPEC §8: A from ids 4..1025, B from 1026..2047. Note the shared token is then the only
-                  B token from A's half, which a model can spot without remembering A; False draws A
-                  and B from all of 4..2047, which removes that shortcut.
+    halves  False A and B are a fresh random split of ids 4..2047 for every example (drawn together,
+                  distinct), as the official generator does: no token tells which set it came from.
+            True  a shortcut layout, kept only to show the shortcut: SPEC §8's fixed halves, A from ids
+                  4..1025 and B from 1026..2047. The shared token is then the only B token from A's
+                  half, i.e. always B's smallest, so a model can answer without remembering A.
     """
     H = (SD_VOCAB - 4) // 2                                           # 1022 ids per half
     _check(n >= 0, "n", n, "expected a number of examples per shape >= 0")

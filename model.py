@@ -16,6 +16,9 @@ nothing to any mixer: no key, no sum, no conv input (unlike the official code, S
 left-padded prompts gives the same outputs as each prompt alone.
 """
 import math
+import os
+import pickle
+import re
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -49,9 +52,17 @@ class Config:
         bad = [m for m in self.layers if m not in MIXERS]
         if bad or not self.layers:
             raise ValueError(f"layers must be a non-empty list of mixer names from {MIXERS}; got {list(self.layers)}")
-        for name in ("vocab_size", "d_model", "n_head", "feature_dim", "window", "conv_kernel", "prefix_len"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < (0 if name == "prefix_len" else 1):
+        for name in ("vocab_size", "d_model", "n_head", "feature_dim", "window", "conv_kernel"):
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a positive int; got {getattr(self, name)!r}")
+        for name in ("prefix_len", "mlp_hidden"):  # 0 is meaningful for these: no prefix / 2·d_model
+            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an int >= 0; got {getattr(self, name)!r}")
+        for name in ("rope_base", "norm_eps"):     # 0 or less gives NaN or inf in the forward pass
+            if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be a number > 0; got {getattr(self, name)!r}")
+        if not _is_number(self.init_std) or not self.init_std >= 0:
+            raise ValueError(f"init_std must be a number >= 0; got {self.init_std!r}")
         if self.d_model % self.n_head:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         if ({"swa", "attn"} & set(self.layers)) and (self.d_model // self.n_head) % 2:
@@ -78,6 +89,14 @@ class Config:
         if unknown:
             raise ValueError(f"unknown Config field(s) {unknown}; allowed: {sorted(allowed)}")
         return replace(PRESETS[name], **overrides)
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 def hybrid(n_layer, mixer_at, default="conv"):
@@ -225,10 +244,11 @@ class SoftmaxAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, ks, vs, attn_mask=valid[:, None, None, :])
         if self.window is None:
             cache = {"k": ks, "v": vs, "valid": valid, "pos": t + 1}
-        else:  # overwrite the slot of the key that now leaves the window
-            s = t % self.window
-            cache["k"][:, :, s], cache["v"][:, :, s], cache["valid"][:, s] = k[:, :, 0], v[:, :, 0], True
-            cache["pos"] = t + 1
+        else:  # the new key takes the slot of the one that now leaves the window, in a copy: the cache
+            # given stays as it was, so several continuations can start from one cache (beam search, OPRM)
+            slot = torch.tensor([t % self.window], device=x.device)
+            cache = {"k": cache["k"].index_copy(2, slot, k), "v": cache["v"].index_copy(2, slot, v),
+                     "valid": cache["valid"].index_fill(1, slot, True), "pos": t + 1}
         return self.out(y.reshape(B, d)), cache
 
 
@@ -330,21 +350,41 @@ class Model(nn.Module):
             raise ValueError(f"idx must be an int64 tensor (B, T); got {getattr(idx, 'dtype', type(idx))} "
                              f"{tuple(getattr(idx, 'shape', ()))}")
         B, T = idx.shape
-        if T == 0:
-            raise ValueError("idx must hold at least one token per row; got T = 0")
+        if B == 0 or T == 0:
+            raise ValueError(f"idx must hold at least one row and one token per row; got (B, T) = ({B}, {T})")
         if ((idx < 0) | (idx >= V)).any():
             raise ValueError(f"token ids must be in [0, vocab_size = {V}); got min {int(idx.min())}, max {int(idx.max())}")
         if pad_mask is not None:
-            if pad_mask.shape != (B, T) or pad_mask.dtype != torch.bool:
-                raise ValueError(f"pad_mask must be a bool tensor (B, T) = ({B}, {T}); "
-                                 f"got {pad_mask.dtype} {tuple(pad_mask.shape)}")
+            if not isinstance(pad_mask, torch.Tensor) or pad_mask.shape != (B, T) or pad_mask.dtype != torch.bool:
+                raise ValueError(f"pad_mask must be a bool tensor (B, T) = ({B}, {T}), True at pads; got "
+                                 f"{getattr(pad_mask, 'dtype', type(pad_mask).__name__)} {tuple(getattr(pad_mask, 'shape', ()))}")
             if (pad_mask[:, 1:] & ~pad_mask[:, :-1]).any() or pad_mask[:, -1].any():
                 raise ValueError("pad_mask must mark left padding: each row True...True then False...False, "
                                  "with at least one real token")
         if prefix_len is not None:
-            bad = (prefix_len < 0) | (prefix_len > T)
-            if bool(bad.any() if isinstance(prefix_len, torch.Tensor) else bad):
-                raise ValueError(f"prefix_len must be in [0, T = {T}]; got {prefix_len}")
+            allowed = f"an int in [0, T = {T}] or an int tensor of shape (B,) = ({B},) with values in it"
+            if isinstance(prefix_len, torch.Tensor):
+                if prefix_len.dtype not in (torch.long, torch.int) or prefix_len.shape not in ((), (B,)):
+                    raise ValueError(f"prefix_len must be {allowed}; got a {prefix_len.dtype} tensor "
+                                     f"of shape {tuple(prefix_len.shape)}")
+                bad = bool(((prefix_len < 0) | (prefix_len > T)).any())
+            elif _is_int(prefix_len):
+                bad = not 0 <= prefix_len <= T
+            else:                                     # 3.5 or "3" would be floored or fail deep inside torch
+                raise ValueError(f"prefix_len must be {allowed}; got {prefix_len!r}")
+            if bad:
+                raise ValueError(f"prefix_len must be {allowed}; got {prefix_len}")
+
+    def _check_targets(self, targets, B, T):
+        V = self.config.vocab_size
+        if not isinstance(targets, torch.Tensor) or targets.shape != (B, T) \
+                or targets.dtype not in (torch.long, torch.int):
+            raise ValueError(f"targets must be an int64 tensor (B, T) = ({B}, {T}) like idx; got "
+                             f"{getattr(targets, 'dtype', type(targets).__name__)} {tuple(getattr(targets, 'shape', ()))}")
+        bad = (targets != -100) & ((targets < 0) | (targets >= V))
+        if bad.any():
+            raise ValueError(f"targets must be token ids in [0, vocab_size = {V}) or -100 (not scored); "
+                             f"got {int(targets[bad][0])}")
 
     def _enc_end(self, idx, prefix_len, pad_mask):
         """Where each row's prefix ends, in padded coordinates: pads + min(M, real length). None: no pla."""
@@ -357,8 +397,14 @@ class Model(nn.Module):
         return pads + torch.minimum(M, T - pads)  # a prompt shorter than M is its own prefix
 
     def forward(self, idx, targets=None, prefix_len=None, pad_mask=None):
-        """idx (B, T) -> logits (B, T, V); loss if targets (B, T) are given (-100 = ignored)."""
+        """idx (B, T) -> logits (B, T, V); loss if targets (B, T) are given (-100 = ignored).
+
+        The loss is the mean cross-entropy over the scored positions, and 0 (with zero gradient) when
+        every target is -100: a batch with nothing to score then leaves the weights as they are, where
+        the mean over no positions would be NaN and poison every weight at the next update."""
         self._check(idx, prefix_len, pad_mask)
+        if targets is not None:
+            self._check_targets(targets, *idx.shape)
         enc_end = self._enc_end(idx, prefix_len, pad_mask)
         x = self.wte(idx)
         for block in self.blocks:
@@ -366,7 +412,8 @@ class Model(nn.Module):
         logits = self.lm_head(self.norm_f(x))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100)
+            ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+            loss = ce / (targets != -100).sum().clamp(min=1)
         return logits, loss
 
     @torch.no_grad()
@@ -383,20 +430,49 @@ class Model(nn.Module):
     @torch.no_grad()
     def step(self, idx_t, cache):
         """One token per row: idx_t (B,) -> logits (B, V), updated cache (constant size but for attn)."""
-        if idx_t.dim() == 2 and idx_t.shape[1] == 1:
+        if isinstance(idx_t, torch.Tensor) and idx_t.dim() == 2 and idx_t.shape[1] == 1:
             idx_t = idx_t[:, 0]
+        if not isinstance(idx_t, torch.Tensor) or idx_t.dim() != 1:
+            raise ValueError(f"idx_t must be an int64 tensor (B,) or (B, 1), one token per row; got "
+                             f"{getattr(idx_t, 'dtype', type(idx_t).__name__)} {tuple(getattr(idx_t, 'shape', ()))}")
         self._check(idx_t[:, None], None, None)
+        self._check_cache(cache, len(idx_t))
         x, new = self.wte(idx_t), []
         for block, c in zip(self.blocks, cache):
             x, c = block.step(x, c)
             new.append(c)
         return self.lm_head(self.norm_f(x)), new
 
+    def _check_cache(self, cache, B):
+        """A cache from prefill/step of this model, for B rows: zip would silently drop missing layers."""
+        L = self.config.n_layer
+        if not isinstance(cache, (list, tuple)) or len(cache) != L:
+            got = f"{len(cache)} entries" if isinstance(cache, (list, tuple)) else f"a {type(cache).__name__}"
+            raise ValueError(f"cache must be the list of {L} per-layer entries (n_layer = {L}) that prefill or "
+                             f"step of this model returned; got {got}")
+        kinds = {"swa": dict, "attn": dict, "pla": (tuple, list), "la": (tuple, list), "conv": torch.Tensor}
+        for i, (name, c) in enumerate(zip(self.config.layers, cache)):
+            rows = c.get("k") if isinstance(c, dict) else c[0] if isinstance(c, (tuple, list)) and c else c
+            if not isinstance(c, kinds[name]) or not isinstance(rows, torch.Tensor) or rows.dim() == 0 \
+                    or rows.shape[0] != B:
+                got = f"B = {rows.shape[0]}" if isinstance(rows, torch.Tensor) and rows.dim() else type(c).__name__
+                raise ValueError(f"cache[{i}] ({name}) must be that layer's cache for B = {B} rows, as prefill "
+                                 f"returned it; got {got}")
+
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, prefix_len=None,
                  pad_mask=None):
         """Batched sampling (temperature 0: greedy). Rows that emit stop_token keep emitting it.
         Returns (B, T + n) with n ≤ max_new_tokens (fewer when every row has stopped)."""
+        V = self.config.vocab_size
+        if not _is_int(max_new_tokens) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+        if not _is_number(temperature) or not temperature >= 0:   # < 0 would favour the least likely tokens
+            raise ValueError(f"temperature must be a number >= 0 (0 = greedy); got {temperature!r}")
+        if top_k is not None and (not _is_int(top_k) or top_k < 1):
+            raise ValueError(f"top_k must be None (no cut) or an int >= 1; got {top_k!r}")
+        if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < V):
+            raise ValueError(f"stop_token must be None or a token id in [0, vocab_size = {V}); got {stop_token!r}")
         logits, cache = self.prefill(idx, prefix_len, pad_mask)
         done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
         out = []
@@ -469,12 +545,54 @@ def resolve_device(name="auto"):
         raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
 
 
+def read_checkpoint(path, device="cpu", mmap=False):
+    """torch.load(weights_only=True): tensors and plain Python values only, so that loading a checkpoint
+    never runs code from the file (a pickle can call any function). Every failure is one line naming the
+    path: FileNotFoundError when it is missing, else ValueError."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"checkpoint {path} not found")
+    if os.path.isdir(path):
+        raise ValueError(f"checkpoint {path} is a directory; expected a file written by train.py")
+    try:
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))     # a reference to a function or class: what pickles run
+        if not found:
+            why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
+            raise ValueError(f"{path} is not a readable checkpoint (not written by torch.save): "
+                             f"{why.group(1) if why else _first_line(e)}") from None
+        old = "; train.py checkpoints of older versions held numpy RNG states: retrain to get one that loads" \
+            if found.group(1).startswith("numpy") else ""
+        raise ValueError(f"{path}: refused: it holds a Python object ({found.group(1)}), and loading that could "
+                         f"run code; only tensors and plain Python values are loaded (torch.load with "
+                         f"weights_only=True){old}") from None
+    except Exception as e:  # truncated, empty, or not written by torch.save
+        raise ValueError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
+                         f"{type(e).__name__}: {_first_line(e)}") from None
+
+
+def _first_line(e):
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
 def load_checkpoint(path, device="cpu"):
     """A train.py checkpoint (keys `model`, `model_args`, `config`) -> (Model in eval mode, its training
-    config as a dict)."""
-    ck = torch.load(path, map_location=device, weights_only=False)
-    if not isinstance(ck, dict) or "model_args" not in ck or "model" not in ck:
+    config as a dict). Loads no code (read_checkpoint); a bad file gives a one-line ValueError (or
+    FileNotFoundError) that names the path and what is wrong."""
+    ck = read_checkpoint(path, device)
+    if not isinstance(ck, dict) or "model_args" not in ck or not isinstance(ck.get("model"), dict):
         raise ValueError(f"{path} is not a train.py checkpoint (it needs the keys 'model' and 'model_args')")
-    model = Model(Config(**ck["model_args"]))
-    model.load_state_dict(ck["model"])
-    return model.to(device).eval(), ck.get("config", {})
+    try:
+        model = Model(Config(**ck["model_args"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: its model_args do not make a Config: {e}") from None
+    want, got = model.state_dict(), ck["model"]
+    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
+    wrong = [k for k in want if k in got and getattr(got[k], "shape", None) != want[k].shape]
+    if missing or extra or wrong:
+        raise ValueError(f"{path}: its weights do not fit its model_args: missing {missing[:3]}, "
+                         f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
+    model.load_state_dict(got)
+    config = ck.get("config", {})
+    return model.to(device).eval(), config if isinstance(config, dict) else {}

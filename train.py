@@ -7,6 +7,11 @@ the defaults below are the whole configuration, the loop is written out.
     python train.py config/recall_cpu.py             # the recall experiment: a grid, then one markdown table
     torchrun --standalone --nproc_per_node=8 train.py config/xxx.py        # DDP, one process per GPU
 
+Ctrl-C finishes the current step, saves a checkpoint and says how to continue (--resume=True gives the
+same loss curve as never stopping); a second Ctrl-C aborts at once. Every save keeps the one before it
+as ckpt.prev.pt. Checkpoints hold tensors and plain Python values only, and are loaded with
+torch.load(weights_only=True), so loading one never runs code from the file.
+
 Objectives (SPEC §4, §8). Synthetic tasks: the context is the prefix M handed to the model, and the loss
 is cross-entropy on the answer positions only. Text: next-token loss for models without pla layers;
 for JRT-RNN the prefix-LM loss: next-token loss on positions >= M, plus 0.25 x an MLM loss on 15% of
@@ -17,7 +22,9 @@ import difflib
 import math
 import os
 import random
+import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
@@ -28,17 +35,19 @@ import torch
 import torch.nn.functional as F
 
 import data
-from model import PRESETS, Config, Model
+from kernels import pla
+from model import PRESETS, Config, Model, read_checkpoint, resolve_device
 
 # -----------------------------------------------------------------------------------------------------
 # Defaults: the offline run `python train.py`, a conv + pla JRT-RNN learning MQAR on the CPU in ~3 minutes.
 DEFAULTS = dict(
     # I/O
-    out_dir="out",              # ckpt.pt goes here
+    out_dir="out",              # ckpt.pt goes here (and ckpt.prev.pt, the one saved before it)
     eval_interval=100,          # iters between evaluations (and checkpoints)
     log_interval=10,            # iters between log lines
     save_checkpoint=True,       # write out_dir/ckpt.pt at every eval and at the end
     resume=False,               # continue from out_dir/ckpt.pt: same loss curve as never stopping
+    overwrite=False,            # replace a checkpoint of another model in out_dir (else: stop and say so)
     seed=1337,                  # model init and batch sampling; the data itself uses data_seed
     # task
     task="mqar",                # mqar | disjoint_sets | text
@@ -50,9 +59,11 @@ DEFAULTS = dict(
     num_pairs=8,                # mqar: k key-value pairs per example
     context_len=0,              # mqar: length of the key-value region; 0 = 2k (no filler between pairs)
     idk_frac=0.0,               # mqar: fraction of queries about an absent key (answer: the IDK token)
+    random_filler=False,        # mqar: random tokens instead of 0 between queries (Zoology's default; harder)
     read_twice=False,           # mqar: JRT-Prompt layout `kv, queries, kv, queries`, last block scored
     test_shapes=(),             # mqar: test slices as ((seq_len, num_pairs), ...); () = the train shape
-    sd_halves=True,             # disjoint_sets: A and B from separate halves of the vocabulary (SPEC §8)
+    sd_halves=False,            # disjoint_sets: True = SPEC §8's fixed halves, a shortcut (the answer is B's
+                                #   smallest token); False = a fresh random split per example (the official one)
     data_path="",               # text: a UTF-8 file, tokenised once into a uint16 memmap beside it
     tokenizer="bytes",          # text: gpt2 (the paper's, needs tiktoken's files) | bytes (offline)
     eval_iters=20,              # text: batches per evaluation
@@ -97,8 +108,12 @@ DEFAULTS = dict(
     grid_lr=(),                 # report the best test accuracy over these learning rates
 )
 CHOICES = dict(task=("mqar", "disjoint_sets", "text"), tokenizer=tuple(data.TEXT_VOCAB), model=tuple(PRESETS),
-               backend=("auto", "torch", "triton"), device=("auto", "cpu", "cuda", "mps"),
-               dtype=("auto", "bfloat16", "float32"))
+               backend=("auto", "torch", "triton"), dtype=("auto", "bfloat16", "float32"))
+# device: auto | cpu | cuda | cuda:N | mps, checked by model.resolve_device (is it there?) when the run starts
+POSITIVE = ("batch_size", "grad_accum", "max_iters", "seq_len", "eval_interval", "log_interval", "eval_iters",
+            "train_examples", "test_examples", "vocab_size", "num_pairs")
+UNIT, BETA = ("[0, 1]", lambda v: 0 <= v <= 1), ("[0, 1)", lambda v: 0 <= v < 1)  # AdamW needs beta < 1
+RANGES = dict(beta1=BETA, beta2=BETA, mlm_prob=UNIT, idk_frac=UNIT, min_lr_ratio=UNIT)
 
 
 class ConfigError(ValueError):
@@ -120,17 +135,18 @@ def check_value(key, value):
         raise ConfigError(f"{key}={value!r}: expected type {want.__name__}, like the default {DEFAULTS[key]!r}")
     if key in CHOICES and value not in CHOICES[key]:
         raise ConfigError(f"{key}={value!r}: expected one of {list(CHOICES[key])}")
-    least = 1 if key in ("batch_size", "grad_accum", "max_iters", "seq_len", "eval_interval", "log_interval",
-                         "eval_iters", "train_examples", "test_examples") else 0
-    if want in (int, float) and value < least:
+    least = 1 if key in POSITIVE else 0
+    if want in (int, float) and not value >= least:            # `not >=`: NaN is out of range too
         raise ConfigError(f"{key}={value!r}: expected a {'positive' if least else 'non-negative'} {want.__name__}")
+    if key in RANGES and not RANGES[key][1](value):
+        raise ConfigError(f"{key}={value!r}: expected a float in {RANGES[key][0]}")
     return value
 
 
 def get_config(argv):
     """DEFAULTS <- config files (python, executed like nanoGPT's configurator) <- --key=value."""
     cfg = dict(DEFAULTS)
-    for arg in argv:
+    for i, arg in enumerate(argv):
         if not arg.startswith("--"):  # a config file: its top-level names are config keys
             if not os.path.isfile(arg):
                 raise ConfigError(f"config file {arg!r} not found (arguments are config files or --key=value)")
@@ -142,6 +158,9 @@ def get_config(argv):
         else:
             key, eq, text = arg[2:].partition("=")
             if not eq:                 # a bare --flag sets a bool key to True
+                if key in DEFAULTS and type(DEFAULTS[key]) is not bool:   # `--max_iters 10`
+                    given = argv[i + 1] if i + 1 < len(argv) and not argv[i + 1].startswith("--") else "VALUE"
+                    raise ConfigError(f"{arg} needs a value: write --{key}={given} (--key=value, no space)")
                 text = "True"
             try:
                 value = ast.literal_eval(text)
@@ -164,7 +183,7 @@ def load_task(cfg):
     try:
         if c.task == "mqar":
             opts = dict(vocab_size=c.vocab_size, context_len=c.context_len or None, idk_frac=c.idk_frac,
-                        read_twice=c.read_twice, seed=c.data_seed)
+                        read_twice=c.read_twice, random_filler=c.random_filler, seed=c.data_seed)
             train = data.mqar(c.train_examples, seq_len=c.seq_len, num_pairs=c.num_pairs, split="train", **opts)
             tests = [data.mqar(c.test_examples, seq_len=T, num_pairs=k, split="test", **opts)
                      for T, k in (c.test_shapes or [(c.seq_len, c.num_pairs)])]
@@ -249,14 +268,17 @@ def forward_loss(model, b, mlm_weight):
 @torch.no_grad()
 def evaluate(model, tests, cfg, ctx, device, rank, world, mask_id):
     """Test loss, and for recall tasks the accuracy on answer positions, overall and per slice.
-    Each rank scores a share of the rows; the sums are all-reduced."""
+    Each rank scores a share of the same rows, whatever the number of processes; the sums are all-reduced."""
     model.eval()
     names, sums = [], []                      # sums: per slice [correct, answers]; then [loss sum, loss count]
     loss_sum = torch.zeros(2, device=device)
     if cfg.task == "text":                    # fixed batches: evaluations are comparable over time
         gen = torch.Generator().manual_seed(cfg.seed)
-        for _ in range(cfg.eval_iters):
-            b = to_device(get_batches(tests, cfg, gen, 1, rank, world, mask_id, "val")[0], device)
+        for i in range(cfg.eval_iters):       # every rank draws every batch (the same stream), scores its own
+            b = get_batches(tests, cfg, gen, 1, 0, 1, mask_id, "val")[0]
+            if i % world != rank:
+                continue
+            b = to_device(b, device)
             with ctx:
                 loss_sum += torch.stack([forward_loss(model, b, cfg.mlm_weight).float(), loss_sum.new_ones(())])
     else:
@@ -325,12 +347,133 @@ def state_dict_clean(sd):
 
 
 # -----------------------------------------------------------------------------------------------------
+# checkpoints: what a run saves, and how it comes back
+
+class Interrupted(Exception):
+    """Ctrl-C: the run stopped after a whole step, its checkpoint saved (already said on the console)."""
+
+
+class StopOnCtrlC:
+    """While active, the first SIGINT only raises a flag, so that the loop can finish its step and save;
+    a second one aborts at once (KeyboardInterrupt). Signals can be caught in the main thread only.
+    Under torchrun, Ctrl-C reaches every process twice (from the terminal, then forwarded by torchrun):
+    there a repeat within `grace` seconds counts as the same Ctrl-C."""
+
+    def __init__(self, master, grace=0.0):
+        self.master, self.grace, self.requested, self.previous = master, grace, False, None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self.handler)
+        return self
+
+    def handler(self, signum, frame):
+        if self.requested:
+            if time.time() - self.requested < self.grace:
+                return
+            raise KeyboardInterrupt
+        self.requested = time.time()
+        if self.master:  # os.write: a print here could interrupt a print of the loop (a reentrant call)
+            os.write(sys.stderr.fileno(), b"\nCtrl-C: finishing this step, then saving a checkpoint "
+                                          b"(Ctrl-C again aborts at once, without saving)\n")
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def rng_state(gen, device_type):
+    """Every random stream of a run, as tensors and plain values: loadable with weights_only=True."""
+    version, mt, gauss = random.getstate()
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    return dict(python=(version, torch.tensor(mt, dtype=torch.int64), gauss),
+                numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None,
+                sampler=gen.get_state())
+
+
+def set_rng_state(rng, gen, device_type):
+    version, mt, gauss = rng["python"]
+    random.setstate((version, tuple(mt.tolist()), gauss))
+    name, keys, pos, has_gauss, cached = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and device_type == "cuda":
+        torch.cuda.set_rng_state(rng["cuda"])
+    gen.set_state(rng["sampler"])
+
+
+def save_checkpoint(ck, path):
+    """Write to a temporary file, flush it to disk, then rename: a crash or Ctrl-C at any moment leaves
+    `path` either the old checkpoint or the new one, never half of one. The old one becomes .prev.pt."""
+    tmp, prev = path + ".tmp", previous_path(path)
+    with open(tmp, "wb") as f:
+        torch.save(ck, f)
+        f.flush()
+        os.fsync(f.fileno())
+    if os.path.exists(path):
+        os.replace(path, prev)
+    os.replace(tmp, path)
+
+
+def previous_path(path):
+    return path[:-3] + ".prev.pt" if path.endswith(".pt") else path + ".prev"
+
+
+TRAINING_KEYS = ("model", "optimizer", "model_args", "config", "iter", "rng")
+
+
+def load_for_resume(path):
+    """The checkpoint to continue from, or a ConfigError that says what is wrong and, when the previous
+    checkpoint is there, how to continue from that one."""
+    prev = previous_path(path)
+    hint = (f"; the previous checkpoint is {prev}: to continue from it, `cp {prev} {path}` and run again "
+            f"with --resume=True") if os.path.exists(prev) else ""
+    if not os.path.exists(path):
+        raise ConfigError(f"resume=True but there is no checkpoint at {path}{hint}")
+    try:
+        ck = read_checkpoint(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"resume=True: {e}{hint}") from None
+    if not isinstance(ck, dict) or not all(k in ck for k in TRAINING_KEYS):
+        have = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
+        raise ConfigError(f"resume=True: {path} is not a train.py checkpoint with its training state "
+                          f"(it needs the keys {list(TRAINING_KEYS)}; it has {have}){hint}")
+    return ck
+
+
+def check_out_dir(cfg, path, mcfg, log=print):
+    """Stop before training if out_dir cannot hold a checkpoint, or holds one of another model, which this
+    run would replace (e.g. `--model=based-tiny` after `python train.py`, whose checkpoint prompt.py reads)."""
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ConfigError(f"out_dir={cfg.out_dir!r} is a file; expected a directory (created if missing)")
+    if cfg.resume or cfg.overwrite or not os.path.exists(path):
+        return
+    try:
+        old = read_checkpoint(path, mmap=True)         # mmap: only what is read below comes off the disk
+    except (ValueError, FileNotFoundError):
+        old = None
+    if not isinstance(old, dict) or not isinstance(old.get("model_args"), dict):
+        log(f"warning: {path} is not a readable train.py checkpoint; this run replaces it")
+        return
+    old = old["model_args"]
+    new = asdict(mcfg)
+    differ = [k for k in new if k != "backend" and old.get(k) != new[k]]   # the backend is no part of the model
+    if differ:
+        raise ConfigError(f"{path} holds a checkpoint of another model (its {', '.join(differ)} differ from "
+                          f"this run's); keep it with another --out_dir=..., or replace it with --overwrite=True")
+
+
+# -----------------------------------------------------------------------------------------------------
 # one training run
 
 def train(cfg, rank=0, world=1):
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
-    device = cfg.device if cfg.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = str(resolve_device(cfg.device))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
     device_type = device.split(":")[0]
@@ -346,12 +489,13 @@ def train(cfg, rank=0, world=1):
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
     ckpt = None
     if cfg.resume:
-        if not os.path.exists(ckpt_path):
-            raise ConfigError(f"resume=True but there is no checkpoint at {ckpt_path}")
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+        ckpt = load_for_resume(ckpt_path)
         changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items() if getattr(cfg, k, v) != v}
         log(f"resuming from {ckpt_path} at iter {ckpt['iter']}; changed since: {changed or 'nothing'}")
-        mcfg = Config(**ckpt["model_args"])                  # the checkpoint's model, whatever the flags say
+        try:
+            mcfg = Config(**ckpt["model_args"])              # the checkpoint's model, whatever the flags say
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"resume=True: {ckpt_path}: its model_args do not make a Config: {e}") from None
     else:
         overrides = {k: getattr(cfg, k) for k in ("d_model", "n_head", "feature_dim", "layers", "window", "init_std")
                      if getattr(cfg, k)}
@@ -365,6 +509,14 @@ def train(cfg, rank=0, world=1):
     mask_id = mcfg.mask_token_id if is_prefix_lm else None
     if is_prefix_lm and not 0 < (cfg.prefix_len or cfg.seq_len // 2) < cfg.seq_len:
         raise ConfigError(f"prefix_len={cfg.prefix_len}: expected 0 < M < seq_len={cfg.seq_len}")
+    if mcfg.backend == "triton" and {"pla", "la"} & set(mcfg.layers):  # say it now, not deep in the first step
+        probe = torch.zeros(1, 1, 1, mcfg.feature_dim, device=device)
+        try:
+            pla(probe, probe, probe, backend="triton")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+    if cfg.save_checkpoint:
+        check_out_dir(cfg, ckpt_path, mcfg, log)
 
     torch.manual_seed(cfg.seed)                              # the same init on every rank
     model = Model(mcfg).to(device)
@@ -374,13 +526,8 @@ def train(cfg, rank=0, world=1):
     if ckpt is not None:
         model.load_state_dict(state_dict_clean(ckpt["model"]))
         optimizer.load_state_dict(ckpt["optimizer"])
-        iter_num, rng = ckpt["iter"], ckpt["rng"]
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
-        if rng["cuda"] is not None and device_type == "cuda":
-            torch.cuda.set_rng_state(rng["cuda"])
-        gen.set_state(rng["sampler"])
+        iter_num = ckpt["iter"]
+        set_rng_state(ckpt["rng"], gen, device_type)
         ckpt = None                                          # free the memory
     raw_model = model                                        # what gets saved and evaluated
     if cfg.compile:
@@ -400,12 +547,10 @@ def train(cfg, rank=0, world=1):
         if not (master and cfg.save_checkpoint):
             return
         os.makedirs(cfg.out_dir, exist_ok=True)
-        rng = dict(python=random.getstate(), numpy=np.random.get_state(), torch=torch.get_rng_state(),
-                   cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None, sampler=gen.get_state())
-        ck = dict(model=state_dict_clean(raw_model.state_dict()), optimizer=optimizer.state_dict(),
-                  model_args=asdict(mcfg), config=vars(cfg), iter=it, rng=rng)
-        torch.save(ck, ckpt_path + ".tmp")
-        os.replace(ckpt_path + ".tmp", ckpt_path)           # atomic: a crash never leaves half a checkpoint
+        save_checkpoint(dict(model=state_dict_clean(raw_model.state_dict()), optimizer=optimizer.state_dict(),
+                             model_args=asdict(mcfg), config=vars(cfg), iter=it, rng=rng_state(gen, device_type)),
+                        ckpt_path)
+        log(f"saved {ckpt_path} at iter {it}")
 
     def report(it):
         ev = evaluate(raw_model, tests, cfg, ctx, device, rank, world, mask_id)
@@ -416,39 +561,50 @@ def train(cfg, rank=0, world=1):
         return ev
 
     losses, t0, t_start, it_start = [], time.time(), time.time(), iter_num
-    while iter_num < cfg.max_iters:
-        if iter_num % cfg.eval_interval == 0 and iter_num > it_start:
-            report(iter_num)
-            save(iter_num)
-            t0 = time.time()                                 # the step time below excludes evaluation
-        lr = get_lr(iter_num, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        tokens, loss_acc = 0, 0.0
-        for m, b in enumerate(get_batches(train_data, cfg, gen, n_micro, rank, world, mask_id)):
-            b = to_device(b, device)
-            sync = model.no_sync() if world > 1 and m < n_micro - 1 else nullcontext()  # all-reduce once per update
-            with sync:
-                with ctx:
-                    loss = forward_loss(model, b, cfg.mlm_weight) / n_micro  # mean over the micro-batches
-                loss.backward()
-            loss_acc += loss.item()
-            tokens += b["x"].numel() * world
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        losses.append(loss_acc)
-        iter_num += 1
-        t1 = time.time()
-        dt, t0 = t1 - t0, t1
-        if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
-            eta = (t1 - t_start) / (iter_num - it_start) * (cfg.max_iters - iter_num)
-            mfu = f" | mfu {fpt * tokens / dt / (peak * world):.1%}" if peak else ""
-            log(f"iter {iter_num}/{cfg.max_iters} | loss {loss_acc:.4f} | lr {lr:.2e} | {dt * 1000:.0f} ms | "
-                f"{tokens / dt:,.0f} tok/s{mfu} | eta {eta / 60:.1f} min")
-    ev = report(iter_num)
-    save(iter_num)
+    with StopOnCtrlC(master, grace=2.0 if world > 1 else 0.0) as ctrl_c:
+        while iter_num < cfg.max_iters:
+            if iter_num % cfg.eval_interval == 0 and iter_num > it_start:
+                report(iter_num)
+                save(iter_num)
+                t0 = time.time()                             # the step time below excludes evaluation
+            lr = get_lr(iter_num, cfg)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            tokens, loss_acc = 0, 0.0
+            for m, b in enumerate(get_batches(train_data, cfg, gen, n_micro, rank, world, mask_id)):
+                b = to_device(b, device)
+                sync = model.no_sync() if world > 1 and m < n_micro - 1 else nullcontext()  # all-reduce once per update
+                with sync:
+                    with ctx:
+                        loss = forward_loss(model, b, cfg.mlm_weight) / n_micro  # mean over the micro-batches
+                    loss.backward()
+                loss_acc += loss.item()
+                tokens += b["x"].numel() * world
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            stop = bool(ctrl_c.requested)
+            if world > 1:  # the loss of the whole update, not this rank's share; and stop on every rank at once
+                both = torch.tensor([loss_acc, float(stop)], dtype=torch.float64, device=device)
+                torch.distributed.all_reduce(both)
+                loss_acc, stop = both[0].item() / world, both[1].item() > 0
+            losses.append(loss_acc)
+            iter_num += 1
+            t1 = time.time()
+            dt, t0 = t1 - t0, t1
+            if iter_num % cfg.log_interval == 0 or iter_num == cfg.max_iters:
+                eta = (t1 - t_start) / (iter_num - it_start) * (cfg.max_iters - iter_num)
+                mfu = f" | mfu {fpt * tokens / dt / (peak * world):.1%}" if peak else ""
+                log(f"iter {iter_num}/{cfg.max_iters} | loss {loss_acc:.4f} | lr {lr:.2e} | {dt * 1000:.0f} ms | "
+                    f"{tokens / dt:,.0f} tok/s{mfu} | eta {eta / 60:.1f} min")
+            if stop and iter_num < cfg.max_iters:
+                save(iter_num)
+                log(f"interrupted at iter {iter_num}; " + (f"checkpoint saved to {ckpt_path}; continue with "
+                    "--resume=True" if cfg.save_checkpoint else "no checkpoint (save_checkpoint=False)"), flush=True)
+                raise Interrupted
+        ev = report(iter_num)
+        save(iter_num)
     log(f"done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min" +
         (f"; test accuracy {ev['acc']:.4f}" if "acc" in ev else f"; val loss {ev['loss']:.4f}"))
     return dict(losses=losses, eval=ev, state_size=state, params=raw_model.num_params(),
@@ -519,3 +675,8 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except Interrupted:                  # Ctrl-C once: the step finished and the checkpoint is saved (said above)
+        sys.exit(130)
+    except KeyboardInterrupt:            # Ctrl-C twice, or before training began
+        print("\naborted by Ctrl-C; checkpoints saved before are intact", file=sys.stderr)
+        sys.exit(130)

@@ -100,6 +100,15 @@ def test_mqar_context_length_independent_of_pairs():
         assert p >= C and int(y[p]) == kv_lookup(x, C)[int(x[p])]
 
 
+def sets(ex, shapes):
+    """Per row: (A, B, answer) read back from the input."""
+    T = ex.x.shape[1]
+    for x, y, g in zip(ex.x, ex.y, ex.group):
+        a, b = shapes[g]
+        row = x[T - (a + b + 3):]
+        yield set(row[1:a + 1].tolist()), set(row[a + 2:-1].tolist()), int(y[-1])
+
+
 def test_disjoint_sets_one_shared_token_is_the_target():
     shapes = [(4, 16), (16, 4), (1, 32)]
     ex = data.disjoint_sets(50, shapes=shapes)
@@ -113,12 +122,35 @@ def test_disjoint_sets_one_shared_token_is_the_target():
         assert (pad == (torch.arange(T) < T - L)).all() and (x[pad] == data.SD_MASK).all()
         row = x[T - L:]
         assert row[0] == data.SD_START and row[a + 1] == data.SD_SEP and row[-1] == data.SD_CUE
-        A, B = set(row[1:a + 1].tolist()), set(row[a + 2:-1].tolist())
-        assert len(A) == a and len(B) == b and A & B == {int(y[-1])}
-        assert max(A) < 4 + 1022 and min(B - A) >= 4 + 1022              # A and B from different halves
-    free = data.disjoint_sets(50, shapes=[(8, 8)], halves=False)
-    for x, y in zip(free.x, free.y):
-        assert set(x[1:9].tolist()) & set(x[10:18].tolist()) == {int(y[-1])}
+    for (A, B, answer), g in zip(sets(ex, shapes), ex.group):
+        assert (len(A), len(B)) == shapes[g] and A & B == {answer} and min(A | B) >= 4 and max(A | B) < 2048
+
+
+def test_disjoint_sets_default_is_a_fresh_split_without_the_halves_shortcut():
+    shapes = [(8, 8)]
+    rows = list(sets(data.disjoint_sets(400, shapes=shapes, seed=2), shapes))
+    assert all(len(A) == 8 and len(B) == 8 and A & B == {ans} for A, B, ans in rows)
+    H = 4 + 1022                                                     # where SPEC §8's halves would meet
+    assert any(max(A) >= H for A, _, _ in rows) and any(min(B) < H for _, B, _ in rows)
+    smallest = sum(ans == min(B) for _, B, ans in rows) / len(rows)  # by chance: 1 in |B| = 8
+    assert 0.05 < smallest < 0.25, smallest
+    # the shortcut layout, only on request: the answer is then always B's smallest token
+    halves = list(sets(data.disjoint_sets(100, shapes=shapes, halves=True), shapes))
+    assert all(max(A) < H and min(B - A) >= H and ans == min(B) for A, B, ans in halves)
+    assert data.disjoint_sets.__kwdefaults__["halves"] is False
+
+
+def test_mqar_random_filler_keeps_the_task_and_fills_the_gaps():
+    opts = dict(vocab_size=64, seq_len=64, num_pairs=4, context_len=16, seed=5)
+    zero, rand = data.mqar(300, **opts), data.mqar(300, random_filler=True, **opts)
+    assert torch.equal(zero.y, rand.y) and torch.equal(zero.prefix_len, rand.prefix_len)
+    real = zero.x != 0                                               # pairs and queries: unchanged
+    assert torch.equal(rand.x[real], zero.x[real])
+    filler = rand.x[~real]                                           # between pairs (context_len > 2k) and queries
+    assert len(filler) > 300 * 30 and filler.max() < 63 and set(filler.tolist()) == set(range(63))
+    assert data.mqar.__kwdefaults__["random_filler"] is False        # filler 0 stays the default
+    twice = data.mqar(50, random_filler=True, read_twice=True, **opts)
+    assert torch.equal(twice.x[:, :32], twice.x[:, 32:])             # the same prompt, shown twice
 
 
 def test_disjoint_sets_mixtures_have_both_orders():
@@ -192,7 +224,8 @@ def test_gpt2_offline_gives_a_clear_error(tmp_path, monkeypatch):
     (lambda: data.mqar(4, idk_frac=1.5), "idk_frac"),
     (lambda: data.mqar(4, split="val"), "split"),
     (lambda: data.disjoint_sets(4, shapes=[(0, 4)]), "shapes"),
-    (lambda: data.disjoint_sets(4, shapes=[(2000, 4)]), "shapes"),
+    (lambda: data.disjoint_sets(4, shapes=[(2000, 45)]), "shapes"),
+    (lambda: data.disjoint_sets(4, shapes=[(2000, 4)], halves=True), "shapes"),
     (lambda: data.get_tokenizer("llama"), "tokenizer"),
     (lambda: data.text("x.txt", tokenizer="bytes", val_frac=0.0), "val_frac"),
 ])

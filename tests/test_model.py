@@ -241,3 +241,214 @@ def test_resolve_device_names_what_is_missing():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+# ----------------------------------------------------------------------------- caches are values, not state
+
+def test_step_leaves_the_cache_it_was_given_unchanged():
+    model = tiny("hybrid", prefix_len=6)                        # conv, pla, swa (window 5 < T), la, attn
+    V = model.config.vocab_size
+    idx = torch.randint(0, V, (2, 11))
+    _, cache = model.prefill(idx)
+    before = [tuple(t.clone() for t in leaves(c)) for c in cache]
+    a, b = torch.randint(0, V, (2, 8)), torch.randint(0, V, (2, 8))
+    first = continuation(model, cache, a)
+    continuation(model, cache, b)                              # a different branch from the same cache
+    again = continuation(model, cache, a)
+    for x, y in zip(first, again):
+        assert torch.equal(x, y)                               # bit for bit: nothing leaked between branches
+    for c, old in zip(cache, before):
+        assert all(torch.equal(t, o) for t, o in zip(leaves(c), old))
+    full, _ = model(torch.cat([idx, a], 1), prefix_len=6)      # and each branch is the right one
+    torch.testing.assert_close(again[-1], full[:, -1], rtol=1e-9, atol=1e-9)
+
+
+def leaves(c):
+    if isinstance(c, dict):
+        return [c["k"], c["v"], c["valid"], torch.tensor(c["pos"])]
+    return list(c) if isinstance(c, (tuple, list)) else [c]
+
+
+def continuation(model, cache, tokens):
+    out = []
+    for t in range(tokens.shape[1]):
+        logits, cache = model.step(tokens[:, t], cache)
+        out.append(logits)
+    return out
+
+
+def test_step_refuses_a_cache_of_another_shape():
+    model = tiny("hybrid", prefix_len=6)
+    idx = torch.randint(0, 512, (2, 7))
+    _, cache = model.prefill(idx)
+    for bad, message in [(cache[:-1], r"cache must be the list of 5 per-layer entries \(n_layer = 5\).*got 4"),
+                         (cache + [cache[0]], "got 6 entries"), (cache[0], "got a Tensor"),
+                         ([cache[1]] + cache[1:], r"cache\[0\] \(conv\)"),
+                         ]:
+        with pytest.raises(ValueError, match=message):
+            model.step(idx[:, 0], bad)
+    _, one = model.prefill(idx[:1])
+    with pytest.raises(ValueError, match=r"cache\[0\] \(conv\) must be that layer's cache for B = 2 rows.*B = 1"):
+        model.step(idx[:, 0], one)
+    with pytest.raises(ValueError, match="idx_t must be"):
+        model.step(idx, cache)
+
+
+# ----------------------------------------------------------------------------- silently accepted before
+
+@pytest.mark.parametrize("kwargs,message", [
+    (dict(temperature=-1.0), r"temperature must be a number >= 0 \(0 = greedy\); got -1.0"),
+    (dict(top_k=0), r"top_k must be None \(no cut\) or an int >= 1; got 0"),
+    (dict(top_k=2.5), r"top_k must be .*; got 2.5"),
+    (dict(max_new_tokens=-1), r"max_new_tokens must be an int >= 0; got -1"),
+    (dict(stop_token=512), r"stop_token must be None or a token id in \[0, vocab_size = 512\); got 512"),
+    (dict(stop_token=-1), r"stop_token must be .*; got -1"),
+])
+def test_generate_bad_arguments(kwargs, message):
+    model = tiny("jrt-tiny")
+    args = dict(max_new_tokens=3) | kwargs
+    with pytest.raises(ValueError, match=message):
+        model.generate(torch.randint(0, 512, (2, 5)), **args)
+
+
+def test_generate_zero_new_tokens_returns_the_prompt():
+    model, idx = tiny("jrt-tiny"), torch.randint(0, 512, (2, 5))
+    assert torch.equal(model.generate(idx, 0), idx)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("rope_base", 0.0, r"rope_base must be a number > 0; got 0.0"),
+    ("rope_base", -5, r"rope_base must be a number > 0"),
+    ("norm_eps", 0.0, r"norm_eps must be a number > 0; got 0.0"),
+    ("norm_eps", float("nan"), r"norm_eps must be a number > 0; got nan"),
+    ("mlp_hidden", -8, r"mlp_hidden must be an int >= 0; got -8"),
+    ("mlp_hidden", 12.5, r"mlp_hidden must be an int >= 0; got 12.5"),
+    ("prefix_len", 3.5, r"prefix_len must be an int >= 0; got 3.5"),
+    ("d_model", True, r"d_model must be a positive int; got True"),
+    ("init_std", -0.1, r"init_std must be a number >= 0"),
+])
+def test_config_refuses_values_that_give_nan_or_are_floored(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        Config.from_preset("jrt-tiny", **{field: value})
+
+
+@pytest.mark.parametrize("prefix_len,message", [
+    (3.5, r"prefix_len must be an int in \[0, T = 10\] or an int tensor of shape \(B,\) = \(2,\).*; got 3.5"),
+    ("3", r"prefix_len must be an int in .*; got '3'"),
+    (torch.tensor([1, 2, 3]), r"prefix_len must be .*got a torch.int64 tensor of shape \(3,\)"),
+    (torch.tensor([1.0, 2.0]), r"prefix_len must be .*got a torch.float32 tensor"),
+    (torch.tensor([1, 11]), r"prefix_len must be an int in \[0, T = 10\]"),
+])
+def test_prefix_len_must_be_an_int_or_one_per_row(prefix_len, message):
+    model = tiny("jrt-tiny")
+    with pytest.raises(ValueError, match=message):
+        model(torch.randint(0, 512, (2, 10)), prefix_len=prefix_len)
+
+
+def test_prefix_len_per_row_tensor_equals_each_row_alone():
+    model, idx = tiny("jrt-tiny"), torch.randint(0, 512, (2, 10))
+    logits, _ = model(idx, prefix_len=torch.tensor([3, 7]))
+    torch.testing.assert_close(logits[0], model(idx[:1], prefix_len=3)[0][0], rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(logits[1], model(idx[1:], prefix_len=7)[0][0], rtol=1e-9, atol=1e-9)
+
+
+def test_forward_input_checks():
+    model = tiny("jrt-tiny")
+    idx = torch.randint(0, 512, (2, 10))
+    with pytest.raises(ValueError, match=r"idx must hold at least one row .*got \(B, T\) = \(0, 10\)"):
+        model(idx[:0])
+    with pytest.raises(ValueError, match=r"pad_mask must be a bool tensor \(B, T\) = \(2, 10\).*got torch.float32"):
+        model(idx, pad_mask=torch.zeros(2, 10))
+    with pytest.raises(ValueError, match=r"pad_mask must be a bool tensor .*got list"):
+        model(idx, pad_mask=[[False] * 10] * 2)
+    for bad, got in [(idx[:, :9], r"torch.int64 \(2, 9\)"), (idx.float(), r"torch.float32 \(2, 10\)")]:
+        with pytest.raises(ValueError, match=r"targets must be an int64 tensor \(B, T\) = \(2, 10\) like idx; got " + got):
+            model(idx, targets=bad)
+    for value in (512, -1, -99):
+        bad = idx.clone()
+        bad[1, 3] = value
+        with pytest.raises(ValueError, match=rf"targets must be token ids in \[0, vocab_size = 512\) or -100 .*got {value}"):
+            model(idx, targets=bad)
+
+
+def test_loss_is_the_mean_over_scored_positions_and_zero_when_none_are():
+    model = tiny("jrt-tiny")
+    idx, targets = torch.randint(0, 512, (2, 10)), torch.randint(0, 512, (2, 10))
+    targets[0, :4] = -100
+    logits, loss = model(idx, targets=targets)
+    keep = targets != -100
+    torch.testing.assert_close(loss, F.cross_entropy(logits[keep].float(), targets[keep]))
+    model.train()
+    _, loss = model(idx, targets=torch.full_like(targets, -100))
+    assert loss.item() == 0.0                                   # not NaN
+    loss.backward()
+    assert all(p.grad is None or not p.grad.any() for p in model.parameters())   # no update at all
+
+
+# ----------------------------------------------------------------------------- checkpoints load no code
+
+class RunsCode:
+    """A pickle that calls a function when loaded: touch(path)."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        import pathlib
+        return (pathlib.Path.touch, (pathlib.Path(self.path),))
+
+
+def good_checkpoint(path):
+    from dataclasses import asdict
+    m = tiny("jrt-tiny")
+    torch.save(dict(model=m.state_dict(), model_args=asdict(m.config), config=dict(task="mqar")), path)
+    return m
+
+
+def test_load_checkpoint_round_trip(tmp_path):
+    from model import load_checkpoint
+    m = good_checkpoint(tmp_path / "ok.pt")
+    loaded, cfg = load_checkpoint(tmp_path / "ok.pt")
+    assert cfg == {"task": "mqar"} and not loaded.training
+    x = torch.randint(0, 512, (1, 6))
+    torch.testing.assert_close(loaded.double()(x)[0], m(x)[0])
+
+
+def test_load_checkpoint_never_runs_pickled_code(tmp_path):
+    from dataclasses import asdict
+    from model import load_checkpoint
+    ran = tmp_path / "ran"
+    m = tiny("jrt-tiny")
+    torch.save(dict(model=m.state_dict(), model_args=asdict(m.config), config={"x": RunsCode(ran)}), tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match=r"evil.pt: refused: it holds a Python object \(\S+\), and loading that "
+                                         r"could run code"):
+        load_checkpoint(tmp_path / "evil.pt")
+    assert not ran.exists()
+    torch.load(tmp_path / "evil.pt", weights_only=False)       # the file really does run code when trusted
+    assert ran.exists()
+
+
+def test_load_checkpoint_bad_files_give_one_line_errors(tmp_path):
+    from dataclasses import asdict
+    from model import load_checkpoint
+    good_checkpoint(tmp_path / "ok.pt")
+    whole = (tmp_path / "ok.pt").read_bytes()
+    (tmp_path / "half.pt").write_bytes(whole[:len(whole) // 2])
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("not a checkpoint\n")
+    torch.save([1, 2], tmp_path / "list.pt")
+    m = tiny("based-tiny")
+    torch.save(dict(model=m.state_dict(), model_args=asdict(tiny("jrt-tiny").config)), tmp_path / "mixed.pt")
+    torch.save(dict(model={}, model_args=dict(d_model=-1)), tmp_path / "args.pt")
+    cases = [("missing.pt", FileNotFoundError, "checkpoint .*missing.pt not found"),
+             ("half.pt", ValueError, "half.pt is not a readable checkpoint"),
+             ("empty.pt", ValueError, "empty.pt is not a readable checkpoint"),
+             ("notes.txt", ValueError, "notes.txt is not a readable checkpoint"),
+             ("list.pt", ValueError, "list.pt is not a train.py checkpoint"),
+             ("mixed.pt", ValueError, r"mixed.pt: its weights do not fit its model_args: missing \[.*k_enc"),
+             ("args.pt", ValueError, "args.pt: its model_args do not make a Config: d_model must be"),
+             (".", ValueError, "is a directory")]
+    for name, kind, message in cases:
+        with pytest.raises(kind, match=message) as err:
+            load_checkpoint(tmp_path / name)
+        assert "\n" not in str(err.value)

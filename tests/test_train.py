@@ -1,11 +1,18 @@
-"""train.py: the prefix-LM objective, a short run that learns, exact resume, DDP = one process, clear config errors."""
+"""train.py: the prefix-LM objective, a short run that learns, exact resume (also after Ctrl-C), DDP = one
+process, checkpoints that load no code, clear config errors."""
+import json
 import os
+import re
+import shutil
+import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 
+import data
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,13 +75,97 @@ def test_resume_continues_the_same_loss_curve(tmp_path, task):
     torch.testing.assert_close(torch.tensor(rest), torch.tensor(full[4:]), rtol=0, atol=1e-6)
 
 
-def test_checkpoint_has_clean_keys_config_and_rng(tmp_path):
-    run(tmp_path, "--max_iters=2")
-    ck = torch.load(tmp_path / "ckpt.pt", weights_only=False)
+def test_checkpoint_has_clean_keys_config_and_rng(tmp_path, capsys):
+    run(tmp_path, "--max_iters=4", "--eval_interval=2")          # saves at iters 2 and 4
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)     # tensors and plain values only
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in ck["model"])
-    assert ck["iter"] == 2 and ck["config"]["max_iters"] == 2 and ck["model_args"]["d_model"] == 32
+    assert ck["iter"] == 4 and ck["config"]["max_iters"] == 4 and ck["model_args"]["d_model"] == 32
     assert set(ck["rng"]) == {"python", "numpy", "torch", "cuda", "sampler"}
+    assert torch.load(tmp_path / "ckpt.prev.pt", weights_only=True)["iter"] == 2   # the one before stays beside it
+    out = capsys.readouterr().out
+    assert f"saved {tmp_path / 'ckpt.pt'} at iter 2" in out and f"saved {tmp_path / 'ckpt.pt'} at iter 4" in out
     assert train.state_dict_clean({"module._orig_mod.wte.weight": 1}) == {"wte.weight": 1}
+
+
+def test_ctrl_c_saves_then_resume_is_bit_exact(tmp_path):
+    """A real SIGINT to `python train.py`: the step finishes, the checkpoint is saved, one line says how
+    to continue; resuming from it gives exactly the weights and losses of a run never interrupted."""
+    args = ["--max_iters=60", "--lr_decay_iters=60", "--log_interval=1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, *args, f"--out_dir={tmp_path / 'b'}"], cwd=ROOT,
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    seen = []
+    for line in p.stdout:                                        # interrupt once training is under way
+        seen.append(line)
+        if line.startswith("iter 2/60"):
+            p.send_signal(signal.SIGINT)
+            break
+    out, err = p.communicate(timeout=120)
+    out = "".join(seen) + out
+    ckpt = tmp_path / "b" / "ckpt.pt"
+    done = re.search(r"^interrupted at iter (\d+); checkpoint saved to (.+); continue with --resume=True$", out, re.M)
+    assert p.returncode == 130 and done, (out[-2000:], err[-2000:])
+    n = int(done.group(1))
+    assert 2 <= n < 60 and done.group(2) == str(ckpt) and f"saved {ckpt} at iter {n}" in out
+    assert "Traceback" not in err and "Ctrl-C again aborts at once" in err
+    assert torch.load(ckpt, weights_only=True)["iter"] == n
+
+    rest = run(tmp_path / "b", *args, "--resume=True")
+    full = run(tmp_path / "a", *args)
+    assert rest["losses"] == full["losses"][n:] and rest["eval"] == full["eval"]   # exactly, not nearly
+    resumed, straight = (torch.load(tmp_path / d / "ckpt.pt", weights_only=True)["model"] for d in "ba")
+    assert all(torch.equal(resumed[k], straight[k]) for k in straight)
+
+
+def test_damaged_checkpoint_says_how_to_resume_from_the_previous_one(tmp_path):
+    run(tmp_path, "--max_iters=4", "--eval_interval=2")          # ckpt.pt at iter 4, ckpt.prev.pt at iter 2
+    ckpt, prev = tmp_path / "ckpt.pt", tmp_path / "ckpt.prev.pt"
+    whole = ckpt.read_bytes()
+    ckpt.write_bytes(whole[:len(whole) // 2])                   # e.g. a disk that filled up
+    with pytest.raises(train.ConfigError, match=rf"^resume=True: {re.escape(str(ckpt))} is not a readable checkpoint "
+                       rf".*; the previous checkpoint is {re.escape(str(prev))}: to continue from it, "
+                       rf"`cp {re.escape(str(prev))} {re.escape(str(ckpt))}` and run again with --resume=True$"):
+        run(tmp_path, "--max_iters=6", "--resume=True")
+    shutil.copy(prev, ckpt)
+    assert len(run(tmp_path, "--max_iters=6", "--resume=True")["losses"]) == 4   # from iter 2
+    ckpt.unlink()
+    with pytest.raises(train.ConfigError, match="no checkpoint at .*; the previous checkpoint is"):
+        run(tmp_path, "--max_iters=6", "--resume=True")
+
+
+class RunsCode:
+    """A pickle that creates a directory when it is loaded."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return os.makedirs, (self.path,)
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    run(tmp_path, "--max_iters=2")
+    ck = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    ck["config"]["note"] = RunsCode(tmp_path / "it_ran")
+    torch.save(ck, tmp_path / "ckpt.pt")
+    with pytest.raises(train.ConfigError, match=r"resume=True: .*ckpt.pt: refused: it holds a Python object "
+                                                r"\(\S+makedirs\), and loading that could run code"):
+        run(tmp_path, "--max_iters=4", "--resume=True")
+    assert not (tmp_path / "it_ran").exists()
+
+
+def test_out_dir_holding_another_model_is_not_replaced(tmp_path):
+    from model import load_checkpoint
+    run(tmp_path, "--max_iters=1")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    with pytest.raises(train.ConfigError, match=r"ckpt.pt holds a checkpoint of another model \(its layers differ "
+                                                r"from this run's\); keep it with another --out_dir=\.\.\., or "
+                                                r"replace it with --overwrite=True"):
+        run(tmp_path, "--max_iters=1", "--model=based-tiny")
+    assert (tmp_path / "ckpt.pt").read_bytes() == before
+    run(tmp_path, "--max_iters=2")                                # the same model: replaced, as always
+    run(tmp_path, "--max_iters=1", "--model=based-tiny", "--overwrite=True")
+    assert "la" in load_checkpoint(tmp_path / "ckpt.pt")[0].config.layers
 
 
 def test_untied_head_trains_and_loads_back(tmp_path):
@@ -88,19 +179,51 @@ def test_untied_head_trains_and_loads_back(tmp_path):
         load_checkpoint(tmp_path / "other.pt")
 
 
-def test_two_gloo_processes_make_the_same_update_as_one(tmp_path):
-    # global batch 4 x 16: four micro-batches on one process; two on each of two, the first under no_sync
-    args = TINY + ["--max_iters=2", "--grad_accum=4"]
+# Under torchrun, each task trained in turn in one process group; rank 0 writes what train() returned.
+DDP_SCRIPT = """
+import json, sys
+from types import SimpleNamespace
+import torch
+sys.path.insert(0, sys.argv[1])
+import train
+torch.distributed.init_process_group("gloo")
+rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+out = {}
+for name, argv in json.loads(sys.argv[2]).items():
+    r = train.train(SimpleNamespace(**train.get_config(argv)), rank, world)
+    out[name] = dict(losses=r["losses"], eval=r["eval"])
+if rank == 0:
+    json.dump(out, open(sys.argv[3], "w"))
+torch.distributed.destroy_process_group()
+"""
+
+
+def test_two_gloo_processes_log_evaluate_and_update_as_one(tmp_path):
+    # global batch 4 x 16: four micro-batches on one process; two on each of two, the first under no_sync.
+    # The logged loss is the whole update's, and the evaluation scores the same rows (3 text batches:
+    # two on rank 0, one on rank 1), so everything matches one process.
+    runs = {"mqar": TINY + ["--max_iters=2", "--grad_accum=4", "--eval_iters=3"],
+            "text": TINY + text_file(tmp_path) + ["--max_iters=2", "--grad_accum=4", "--eval_iters=3"]}
+    runs = {k: v + [f"--out_dir={tmp_path / 'two' / k}"] for k, v in runs.items()}
+    script = tmp_path / "ddp.py"
+    script.write_text(DDP_SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        "train.py", *args, f"--out_dir={tmp_path / 'two'}"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+                        str(script), ROOT, json.dumps(runs), str(tmp_path / "two.json")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stderr[-3000:]
-    train.main(args + [f"--out_dir={tmp_path / 'one'}"])
-    two = torch.load(tmp_path / "two" / "ckpt.pt", weights_only=False)["model"]
-    one = torch.load(tmp_path / "one" / "ckpt.pt", weights_only=False)["model"]
-    for k in one:
-        torch.testing.assert_close(two[k], one[k], rtol=0, atol=1e-6, msg=k)
+    two = json.loads((tmp_path / "two.json").read_text())
+    for task, argv in runs.items():
+        one = train.main(argv[:-1] + [f"--out_dir={tmp_path / 'one' / task}"])
+        close = lambda a, b: torch.testing.assert_close(torch.tensor(a), torch.tensor(b), rtol=0, atol=1e-6)
+        close(two[task]["losses"], one["losses"])
+        close(two[task]["eval"]["loss"], one["eval"]["loss"])
+        if task == "mqar":
+            assert two[task]["eval"]["acc"] == one["eval"]["acc"]
+        w2 = torch.load(tmp_path / "two" / task / "ckpt.pt", weights_only=True)["model"]
+        w1 = torch.load(tmp_path / "one" / task / "ckpt.pt", weights_only=True)["model"]
+        for k in w1:
+            torch.testing.assert_close(w2[k], w1[k], rtol=0, atol=1e-6, msg=k)
 
 
 def test_recall_grid_prints_one_table(tmp_path, capsys):
@@ -122,6 +245,12 @@ def test_recall_grid_prints_one_table(tmp_path, capsys):
     (["--model=gpt"], r"model='gpt': expected one of \["),
     (["--batch_size=0"], r"batch_size=0: expected a positive int"),
     (["--lr=-1"], r"lr=-1.0: expected a non-negative float"),
+    (["--beta2=1.5"], r"beta2=1.5: expected a float in \[0, 1\)"),
+    (["--beta1=1"], r"beta1=1.0: expected a float in \[0, 1\)"),
+    (["--mlm_prob=1.2"], r"mlm_prob=1.2: expected a float in \[0, 1\]"),
+    (["--vocab_size=0"], r"vocab_size=0: expected a positive int"),
+    (["--max_iters", "10"], r"--max_iters needs a value: write --max_iters=10 \(--key=value, no space\)"),
+    (["--lr"], r"--lr needs a value: write --lr=VALUE"),
     (["no_such_config.py"], r"config file 'no_such_config.py' not found"),
 ])
 def test_bad_config_values_give_clear_errors(argv, message):
@@ -146,7 +275,11 @@ def test_config_file_then_overrides(tmp_path):
     (["--grad_accum=3"], None),                                  # fine on one process
     (["--task=text"], r"task='text' needs --data_path"),
     (["--resume"], r"no checkpoint at"),
-])
+    (["--device=gpu"], r"device='gpu' is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'"),
+    (["--backend=triton"], r"backend='triton' cannot run: f = 4, .* Use backend='torch' or 'auto'"),
+] + ([(["--device=cuda"], r"device='cuda' but CUDA is not available here; use device='cpu'")]
+     if not torch.cuda.is_available() else []) + ([(["--device=mps"], r"device='mps' but MPS is not available here")]
+                                                  if not torch.backends.mps.is_available() else []))
 def test_bad_model_or_task_values_give_clear_errors(tmp_path, argv, message):
     if message is None:
         run(tmp_path, *argv, "--max_iters=1")
@@ -155,7 +288,30 @@ def test_bad_model_or_task_values_give_clear_errors(tmp_path, argv, message):
         run(tmp_path, *argv, "--max_iters=1")
 
 
-def test_command_line_error_is_one_line_without_traceback():
+def test_out_dir_naming_a_file_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(train.ConfigError, match=r"out_dir='.*notes.txt' is a file; expected a directory"):
+        run(tmp_path / "notes.txt", "--max_iters=1")
+
+
+def test_task_keys_reach_the_generators():
+    cfg = lambda **kw: SimpleNamespace(**{**train.get_config(TINY), "train_examples": 4, "test_examples": 2, **kw})
+    sd, _, _ = train.load_task(cfg(task="disjoint_sets"))             # the default: a fresh split per example
+    assert torch.equal(sd.x, data.disjoint_sets(4, halves=False, seed=0, split="train").x)
+    zero, _, _ = train.load_task(cfg())
+    rand, _, _ = train.load_task(cfg(random_filler=True))
+    assert torch.equal(zero.y, rand.y) and (zero.x == 0).any() and not torch.equal(zero.x, rand.x)
+
+
+def test_command_line_errors_are_one_line_without_traceback():
     p = subprocess.run([sys.executable, "train.py", "--lrr=1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
     assert p.stderr.startswith("error: unknown config key 'lrr'") and "Traceback" not in p.stderr
+    if torch.cuda.is_available():
+        return
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # a plain CPU, no interpreter
+    p = subprocess.run([sys.executable, "train.py", *TINY, "--feature_dim=16", "--backend=triton", "--max_iters=1",
+                        "--save_checkpoint=False"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    assert p.stderr.strip() == ("error: backend='triton' cannot run: the tensors are on cpu; the kernels need CUDA "
+                                "(or TRITON_INTERPRET=1 to run on CPU). Use backend='torch' or 'auto'.")
