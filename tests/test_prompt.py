@@ -285,3 +285,78 @@ def test_our_model_meets_the_interface_itself():
     model = tiny(("conv", "pla", "conv", "la"), vocab=64)
     prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
     assert greedy(model, prompts, max_new_tokens=5, batch_size=3) == greedy(ModelLM(model), prompts, 5, batch_size=3)
+
+
+# ----------------------------------------------------------------------------- Table 1 tasks (fixture rows)
+
+TABLE1_DIR = __import__("os").path.join(__import__("os").path.dirname(__file__), "fixtures", "table1")
+
+
+def table1_rows(task):
+    import json
+    with open(f"{TABLE1_DIR}/{task}.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_table1_rows_give_the_official_prompts():
+    from prompt import TABLE1, table1_example
+    ex = {t: [table1_example(t, r) for r in table1_rows(t)] for t in TABLE1}
+    doc = "Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama."
+    assert text_prompt(ex["swde"][0], 1) == doc + " Director:"          # summary cut off, key capitalised
+    assert text_prompt(ex["swde"][0], 2) == f"Information about Director. {doc}\n{doc} Director:"
+    assert text_prompt(ex["swde"][1], 1).endswith("Enrollment: 12,400. Founded:")
+    assert text_prompt(ex["fda"][0], 1).endswith("Predicate device: K912345. Purpose of submission:")
+    ctx = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris."
+    assert text_prompt(ex["nq"][0], 1) == ctx + " The Eiffel Tower was completed in"   # trailing cloze not doubled
+    assert text_prompt(ex["nq"][0], 2) == (f"when was the eiffel tower completed {ctx}\n{ctx} "
+                                           "The Eiffel Tower was completed in")
+    assert "[PAR]" not in text_prompt(ex["triviaqa"][0], 2) and text_prompt(ex["triviaqa"][0], 1) == (
+        "Penguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during the Antarctic")
+    passage = "The Amazon river carries more water than any other river. It flows through Brazil, Peru and Colombia."
+    squad = table1_rows("squad")[0]
+    assert text_prompt(ex["squad"][0], 1) == squad["text"]                # the official default prompt
+    assert text_prompt(ex["squad"][0], 2) == f"{squad['question']} {passage}\n{squad['text']}"
+    assert ex["nq"][1]["answers"] == ["Mount Kilimanjaro", "Kilimanjaro"] and ex["drop"][0]["answers"] == ["17"]
+
+
+def test_table1_rows_without_their_fields_are_one_line_errors():
+    from prompt import table1_example
+    for task, drop, msg in [("swde", "value", "missing field 'value'"), ("nq", "answers", "missing field 'answers'"),
+                            ("squad", "context", "missing field 'context'"), ("drop", "orig_question", "missing field .orig_question.")]:
+        row = dict(table1_rows(task)[0])
+        del row[drop]
+        with pytest.raises(ValueError, match=f"{task} row 3: {msg}"):
+            table1_example(task, row, " 3")
+    with pytest.raises(ValueError, match="does not start with its passage"):
+        table1_example("squad", dict(table1_rows("squad")[0], text="Something else."))
+    ex = __import__("prompt").table1_example("nq", dict(table1_rows("nq")[0], answers=[]))
+    with pytest.raises(ValueError, match="non-empty gold answer"):
+        text_prompt(ex, 1, BYTES)
+
+
+def test_table1_cli_on_fixture_rows(tmp_path, capsys, monkeypatch):
+    import hf
+    from prompt import PAPER_AVERAGE, TABLE1, table1
+    monkeypatch.setattr(hf, "load_dataset", lambda path, name, split: table1_rows(
+        next(t for t, spec in TABLE1.items() if spec[0] == path)))
+    text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "table1", "--batch_size", "4")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "| task | n | default | JRT-Prompt |" and len(lines) == 2 + 6 + 1
+    assert [line.split(" | ")[0][2:] for line in lines[2:8]] == list(TABLE1) and lines[-1].startswith("| average | |")
+    assert all(line.split(" | ")[1] == "2" for line in lines[2:8])      # every fixture row evaluated
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "nq,drop", "--n", "1")
+    assert code == 0 and len(out.strip().splitlines()) == 5 and "| nq | 1 |" in out
+    summary = {(t, f): {"n": 2, "accuracy": 0.5} for t in TABLE1 for f in ("default", "jrt")}
+    assert table1(summary, "state-spaces/mamba-130m-hf").splitlines()[-1] == (
+        f"| average | | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][0]}) | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][1]}) |")
+    assert "paper" not in table1(summary, "my-model")
+
+
+def test_table1_without_datasets_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "swde")
+    assert code == 2 and "needs the optional package `datasets`" in err and "requirements-extra.txt" in err
