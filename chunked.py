@@ -61,6 +61,7 @@ import torch.nn.functional as F
 import data
 import hf
 from model import Config, Model, ModelLM, left_pad, open_checkpoint, resolve_device
+from prompt import jsonl_objects
 
 SELECTIONS = ("entropy", "likelihood")
 MODES = ("select", "summarize", "last")
@@ -551,32 +552,19 @@ def f1_score(prediction, answers):
 def read_rows(path):
     """A .jsonl file of long-context rows: context, input (the question), answers (a list of strings), and
     optionally kind (qa, summary, fewshot, synthetic, code; default qa) and prompt (a template)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--task {path}: no such file; use mqar_long, cost, longbench:SET or a .jsonl file")
     rows = []
-    with open(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(row).__name__}")
-            for f in ("context", "input", "answers"):
-                if f not in row:
-                    raise ValueError(f"{path} line {i}: missing field {f!r} (a row has context, input, answers, "
-                                     "and optionally kind and prompt)")
-            if isinstance(row["answers"], str):
-                row["answers"] = [row["answers"]]
-            if not row["answers"] or not all(isinstance(s, str) for s in row["answers"]):
-                raise ValueError(f"{path} line {i}: answers must be a non-empty list of strings")
-            if row.get("kind", "qa") not in KINDS:
-                raise ValueError(f"{path} line {i}: kind={row['kind']!r}; expected one of {sorted(KINDS)}")
-            rows.append(row)
-    if not rows:
-        raise ValueError(f"{path}: no rows (one JSON object per line)")
+    for i, row in jsonl_objects(path, "mqar_long, cost, longbench:SET or a .jsonl file"):
+        for f in ("context", "input", "answers"):
+            if f not in row:
+                raise ValueError(f"{path} line {i}: missing field {f!r} (a row has context, input, answers, "
+                                 "and optionally kind and prompt)")
+        if isinstance(row["answers"], str):
+            row["answers"] = [row["answers"]]
+        if not row["answers"] or not all(isinstance(s, str) for s in row["answers"]):
+            raise ValueError(f"{path} line {i}: answers must be a non-empty list of strings")
+        if row.get("kind", "qa") not in KINDS:
+            raise ValueError(f"{path} line {i}: kind={row['kind']!r}; expected one of {sorted(KINDS)}")
+        rows.append(row)
     return rows
 
 
@@ -627,7 +615,7 @@ def run(p, a):
     device = resolve_device(a.device)
     ints = lambda s: [int(v) for v in s.split(",") if v]
     for name in ("num_pairs", "chunk_len", "context_lens", "n", "max_batch_tokens", "max_new_tokens"):
-        value = str(getattr(a, name) or "")
+        value = "" if getattr(a, name) is None else str(getattr(a, name))
         try:
             bad = any(v < 1 for v in ints(value))
         except ValueError:

@@ -456,33 +456,42 @@ def synthetic_table(model, ex, formats):
     return "\n".join(lines)
 
 
-def read_jsonl(path):
-    """A .jsonl file of text examples (see `evaluate` for the fields) -> the examples, each checked."""
+def jsonl_objects(path, choices):
+    """(line number, JSON object) of each non-empty line of a .jsonl file. A missing file, bad JSON, a line
+    that is not an object, or no lines at all is one ValueError line; `choices` (what --task takes) goes
+    into the missing-file message."""
     if not os.path.isfile(path):
-        raise ValueError(f"--task {path}: no such file; use mqar, sets, a Table 1 task ({', '.join(TABLE1)}, "
-                         "table1) or a .jsonl file of text examples")
-    examples = []
+        raise ValueError(f"--task {path}: no such file; use {choices}")
+    objects = []
     with open(path) as fh:
         for i, line in enumerate(fh, 1):
             if not line.strip():
                 continue
             try:
-                ex = json.loads(line)
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(ex, dict):
-                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(ex).__name__}")
-            need = {"extraction": ("context", "key"), "qa": ("context", "cloze")}.get(ex.get("kind"))
-            if need is None:
-                raise ValueError(f"{path} line {i}: field 'kind' must be 'extraction' or 'qa'; got {ex.get('kind')!r}")
-            for f in need + ("answers",):
-                if f not in ex and not (f == "answers" and "answer" in ex):
-                    raise ValueError(f"{path} line {i}: missing field {f!r} (an example of kind {ex['kind']!r} has "
-                                     f"{', '.join(need)}, answers{', and optionally question' * (ex['kind'] == 'qa')})")
-            _answers(ex)                                             # non-empty strings
-            examples.append(ex)
-    if not examples:
-        raise ValueError(f"{path}: no examples (one JSON object per line)")
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(obj).__name__}")
+            objects.append((i, obj))
+    if not objects:
+        raise ValueError(f"{path}: no rows (one JSON object per line)")
+    return objects
+
+
+def read_jsonl(path):
+    """A .jsonl file of text examples (see `evaluate` for the fields) -> the examples, each checked."""
+    examples = []
+    for i, ex in jsonl_objects(path, f"mqar, sets, a Table 1 task ({', '.join(TABLE1)}, table1) or a .jsonl file"):
+        need = {"extraction": ("context", "key"), "qa": ("context", "cloze")}.get(ex.get("kind"))
+        if need is None:
+            raise ValueError(f"{path} line {i}: field 'kind' must be 'extraction' or 'qa'; got {ex.get('kind')!r}")
+        for f in need + ("answers",):
+            if f not in ex and not (f == "answers" and "answer" in ex):
+                raise ValueError(f"{path} line {i}: missing field {f!r} (an example of kind {ex['kind']!r} has "
+                                 f"{', '.join(need)}, answers{', and optionally question' * (ex['kind'] == 'qa')})")
+        _answers(ex)                                                 # non-empty strings
+        examples.append(ex)
     return examples
 
 

@@ -238,7 +238,7 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
          r"device='cuda"),
         (("--ckpt", mqar, "--task", "mqar", "--device", "tpu"), r"device='tpu'"),
         (("--ckpt", text, "--task", str(tmp_path / "bad.jsonl")), r"bad.jsonl line 2: not valid JSON"),
-        (("--ckpt", text, "--task", str(tmp_path / "none.jsonl")), r"none.jsonl: no examples"),
+        (("--ckpt", text, "--task", str(tmp_path / "none.jsonl")), r"none.jsonl: no rows"),
         (("--ckpt", text, "--task", str(tmp_path / "noans.jsonl")), r"line 1: missing field 'answers'"),
         (("--ckpt", text, "--task", str(tmp_path / "nokey.jsonl")), r"line 1: missing field 'key'"),
         (("--ckpt", text, "--task", str(tmp_path / "list.jsonl")), r"line 1: expected a JSON object"),
