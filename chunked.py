@@ -568,9 +568,9 @@ def read_rows(path):
     return rows
 
 
-def text_rows(lm, tokenizer, rows, *, chunk_len, kind=None, template=None, max_new_tokens=None,
+def text_rows(lm, tokenizer, rows, *, chunk_lens, kind=None, template=None, max_new_tokens=None,
               max_batch_tokens=120_000):
-    """Full context vs OPRM on long-context text rows: yields (row, full answer, OPRM answer, OPRMResult)."""
+    """Full context vs OPRM on long-context text rows: yields (row, full-context answer, {L: OPRM answer})."""
     idk = tokenizer.encode_ordinary("Error")[0]                      # the IDK token: the first token of "Error"
     eos = getattr(getattr(tokenizer, "tok", None), "eos_token_id", None)
     for row in rows:
@@ -581,17 +581,21 @@ def text_rows(lm, tokenizer, rows, *, chunk_len, kind=None, template=None, max_n
             raise ValueError(f"a row's context is empty (input {str(row.get('input'))[:40]!r})")
         kw = dict(max_new_tokens=max_new_tokens or max_new, stop_token=eos, max_batch_tokens=max_batch_tokens,
                   join=tokenizer.encode_ordinary("\n"))
-        full = oprm_generate(lm, P, C, S, len(C), **kw)               # one chunk: ordinary inference
-        r = oprm_generate(lm, P, C, S, min(chunk_len, len(C)), mode=mode, idk_token=idk if k == "qa" else None, **kw)
-        yield row, tokenizer.decode(full.answer), tokenizer.decode(r.answer), r
+        full = oprm_generate(lm, P, C, S, len(C), **kw).answer        # one chunk: ordinary inference
+        oprm = {L: oprm_generate(lm, P, C, S, min(L, len(C)), mode=mode, idk_token=idk if k == "qa" else None,
+                                 **kw).answer for L in chunk_lens}
+        yield row, tokenizer.decode(full), {L: tokenizer.decode(a) for L, a in oprm.items()}
 
 
-def longbench_table(lm, tokenizer, rows, name, chunk_len, **kw):
-    """Mean token F1 (%) of full-context inference and of OPRM, one row per call (a LongBench set or a file)."""
-    full = oprm = 0.0
-    for row, a_full, a_oprm, _ in text_rows(lm, tokenizer, rows, chunk_len=chunk_len, **kw):
-        full, oprm = full + f1_score(a_full, row["answers"]), oprm + f1_score(a_oprm, row["answers"])
-    return f"| {name} | {len(rows)} | {chunk_len} | {100 * full / len(rows):.1f} | {100 * oprm / len(rows):.1f} |"
+def text_table(lm, tokenizer, rows, name, chunk_lens, **kw):
+    """Mean token F1 (%) of full-context inference and of OPRM at each chunk length L: one markdown row per L."""
+    full, oprm = 0.0, dict.fromkeys(chunk_lens, 0.0)
+    for row, a_full, a_oprm in text_rows(lm, tokenizer, rows, chunk_lens=chunk_lens, **kw):
+        full += f1_score(a_full, row["answers"])
+        for L in chunk_lens:
+            oprm[L] += f1_score(a_oprm[L], row["answers"])
+    return "\n".join(f"| {name} | {len(rows)} | {L} | {100 * full / len(rows):.1f} | {100 * oprm[L] / len(rows):.1f} |"
+                     for L in chunk_lens)
 
 
 TEXT_HEADER = "| task | n | L | full context F1 | OPRM F1 |\n|---|---|---|---|---|"
@@ -668,9 +672,8 @@ def run(p, a):
             data_rows = hf.load_dataset("THUDM/LongBench", name, "test")
             rows = [dict(data_rows[i]) for i in range(min(a.n or len(data_rows), len(data_rows)))]
         print(TEXT_HEADER)
-        for L in ints(a.chunk_len) or [2000]:
-            print(longbench_table(lm, tok, rows, name, L, kind=kind, template=template, max_new_tokens=a.max_new_tokens,
-                                  max_batch_tokens=a.max_batch_tokens), flush=True)
+        print(text_table(lm, tok, rows, name, ints(a.chunk_len) or [2000], kind=kind, template=template,
+                         max_new_tokens=a.max_new_tokens, max_batch_tokens=a.max_batch_tokens), flush=True)
 
 
 def main(argv=None):

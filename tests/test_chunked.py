@@ -260,3 +260,11 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
         assert re.search(msg, err), (argv, err)
+
+
+def test_f1_score():
+    from chunked import f1_score
+    assert f1_score("The Red door", ["red door"]) == 1.0                 # case, articles, punctuation ignored
+    assert f1_score("red, blue", ["red"]) == pytest.approx(2 / 3)        # precision 1/2, recall 1
+    assert f1_score("green", ["red", "green light"]) == pytest.approx(2 / 3)  # the best gold answer
+    assert f1_score("", ["red"]) == 0.0

@@ -164,3 +164,17 @@ def test_text_parts_follow_the_longbench_layout():
     assert IDK_SENTENCE not in tok.decode(S)
     with pytest.raises(ValueError, match="exactly one"):
         text_parts("no slot", {"context": "c"}, "qa", tok)
+
+
+def test_text_rows_answer_from_the_full_context_and_from_the_chosen_chunk():
+    from chunked import KINDS, f1_score, text_parts, text_rows
+    tok = data.get_tokenizer("bytes")
+    model = tiny("mamba", vocab=258)
+    row = {"context": "The key is blue. " * 4 + "The door is red.", "input": "Door?", "answers": ["red"]}
+    P, C, S = text_parts(KINDS["qa"][0], row, "qa", tok)
+    (_, full, oprm), = text_rows(HFLM(model), tok, [row], chunk_lens=[30], max_new_tokens=4)
+    assert full == tok.decode(full_greedy(model, P + C + S, 4))       # one chunk = ordinary greedy decoding
+    r = oprm_generate(HFLM(model), P, C, S, 30, idk_token=tok.encode_ordinary("Error")[0], max_new_tokens=4)
+    a, e = r.spans[r.chunk]
+    assert oprm[30] == tok.decode(full_greedy(model, P + C[a:e] + S, 4))
+
