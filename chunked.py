@@ -600,9 +600,9 @@ def text_table(lm, tokenizer, rows, name, chunk_lens, **kw):
 
 TEXT_HEADER = "| task | n | L | full context F1 | OPRM F1 |\n|---|---|---|---|---|"
 
-OVERFLOW_RECIPE = ("a checkpoint that overflows: python train.py --num_pairs=4 --context_len=32 --seq_len=40 "
-                   "--vocab_size=64 --idk_frac=0.25 --out_dir=out/overflow, then python chunked.py --ckpt "
-                   "out/overflow/ckpt.pt --task mqar_long --chunk_len 8 (pairs 4, 8, 16 in 32 tokens)")
+OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow --models based (tiny Based trained on "
+                   "MQAR with 4 pairs in contexts of up to 32 tokens, saved to out/oprm/based.pt), then python "
+                   "chunked.py --ckpt out/oprm/based.pt --task mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 tokens)")
 
 
 def _mqar_config(path, c):

@@ -360,3 +360,15 @@ def test_table1_without_datasets_says_what_to_install(tmp_path, capsys, monkeypa
     text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
     code, out, err = _cli(capsys, "--ckpt", text, "--task", "swde")
     assert code == 2 and "needs the optional package `datasets`" in err and "requirements-extra.txt" in err
+
+
+def test_table1_offline_says_so(tmp_path, capsys, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="optional extra (requirements-extra.txt)")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'hazyresearch/based-fda' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "fda")
+    assert code == 2 and "could not load the data set hazyresearch/based-fda/default (ConnectionError" in err
+    assert len(err.strip().splitlines()) == 1
