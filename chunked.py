@@ -29,29 +29,39 @@ Variants (the official code's, then ours):
                        with a prefix length per row; the default for our Model when it has pla layers
     read_twice         JRT-Prompt inside each chunk: X_i = [P, C_i, S, C_i, S] (SPEC §5)
 
-Any model of prompt.py's interface works (lm.prefill / lm.step / lm.select); our Model is wrapped in
-ModelLM. A chunk is read once: the states of the speculative prefill are the ones decoded from.
+Any model of the one interface (lm.prefill / lm.step / lm.select, see hf.py) works: our Model (wrapped in
+model.ModelLM to choose each row's prefix), and Hugging Face recurrent LMs whose cache keeps left pads out
+of the state (hf.HFLM: Mamba, Falcon-Mamba, Mamba-2). A chunk is read once: the states of the speculative
+prefill are the ones decoded from.
 
 Symbols: b chunks, L chunk length, V vocabulary, B rows of one prefill group.
 
     python chunked.py --task mqar_long --ckpt out/ckpt.pt   # full context vs OPRM on MQAR with more pairs
     python chunked.py --task cost              # prefill time and peak memory vs context length
     python experiments.py overflow             # trains Based, JRT-RNN and a Transformer, then the same test
+    python chunked.py --hf tiiuae/falcon-mamba-7b-instruct --task longbench:hotpotqa   # a real LM (GPU, internet)
 """
 import argparse
 import copy
 import ctypes
+import json
 import math
 import operator
+import os
+import re
+import string
+import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 import data
-from model import Config, Model, load_checkpoint
-from prompt import ModelLM, left_pad
+import hf
+from model import Config, Model, ModelLM, left_pad, open_checkpoint, resolve_device
+from prompt import jsonl_objects
 
 SELECTIONS = ("entropy", "likelihood")
 MODES = ("select", "summarize", "last")
@@ -79,8 +89,16 @@ def _tokens(name, ids, V):
 
 
 def as_lm(lm):
-    """Our Model behind prompt.py's interface; anything else is taken to offer it already."""
-    return ModelLM(lm) if isinstance(lm, Model) else lm
+    """Our Model behind a ModelLM (to choose each row's prefix); anything else is taken to offer the
+    interface already. A model that cannot keep left pads out of its state is refused: OPRM's chunks
+    differ in length, and a pad in a state would change the answer silently."""
+    if isinstance(lm, Model):
+        return ModelLM(lm)
+    if not getattr(lm, "supports_padding", True):
+        raise ValueError(f"{type(lm).__name__} (mode {getattr(lm, 'mode', '?')!r}) cannot keep left pads out of its "
+                         f"state, which OPRM's chunks of unequal length need; supported Hugging Face families: "
+                         f"{', '.join(hf.HFLM.CACHED)}")
+    return lm
 
 
 def _device(lm):
@@ -138,6 +156,9 @@ def _prefill(lm, seqs, prefix_lens, *, max_batch_tokens, pad_id, encoder):
     """Prefill token lists in groups of consecutive rows with rows × longest ≤ max_batch_tokens (a row
     longer than the budget runs alone). encoder: JRT-RNN's Model, whose pla layers then read the first
     prefix_lens[r] tokens of row r non-causally. Returns [(rows, cache)] and the logits (b, V)."""
+    V = lm.vocab_size
+    _check(isinstance(pad_id, int) and 0 <= pad_id < V, "pad_id", pad_id,
+           f"expected a token id in [0, vocab_size = {V}) (pads are masked out of every state, but must be ids)")
     device, groups, logits, i = _device(lm), [], [], 0
     while i < len(seqs):
         j, longest = i + 1, len(seqs[i])
@@ -147,7 +168,7 @@ def _prefill(lm, seqs, prefix_lens, *, max_batch_tokens, pad_id, encoder):
         reader = lm
         if encoder is not None:  # prefix_len counts real tokens from the row's first one, so pads are no prefix
             reader = ModelLM(encoder, torch.tensor(prefix_lens[i:j], device=device))
-        lg, cache = reader.prefill(idx, pad if pad.any() else None)          # (B, V)
+        lg, cache = reader.prefill(idx, pad_mask=pad if pad.any() else None)  # (B, V)
         groups.append((torch.arange(i, j, device=device), cache))
         logits.append(lg.float())
         i = j
@@ -469,43 +490,155 @@ def prefill_cost(lm, context_len, chunk_len, *, max_batch_tokens=120_000, suffix
     return out
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description="OPRM: full context vs chunked inference (SPEC §7); the overflow "
-                                "experiment that trains its own models is `python experiments.py overflow`")
-    p.add_argument("--task", default="mqar_long", choices=("mqar_long", "cost"),
-                   help="mqar_long: test MQAR checkpoints with more pairs than they were trained on; "
-                   "cost: prefill time and memory vs context length")
-    p.add_argument("--ckpt", default="", help="mqar_long: checkpoints, comma-separated")
-    p.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default 1, 2, 4, 8 x the training count")
-    p.add_argument("--chunk_len", default="", help="L, comma-separated; default context_len // 4 (mqar_long), "
-                   "512 (cost)")
-    p.add_argument("--n", type=int, default=200, help="mqar_long: test examples per pair count")
-    p.add_argument("--models", default="based-tiny,jrt-tiny,transformer-tiny",
-                   help="cost: model.py presets, random weights")
-    p.add_argument("--context_lens", default="1024,2048,4096,8192,16384", help="cost: context lengths")
-    p.add_argument("--max_batch_tokens", type=int, default=120_000, help="tokens per prefill batch (paper ~120k)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda")
-    p.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one (more "
-                   "threads only wait for each other, 10x slower on a busy CPU); 0 = torch's default")
-    a = p.parse_args(argv)
+# ----------------------------------------------------------------------------- OPRM on text: LongBench, your own .jsonl
+# SPEC §11: P = chat opening + the task's instruction, C = the context, S = the question + answer cue + chat
+# closing; the QA sets' suffix adds the IDK sentence, and chunks whose top first token is that of "Error"
+# are dropped. The instructions below are our own, one per kind of set, with LongBench's {context} and
+# {input} slots: pass --prompts with LongBench's config/dataset2prompt.json for its exact wording.
+
+IDK_SENTENCE = 'If the answer does not exist in the passages, return "Error".'
+LONGBENCH = {  # the 16 English sets -> kind
+    **dict.fromkeys(("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique"), "qa"),
+    **dict.fromkeys(("gov_report", "qmsum", "multi_news"), "summary"),
+    **dict.fromkeys(("trec", "triviaqa", "samsum"), "fewshot"),
+    **dict.fromkeys(("passage_count", "passage_retrieval_en"), "synthetic"),
+    **dict.fromkeys(("lcc", "repobench-p"), "code"),
+}
+KINDS = {  # kind -> (our instruction template, OPRM mode, max new tokens: 20 for QA, SPEC §11)
+    "qa": ("Answer the question from the passages below, as briefly as you can.\n\n{context}\n\n"
+           "Question: {input}\nAnswer:", "select", 20),
+    "summary": ("Summarise the text below.\n\n{context}\n\n{input}\nSummary:", "summarize", 500),
+    "fewshot": ("Complete the last case the way the examples below are completed.\n\n{context}\n\n{input}",
+                "select", 20),
+    "synthetic": ("Read the paragraphs below, then answer.\n\n{context}\n\n{input}\nAnswer:", "select", 20),
+    "code": ("Complete the code below.\n{context}{input}Next line of code:\n", "last", 64),
+}
+
+
+def text_parts(template, row, kind, tokenizer):
+    """(P, C, S) token ids of one row: the template split at {context}, the chat template around it."""
+    if template.count("{context}") != 1:
+        raise ValueError(f"a prompt template needs exactly one {{context}} slot; got {template[:60]!r}...")
+    before, after = template.split("{context}")
+    question = str(row.get("input", ""))
+    after = after.replace("{input}", question + (" " + IDK_SENTENCE if kind == "qa" else ""))
+    opening = closing = ""
+    tok = getattr(tokenizer, "tok", None)                            # a Hugging Face tokenizer may chat
+    if getattr(tok, "chat_template", None):
+        mark = "\x00CONTENT\x00"
+        chat = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True)
+        opening, closing = chat.split(mark)
+    enc = tokenizer.encode_ordinary
+    return enc(opening + before), enc(str(row["context"])), enc(after + closing)
+
+
+def _normalize(s):  # SQuAD's answer normalisation: lower case, no punctuation, no articles, single spaces
+    s = "".join(ch for ch in s.lower() if ch not in string.punctuation)
+    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
+
+
+def f1_score(prediction, answers):
+    """Token F1 of the prediction against the best gold answer (LongBench's QA metric)."""
+    best, pred = 0.0, _normalize(prediction).split()
+    for gold in answers:
+        g = _normalize(gold).split()
+        common = sum((Counter(pred) & Counter(g)).values())
+        if common:
+            p, r = common / len(pred), common / len(g)
+            best = max(best, 2 * p * r / (p + r))
+    return best
+
+
+def read_rows(path):
+    """A .jsonl file of long-context rows: context, input (the question), answers (a list of strings), and
+    optionally kind (qa, summary, fewshot, synthetic, code; default qa) and prompt (a template)."""
+    rows = []
+    for i, row in jsonl_objects(path, "mqar_long, cost, longbench:SET or a .jsonl file"):
+        for f in ("context", "input", "answers"):
+            if f not in row:
+                raise ValueError(f"{path} line {i}: missing field {f!r} (a row has context, input, answers, "
+                                 "and optionally kind and prompt)")
+        if isinstance(row["answers"], str):
+            row["answers"] = [row["answers"]]
+        if not row["answers"] or not all(isinstance(s, str) for s in row["answers"]):
+            raise ValueError(f"{path} line {i}: answers must be a non-empty list of strings")
+        if row.get("kind", "qa") not in KINDS:
+            raise ValueError(f"{path} line {i}: kind={row['kind']!r}; expected one of {sorted(KINDS)}")
+        rows.append(row)
+    return rows
+
+
+def text_rows(lm, tokenizer, rows, *, chunk_lens, kind=None, template=None, max_new_tokens=None,
+              max_batch_tokens=120_000):
+    """Full context vs OPRM on long-context text rows: yields (row, full-context answer, {L: OPRM answer})."""
+    idk = tokenizer.encode_ordinary("Error")[0]                      # the IDK token: the first token of "Error"
+    eos = getattr(getattr(tokenizer, "tok", None), "eos_token_id", None)
+    for row in rows:
+        k = kind or row.get("kind", "qa")
+        tmpl, mode, max_new = KINDS[k]
+        P, C, S = text_parts(row.get("prompt") or template or tmpl, row, k, tokenizer)
+        if not C:
+            raise ValueError(f"a row's context is empty (input {str(row.get('input'))[:40]!r})")
+        kw = dict(max_new_tokens=max_new_tokens or max_new, stop_token=eos, max_batch_tokens=max_batch_tokens,
+                  join=tokenizer.encode_ordinary("\n"))
+        full = oprm_generate(lm, P, C, S, len(C), **kw).answer        # one chunk: ordinary inference
+        oprm = {L: oprm_generate(lm, P, C, S, min(L, len(C)), mode=mode, idk_token=idk if k == "qa" else None,
+                                 **kw).answer for L in chunk_lens}
+        yield row, tokenizer.decode(full), {L: tokenizer.decode(a) for L, a in oprm.items()}
+
+
+def text_table(lm, tokenizer, rows, name, chunk_lens, **kw):
+    """Mean token F1 (%) of full-context inference and of OPRM at each chunk length L: one markdown row per L."""
+    full, oprm = 0.0, dict.fromkeys(chunk_lens, 0.0)
+    for row, a_full, a_oprm in text_rows(lm, tokenizer, rows, chunk_lens=chunk_lens, **kw):
+        full += f1_score(a_full, row["answers"])
+        for L in chunk_lens:
+            oprm[L] += f1_score(a_oprm[L], row["answers"])
+    return "\n".join(f"| {name} | {len(rows)} | {L} | {100 * full / len(rows):.1f} | {100 * oprm[L] / len(rows):.1f} |"
+                     for L in chunk_lens)
+
+
+TEXT_HEADER = "| task | n | L | full context F1 | OPRM F1 |\n|---|---|---|---|---|"
+
+OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow --models based (tiny Based trained on "
+                   "MQAR with 4 pairs in contexts of up to 32 tokens, saved to out/oprm/based.pt), then python "
+                   "chunked.py --ckpt out/oprm/based.pt --task mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 tokens)")
+
+
+def _mqar_config(path, c):
+    """The training config of an MQAR checkpoint, or a one-line error saying what --task mqar_long needs."""
+    if c.get("task", "mqar") != "mqar" or not all(k in c for k in ("num_pairs", "seq_len", "vocab_size")):
+        raise ValueError(f"--ckpt {path}: --task mqar_long needs a checkpoint trained on MQAR (train.py --task=mqar); "
+                         f"this one was trained on task={c.get('task')!r}")
+    return dict(c, context_len=c.get("context_len") or 0, model=c.get("model", os.path.basename(path)))
+
+
+def run(p, a):
     if a.threads:
         torch.set_num_threads(a.threads)
-    device = torch.device(a.device if a.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(a.device)
     ints = lambda s: [int(v) for v in s.split(",") if v]
-    for name in ("num_pairs", "chunk_len", "context_lens", "n"):
-        if any(v < 1 for v in ints(str(getattr(a, name)))):
-            p.error(f"--{name}={getattr(a, name)}: expected positive ints, comma-separated")
+    for name in ("num_pairs", "chunk_len", "context_lens", "n", "max_batch_tokens", "max_new_tokens"):
+        value = "" if getattr(a, name) is None else str(getattr(a, name))
+        try:
+            bad = any(v < 1 for v in ints(value))
+        except ValueError:
+            bad = True
+        if bad:
+            raise ValueError(f"--{name}={getattr(a, name)}: expected positive ints, comma-separated")
     if a.task == "mqar_long":
-        if not a.ckpt:
-            p.error("--task mqar_long needs --ckpt (a train.py checkpoint, e.g. out/ckpt.pt)")
+        if not a.ckpt or a.hf:
+            raise ValueError("--task mqar_long needs --ckpt (train.py checkpoints, comma-separated; " + OVERFLOW_RECIPE
+                             + ")")
         print(ACC_HEADER)
         for path in a.ckpt.split(","):
-            model, c = load_checkpoint(path, device)
+            model, c = open_checkpoint(path, device)
+            c = _mqar_config(path, c)
             C = c["context_len"] or 2 * c["num_pairs"]
             pairs = ints(a.num_pairs) or [c["num_pairs"] * m for m in (1, 2, 4, 8) if c["num_pairs"] * m <= C // 2]
-            for r in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n):
+            for r in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n or 200):
                 print(markdown_row(r), flush=True)
-    else:
+    elif a.task == "cost":
         if device.type == "cpu":
             _rss_follows_tensors()
         print(f"device {device}; prefill of [C_i, S] with |S| = 8, max_batch_tokens {a.max_batch_tokens}; "
@@ -519,6 +652,62 @@ def main(argv=None):
                 r = prefill_cost(model, N, L, max_batch_tokens=a.max_batch_tokens)
                 print(f"| {name} | {N} | {L} | {r['full'][0]:.3f} | {r['oprm'][0]:.3f} | "
                       f"{r['full'][1] / 2**20:.1f} | {r['oprm'][1] / 2**20:.1f} |", flush=True)
+    else:  # text: a LongBench set or a .jsonl file, on a Hugging Face recurrent LM
+        if not a.hf:
+            raise ValueError(f"--task {a.task} needs --hf NAME (a Hugging Face recurrent LM, e.g. "
+                             "state-spaces/mamba-130m-hf); --ckpt models take --task mqar_long")
+        if a.task.startswith("longbench:"):
+            name = a.task.split(":", 1)[1]
+            if name not in LONGBENCH:
+                raise ValueError(f"--task {a.task}: unknown LongBench set; the English sets are {', '.join(LONGBENCH)}")
+            kind, rows = LONGBENCH[name], None
+        else:
+            name, kind, rows = os.path.basename(a.task), None, read_rows(a.task)   # bad rows fail before loading
+        template = None
+        if a.prompts:
+            with open(a.prompts) as fh:
+                template = json.load(fh).get(name)
+        lm, tok = hf.load(a.hf, device, mode="cache")               # refuses a family that cannot keep pads out
+        if rows is None:
+            data_rows = hf.load_dataset("THUDM/LongBench", name, "test")
+            rows = [dict(data_rows[i]) for i in range(min(a.n or len(data_rows), len(data_rows)))]
+        print(TEXT_HEADER)
+        print(text_table(lm, tok, rows, name, ints(a.chunk_len) or [2000], kind=kind, template=template,
+                         max_new_tokens=a.max_new_tokens, max_batch_tokens=a.max_batch_tokens), flush=True)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="OPRM: full context vs chunked inference (SPEC §7); the overflow "
+                                "experiment that trains its own models is `python experiments.py overflow`",
+                                epilog="Overflow on MQAR: " + OVERFLOW_RECIPE + ".")
+    p.add_argument("--task", default="mqar_long",
+                   help="mqar_long: test MQAR checkpoints with more pairs than they were trained on; "
+                   "cost: prefill time and memory vs context length; longbench:SET (e.g. longbench:hotpotqa; "
+                   "needs --hf and datasets) or a .jsonl file of long-context rows (context, input, answers): "
+                   "token F1 of full context vs OPRM")
+    p.add_argument("--ckpt", default="", help="mqar_long: checkpoints, comma-separated")
+    p.add_argument("--hf", default="", help="text tasks: a Hugging Face recurrent LM (Mamba, Falcon-Mamba, Mamba-2)")
+    p.add_argument("--prompts", default="", help="text tasks: a JSON file of set -> template with {context} and "
+                   "{input} (LongBench's config/dataset2prompt.json); default: our own instruction per kind of set")
+    p.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default 1, 2, 4, 8 x the training count")
+    p.add_argument("--chunk_len", default="", help="L, comma-separated; default context_len // 4 (mqar_long), "
+                   "512 (cost), 2000 (text; the paper sweeps 1000, 2000, 3000)")
+    p.add_argument("--n", type=int, default=None, help="mqar_long: test examples per pair count (default 200); "
+                   "text: at most n rows (default all)")
+    p.add_argument("--max_new_tokens", type=int, default=None, help="text: default 20 (QA), 500 (summaries), 64 (code)")
+    p.add_argument("--models", default="based-tiny,jrt-tiny,transformer-tiny",
+                   help="cost: model.py presets, random weights")
+    p.add_argument("--context_lens", default="1024,2048,4096,8192,16384", help="cost: context lengths")
+    p.add_argument("--max_batch_tokens", type=int, default=120_000, help="tokens per prefill batch (paper ~120k)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N | mps")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one (more "
+                   "threads only wait for each other, 10x slower on a busy CPU); 0 = torch's default")
+    a = p.parse_args(argv)
+    try:
+        run(p, a)
+    except (ValueError, ImportError, FileNotFoundError) as e:       # a user's mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

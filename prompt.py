@@ -7,68 +7,33 @@ question. Showing (context, question, context, question) lets the second pass be
 question already in view: for set disjointness the state needed drops from Ω(size of the set seen
 first) to Ω(min(|A|, |B|) / p) for p passes (SPEC §1). No training, any model.
 
-The interface every evaluated model offers (our `Model` through `ModelLM`; others through adapters):
-
-    lm.vocab_size                      int
-    lm.prefill(idx, pad_mask=None)     idx (B, T) int64, left-padded where pad_mask (B, T) is True
-                                       -> (logits (B, V) fp32 for the next token, cache)
-    lm.step(idx_t, cache)              idx_t (B,) -> (logits (B, V), cache): one more token per row
-    lm.select(cache, rows)             the cache of the given batch rows (a LongTensor of indices), in order
-
-Tokenisation is not part of it: builders work on strings or on token ids, and the harness takes a
-tokenizer (a tiktoken Encoding, or `HFTokenizer`) where text is involved.
+Every evaluated model offers one interface, `lm.prefill(idx, pad_mask=None)`, `lm.step(idx_t, cache)`,
+`lm.select(cache, rows)` and `lm.vocab_size` (described in hf.py): our `Model` meets it itself,
+`model.ModelLM` fixes its prefill options (prefix length, the released code's padding), and
+`hf.HFLM` wraps a Hugging Face causal LM. Tokenisation is not part of it: builders work on strings or on
+token ids, and the harness takes a tokenizer (a tiktoken Encoding, or `hf.HFTokenizer`) where text is
+involved.
 
 The rest of the file, top to bottom:
     1. text prompts      extraction_prompt, qa_prompt, read_twice, cut_around (the 950-token budget)
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
     3. harness           greedy, contains, error_mode, evaluate, results_table, accuracy (teacher-forced)
-    4. HF adapter        HFLM, HFTokenizer (transformers imported lazily, never required)
+    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets (SPEC §11)
     5. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
 """
 import argparse
 import bisect
-import copy
 import json
+import os
 import re
+import sys
 
 import torch
-import torch.nn.functional as F
-from torch.utils._pytree import tree_map
 
 import data
-from model import load_checkpoint
-
-
-class ModelLM:
-    """Our `Model` behind the interface above: parallel prefill, then constant-size recurrent steps."""
-
-    def __init__(self, model, prefix_len=None):
-        self.model, self.prefix_len = model, prefix_len  # prefix_len: M for pla layers (None: the config's)
-        self.vocab_size = model.config.vocab_size
-
-    def prefill(self, idx, pad_mask=None):
-        logits, cache = self.model.prefill(idx, prefix_len=self.prefix_len, pad_mask=pad_mask)
-        return logits.float(), cache
-
-    def step(self, idx_t, cache):
-        logits, cache = self.model.step(idx_t, cache)
-        return logits.float(), cache
-
-    def select(self, cache, rows):
-        # every tensor in the cache has the batch first; ints (positions) are shared by all rows
-        return tree_map(lambda t: t.index_select(0, rows) if isinstance(t, torch.Tensor) else t, cache)
-
-
-def left_pad(seqs, pad_id=0, device=None):
-    """Token lists of any lengths -> idx (B, T) and pad_mask (B, T), padded on the left."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
-    pad = torch.ones(len(seqs), T, dtype=torch.bool, device=device)
-    for b, s in enumerate(seqs):
-        if len(s):
-            idx[b, T - len(s):] = torch.as_tensor(s, dtype=torch.long)
-            pad[b, T - len(s):] = False
-    return idx, pad
+import hf
+from hf import HFLM, HFTokenizer  # noqa: F401  (their home is hf.py; imported here for `from prompt import HFLM`)
+from model import Model, ModelLM, left_pad, open_checkpoint, resolve_device  # noqa: F401  (ModelLM, left_pad: idem)
 
 
 # ----------------------------------------------------------------------------- 1. text prompts (SPEC §5)
@@ -87,14 +52,23 @@ def _check_repeats(repeats):
         raise ValueError(f"repeats must be an int >= 1 (1: the default prompt, 2: JRT-Prompt); got {repeats!r}")
 
 
+def _check_text(fn, required=(), optional=()):
+    """Builders take strings: the required ones non-empty, the optional ones possibly empty, never None."""
+    for name, value in required:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"{fn}: {name} must be a non-empty string; got {value!r}")
+    for name, value in optional:
+        if not isinstance(value, str):
+            raise ValueError(f"{fn}: {name} must be a string (empty allowed); got {value!r}")
+
+
 def extraction_prompt(doc, key, repeats=1):
     """Information extraction (SWDE, FDA). repeats=1: `{doc} {key}:`; repeats=2 (JRT-Prompt):
     `Information about {key}. {doc}\\n{doc} {key}:`; JR-p puts p copies of doc between, joined by newlines.
     The document is used as given (the official harness also strips a trailing "." and capitalises the
     key; we leave cleaning to the caller so the formats stay exactly the paper's table)."""
     _check_repeats(repeats)
-    if not key:
-        raise ValueError("extraction_prompt: key must be a non-empty string (the attribute to extract)")
+    _check_text("extraction_prompt", required=(("doc", doc), ("key", key)))
     if repeats == 1:
         return f"{doc} {key}:"
     return f"Information about {key}. " + "\n".join([doc] * repeats) + f" {key}:"
@@ -105,6 +79,7 @@ def qa_prompt(context, cloze, question="", repeats=1):
     shown: the cloze is the question rewritten as a sentence to complete); repeats=2 (JRT-Prompt):
     `{question} {context}\\n{context} {cloze}`. An empty question or cloze leaves no stray space."""
     _check_repeats(repeats)
+    _check_text("qa_prompt", required=(("context", context),), optional=(("cloze", cloze), ("question", question)))
     if repeats == 1:
         return _join(context, cloze)
     return _join(question, "\n".join([context] * repeats), cloze)
@@ -114,6 +89,7 @@ def read_twice(context, question, repeats=2):
     """The generic form of SPEC §5: (context, question) shown `repeats` times, one per line:
     `{context} {question}\\n{context} {question}`. The token-level `jrt_tokens` is the same layout."""
     _check_repeats(repeats)
+    _check_text("read_twice", required=(("context", context),), optional=(("question", question),))
     return "\n".join([_join(context, question)] * repeats)
 
 
@@ -153,6 +129,10 @@ def text_prompt(ex, repeats=1, tokenizer=None, budget=BUDGET):
 def jrt_tokens(context, question, repeats=2):
     """Token ids: [context, question] * repeats, the layout of data.mqar(read_twice=True)."""
     _check_repeats(repeats)
+    for name, ids in (("context", context), ("question", question)):
+        if isinstance(ids, (str, bytes)) or not all(isinstance(t, int) for t in ids):
+            raise ValueError(f"jrt_tokens: {name} must be a list of token ids (ints); got {str(ids)[:40]!r} "
+                             "(for text, use read_twice or the prompt builders)")
     return (list(context) + list(question)) * repeats
 
 
@@ -203,6 +183,8 @@ def greedy(lm, prompts, max_new_tokens=MAX_NEW, stop=(), batch_size=16, pad_id=0
     stop_t = torch.tensor(sorted(stop), dtype=torch.long, device=device)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     batches, cur = [], []
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}: expected an int >= 1")
     exact = getattr(lm, "supports_padding", True)
     for i in order:                                                   # cut the sorted list into batches
         if cur and (len(cur) == batch_size or (not exact and len(prompts[i]) != len(prompts[cur[0]]))):
@@ -215,7 +197,7 @@ def greedy(lm, prompts, max_new_tokens=MAX_NEW, stop=(), batch_size=16, pad_id=0
         if any(len(prompts[i]) == 0 for i in rows):
             raise ValueError("greedy: every prompt needs at least one token")
         idx, pad = left_pad([prompts[i] for i in rows], pad_id, device)          # (b, T)
-        logits, cache = lm.prefill(idx, pad if bool(pad.any()) else None)
+        logits, cache = lm.prefill(idx, pad_mask=pad if bool(pad.any()) else None)
         alive = list(rows)                                            # prompt index of each batch row
         for i in rows:
             out[i] = []
@@ -236,8 +218,11 @@ def greedy(lm, prompts, max_new_tokens=MAX_NEW, stop=(), batch_size=16, pad_id=0
 
 
 def _answers(ex):
+    if "answers" not in ex and "answer" not in ex:
+        raise ValueError(f"an example needs its gold answers (field 'answers': a string or a list of strings); "
+                         f"it has {sorted(ex)}")
     a = ex["answers"] if "answers" in ex else ex["answer"]
-    a = [a] if isinstance(a, str) else list(a)
+    a = [a] if isinstance(a, str) else list(a) if isinstance(a, (list, tuple)) else [a]
     if not a or not all(isinstance(s, str) and s.strip() for s in a):
         raise ValueError(f"an example needs non-empty gold answer strings; got {a!r}")
     return a
@@ -374,103 +359,85 @@ def accuracy(model, ex, batch_size=256):
     return per, (hit.sum() / tot.sum()).item()
 
 
-# ----------------------------------------------------------------------------- 4. Hugging Face adapter (optional)
+# ----------------------------------------------------------------------------- 4. Table 1 tasks (SPEC §5, §11)
+# The paper's six recall-intensive tasks, as the hazyresearch data sets store them. Field names and the
+# cleaning below follow the official task code (the lm-eval-harness fork in the JRT repository,
+# lm_eval/tasks/based_*/task.py), so that `extraction_prompt` / `qa_prompt` give its exact strings.
 
-def _select_rows(obj, rows, B):
-    """A copy of a cache object keeping batch rows `rows`: every tensor whose first dim is the batch
-    size B is indexed, inside lists, tuples, dicts and plain objects (HF cache classes); the rest is
-    shared. The original is left as it was."""
-    if isinstance(obj, torch.Tensor):
-        return obj.index_select(0, rows.to(obj.device)) if obj.dim() and obj.shape[0] == B else obj
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_select_rows(o, rows, B) for o in obj)
-    if isinstance(obj, dict):
-        return {k: _select_rows(v, rows, B) for k, v in obj.items()}
-    if hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
-        new = copy.copy(obj)
-        for k, v in vars(obj).items():
-            setattr(new, k, _select_rows(v, rows, B))
-        return new
-    return obj
-
-
-class HFLM:
-    """A Hugging Face causal LM behind the interface; `transformers` is imported only when one is built.
-
-    mode "cache"  (Mamba, Falcon-Mamba, Mamba-2): prefill, then one token per step from the model's own
-                  cache object (`cache_params`); rows are selected by indexing its batch-first tensors.
-                  Left padding is exact: these models take attention_mask and zero the pads' inputs.
-    mode "rerun"  (RWKV, RecurrentGemma, anything else): the "cache" is the token ids so far, and each
-                  step re-reads the whole sequence: O(T) work per token, slow but correct for any model.
-                  We do not continue from RWKV's `state` or RecurrentGemma's cache: with transformers 5.23
-                  neither reproduced the full forward pass in our check (RecurrentGemma keeps its cache
-                  inside the model, so rows cannot be selected), and neither masks left padding exactly,
-                  so `supports_padding` is False and `greedy` batches only prompts of equal length.
-    Checked (tiny random models, transformers 5.23): Mamba, Falcon-Mamba and Mamba-2 step and select
-    match the full forward pass to 1e-6; older transformers versions may name the cache differently.
-    """
-    CACHED = ("mamba", "falcon_mamba", "mamba2")
-
-    def __init__(self, model, mode="auto"):
-        if mode not in ("auto", "cache", "rerun"):
-            raise ValueError(f"mode must be 'auto', 'cache' or 'rerun'; got {mode!r}")
-        self.model = model.eval()
-        kind = model.config.model_type
-        self.mode = ("cache" if kind in self.CACHED else "rerun") if mode == "auto" else mode
-        self.supports_padding = kind in self.CACHED
-        self.vocab_size = model.get_output_embeddings().weight.shape[0]
-
-    @classmethod
-    def from_pretrained(cls, name, mode="auto", **kwargs):
-        """e.g. HFLM.from_pretrained("state-spaces/mamba-130m-hf") (downloads the weights once)."""
-        try:
-            from transformers import AutoModelForCausalLM
-        except ImportError as e:
-            raise ImportError("HFLM needs `pip install transformers` (optional; nothing else here needs it)") from e
-        return cls(AutoModelForCausalLM.from_pretrained(name, **kwargs), mode)
-
-    @torch.no_grad()
-    def prefill(self, idx, pad_mask=None):
-        am = None if pad_mask is None else (~pad_mask).long()
-        if self.mode == "rerun":
-            out = self.model(input_ids=idx, attention_mask=am)
-            return out.logits[:, -1].float(), {"idx": idx, "pad": pad_mask}
-        out = self.model(input_ids=idx, attention_mask=am, use_cache=True)
-        return out.logits[:, -1].float(), {"hf": out.cache_params, "B": idx.shape[0]}
-
-    @torch.no_grad()
-    def step(self, idx_t, cache):
-        if self.mode == "rerun":
-            idx = torch.cat([cache["idx"], idx_t[:, None]], 1)
-            pad = None if cache["pad"] is None else F.pad(cache["pad"], (0, 1), value=False)
-            return self.prefill(idx, pad)
-        out = self.model(input_ids=idx_t[:, None], cache_params=cache["hf"], use_cache=True)
-        return out.logits[:, -1].float(), {"hf": out.cache_params, "B": idx_t.shape[0]}
-
-    def select(self, cache, rows):
-        if self.mode == "rerun":
-            return {"idx": cache["idx"][rows], "pad": None if cache["pad"] is None else cache["pad"][rows]}
-        return {"hf": _select_rows(cache["hf"], rows, cache["B"]), "B": len(rows)}
+TABLE1 = {  # task -> (data set on the hub, its config name, split, row -> example)
+    "swde": ("hazyresearch/based-swde-v2", "default", "validation", "extraction"),
+    "fda": ("hazyresearch/based-fda", "default", "validation", "extraction"),
+    "squad": ("hazyresearch/based-squad", "default", "validation", "squad"),
+    "nq": ("hazyresearch/based_nq_1024", None, "validation", "qa"),        # Table 1 uses the 1024-token NQ
+    "triviaqa": ("hazyresearch/based_triviaqa", None, "validation", "qa"),
+    "drop": ("hazyresearch/based_drop", None, "validation", "qa"),
+}
+FIELDS = {"extraction": ("text", "key", "value"), "squad": ("text", "context", "question", "value"),
+          "qa": ("context", "question", "orig_question", "answers")}
+# SPEC §5 gives the paper's Table 1 averages over the six tasks (default -> JRT-Prompt) for these models only;
+# no per-task numbers are quoted here.
+PAPER_AVERAGE = {"mamba2-1.3b": (46.7, 55.6), "based-1b-50b": (40.3, 51.8), "mamba-130m": (24.7, 36.5)}
 
 
-class HFTokenizer:
-    """A Hugging Face tokenizer with the three methods the harness uses (tiktoken's names)."""
+def _strip_suffix(text, suffix):
+    while suffix and text.lower().endswith(suffix.lower()):
+        text = text[:-len(suffix)]
+    return text
 
-    def __init__(self, tok):
-        self.tok, self.n_vocab = tok, len(tok)
 
-    def encode_ordinary(self, s):
-        return self.tok.encode(s, add_special_tokens=False)
+def _sentence(text):  # "... text" -> "... text." (the official code ends every context with one period)
+    return text.strip().strip(".").strip() + "."
 
-    def decode(self, ids):
-        return self.tok.decode(ids)
 
-    def decode_with_offsets(self, ids):  # character offset of each token, as tiktoken gives it
-        offsets, n = [], 0
-        for i in ids:
-            offsets.append(n)
-            n += len(self.tok.decode([i]))
-        return self.tok.decode(ids), offsets
+def table1_example(task, row, where=""):
+    """One data set row (a dict in the data set's own schema) -> an example for `evaluate`."""
+    kind = TABLE1[task][3]
+    missing = [f for f in FIELDS[kind] if f not in row]
+    if missing:
+        raise ValueError(f"{task} row{where}: missing field {missing[0]!r} (a {task} row has "
+                         f"{', '.join(FIELDS[kind])}); it has {sorted(row)}")
+    if kind == "extraction":       # SWDE, FDA: "{doc}. {Key}:"; SWDE's text may carry a summary after the doc
+        key = str(row["key"])
+        doc = _strip_suffix(str(row["text"]).split("Summary of information above...")[0].strip(), key + ":")
+        return {"task": task, "kind": "extraction", "context": _sentence(doc), "key": key[:1].upper() + key[1:],
+                "answers": [row["value"]]}
+    if kind == "squad":            # text = the passage, then the question as a cloze
+        passage, text = str(row["context"]).split("Question:")[0].strip(), str(row["text"]).strip()
+        if not text.startswith(passage):
+            raise ValueError(f"squad row{where}: its text does not start with its passage (the context before "
+                             "'Question:'), so it cannot be split into context and cloze")
+        return {"task": task, "kind": "qa", "context": passage, "cloze": text[len(passage):].strip(),
+                "question": str(row["question"]).strip(), "answers": [row["value"]]}
+    context = str(row["context"])  # NQ, TriviaQA, Drop: "question" is the cloze, "orig_question" the question
+    if task == "triviaqa":
+        context = re.sub(r"\[PAR\]|\[DOC\]|\[TLE\]", "", context)
+    cloze = str(row["question"]).strip()
+    return {"task": task, "kind": "qa", "context": _sentence(_strip_suffix(context.strip(), cloze)), "cloze": cloze,
+            "question": str(row["orig_question"]).strip().strip(":"), "answers": row["answers"]}
+
+
+def load_table1(task, n=None):
+    """The validation rows of one Table 1 task as examples (downloads the data set once; needs `datasets`)."""
+    path, name, split, _ = TABLE1[task]
+    rows = hf.load_dataset(path, name, split)
+    n = len(rows) if n is None else min(n, len(rows))
+    return [table1_example(task, dict(rows[i]), f" {i}") for i in range(n)]
+
+
+def table1(summary, model_name=""):
+    """Table 1's layout: a row per task with default and JRT-Prompt accuracy ("contains", %) and their
+    average over the tasks, the paper's average beside ours when it reports this model (PAPER_AVERAGE)."""
+    tasks = list(dict.fromkeys(t for t, _ in summary))
+    paper = PAPER_AVERAGE.get(os.path.basename(model_name.rstrip("/")).lower().removesuffix("-hf"))
+    lines = ["| task | n | default | JRT-Prompt |", "|---|---|---|---|"]
+    for t in tasks:
+        lines.append(f"| {t} | {summary[(t, 'default')]['n']} | {100 * summary[(t, 'default')]['accuracy']:.1f} | "
+                     f"{100 * summary[(t, 'jrt')]['accuracy']:.1f} |")
+    avg = [100 * sum(summary[(t, f)]["accuracy"] for t in tasks) / len(tasks) for f in ("default", "jrt")]
+    cells = [f"{v:.1f}" + (f" (paper {p})" if paper and len(tasks) == len(TABLE1) else "") for v, p in
+             zip(avg, paper or (None, None))]
+    lines.append(f"| average | | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- 5. CLI
@@ -489,53 +456,138 @@ def synthetic_table(model, ex, formats):
     return "\n".join(lines)
 
 
+def jsonl_objects(path, choices):
+    """(line number, JSON object) of each non-empty line of a .jsonl file. A missing file, bad JSON, a line
+    that is not an object, or no lines at all is one ValueError line; `choices` (what --task takes) goes
+    into the missing-file message."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--task {path}: no such file; use {choices}")
+    objects = []
+    with open(path) as fh:
+        for i, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(obj).__name__}")
+            objects.append((i, obj))
+    if not objects:
+        raise ValueError(f"{path}: no rows (one JSON object per line)")
+    return objects
+
+
+def read_jsonl(path):
+    """A .jsonl file of text examples (see `evaluate` for the fields) -> the examples, each checked."""
+    examples = []
+    for i, ex in jsonl_objects(path, f"mqar, sets, a Table 1 task ({', '.join(TABLE1)}, table1) or a .jsonl file"):
+        need = {"extraction": ("context", "key"), "qa": ("context", "cloze")}.get(ex.get("kind"))
+        if need is None:
+            raise ValueError(f"{path} line {i}: field 'kind' must be 'extraction' or 'qa'; got {ex.get('kind')!r}")
+        for f in need + ("answers",):
+            if f not in ex and not (f == "answers" and "answer" in ex):
+                raise ValueError(f"{path} line {i}: missing field {f!r} (an example of kind {ex['kind']!r} has "
+                                 f"{', '.join(need)}, answers{', and optionally question' * (ex['kind'] == 'qa')})")
+        _answers(ex)                                                 # non-empty strings
+        examples.append(ex)
+    return examples
+
+
+def _check_kind(task, cfg, model):
+    """A train.py checkpoint records the task it was trained on: refuse a task it cannot do."""
+    need = {"mqar": "mqar", "sets": "disjoint_sets"}.get(task, "text")
+    trained = cfg.get("task")
+    if trained is not None and trained != need:
+        raise ValueError(f"--task {task} needs a model trained on {need} (train.py --task={need}); this checkpoint "
+                         f"was trained on task={trained!r}")
+    if need == "disjoint_sets" and model.vocab_size < data.SD_VOCAB:
+        raise ValueError(f"--task sets needs a model whose vocabulary holds the {data.SD_VOCAB} set-disjointness ids; "
+                         f"this checkpoint's vocab_size is {model.vocab_size}")
+
+
+def run(a):
+    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    for f in formats:
+        _repeats_of(f)                                              # a bad name fails here, with the allowed ones
+    for name, low in (("n", 1), ("batch_size", 1), ("budget", 0)):
+        if getattr(a, name) is not None and getattr(a, name) < low:
+            raise ValueError(f"--{name}={getattr(a, name)}: expected an int >= {low}")
+    if sum(map(bool, (a.ckpt, a.hf, a.official))) != 1 or not a.task:
+        raise ValueError("give --task and exactly one of --ckpt, --hf or --official")
+    if a.official_pads and a.hf:
+        raise ValueError("--official_pads is the released JRT-RNN code's padding: it applies to our Model "
+                         "(--official or --ckpt), not to --hf")
+    device = resolve_device(a.device)
+    synthetic = a.task in ("mqar", "sets")
+    table1_tasks = list(TABLE1) if a.task == "table1" else [t for t in a.task.split(",") if t in TABLE1]
+    if synthetic and not a.ckpt:
+        raise ValueError(f"--task {a.task} needs --ckpt (a model trained on that task's token ids)")
+    partly = table1_tasks and a.task != "table1" and len(table1_tasks) != len(a.task.split(","))
+    if partly or (table1_tasks and formats != ["default", "jrt"]):
+        raise ValueError(f"--task {a.task}: Table 1 tasks are {', '.join(TABLE1)} (comma-separated) or table1, "
+                         "with the formats default,jrt")
+    examples = None if synthetic or table1_tasks else read_jsonl(a.task)   # bad rows fail before a model loads
+    model, cfg = None, {}
+    if a.hf:
+        lm, tok = hf.load(a.hf, device)
+    else:
+        model, cfg = (open_checkpoint(a.ckpt, device) if a.ckpt else (Model.from_pretrained(a.official, device), {}))
+        lm = ModelLM(model, official_pads=a.official_pads)
+        if a.ckpt:
+            _check_kind(a.task, cfg, model)
+    if synthetic:
+        n = a.n or 500
+        if a.task == "mqar":
+            P = cfg.get("seq_len", 64) // (2 if cfg.get("read_twice") else 1)    # one pass
+            ex = data.mqar(n, vocab_size=cfg.get("vocab_size", 128), seq_len=P,
+                           num_pairs=cfg.get("num_pairs", 8), context_len=cfg.get("context_len") or None,
+                           seed=cfg.get("data_seed", 0), split="test")
+        else:  # train.py's default layout is a fresh random split of the ids per example (halves=False)
+            ex = data.disjoint_sets(n, halves=cfg.get("sd_halves", False), seed=cfg.get("data_seed", 0), split="test")
+        return synthetic_table(model, ex, formats)
+    if model is not None:
+        try:
+            tok = data.get_tokenizer(cfg.get("tokenizer", "gpt2"))
+        except RuntimeError as e:                                    # gpt2's files cannot be fetched offline
+            raise ValueError(str(e)) from None
+        if tok.n_vocab > model.vocab_size:
+            raise ValueError(f"the {cfg.get('tokenizer', 'gpt2')} tokenizer has {tok.n_vocab} ids but the model's "
+                             f"vocab_size is {model.vocab_size}: --task {a.task} needs a text model")
+    if table1_tasks:
+        examples = [ex for t in table1_tasks for ex in load_table1(t, a.n)]
+    summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=device)
+    return table1(summary, a.hf or a.official or "") if table1_tasks else results_table(summary)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description="JRT-Prompt: default vs read-twice accuracy of a model",
                                  formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--ckpt", help="a train.py checkpoint, e.g. out/ckpt.pt")
     ap.add_argument("--hf", help="a Hugging Face causal LM name or path (needs transformers), e.g. "
                                  "state-spaces/mamba-130m-hf")
+    ap.add_argument("--official", help="a released JRT-RNN / Based checkpoint, e.g. hazyresearch/JRT-360M-30B\n"
+                                       "(a hub name, needs huggingface_hub; or a local directory with config.json)")
+    ap.add_argument("--official_pads", action="store_true", help="decode our Model with the released code's padding "
+                    "(left-pad to M = 1024 with token 220,\npads count in PLA's sums) to match its numbers; "
+                    "default: exact padding")
     ap.add_argument("--task", help="mqar | sets (synthetic, settings from the checkpoint's training config) |\n"
+                                   f"{' | '.join(TABLE1)} (comma-separated) | table1 (all six; needs datasets) |\n"
                                    "a .jsonl file of text examples (see `evaluate` for the fields)")
     ap.add_argument("--formats", default="default,jrt", help="comma-separated: default, jrt, jr3, ...")
-    ap.add_argument("--n", type=int, default=500, help="synthetic: test examples per slice")
-    ap.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together")
-    ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--n", type=int, default=None, help="synthetic: test examples per slice (default 500); "
+                                                         "Table 1: at most n rows per task (default all)")
+    ap.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together (the paper: 32)")
+    ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens (0: no cut)")
+    ap.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N | mps")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
     a = ap.parse_args(argv)
-    formats = [f.strip() for f in a.formats.split(",") if f.strip()]
-    for f in formats:
-        _repeats_of(f)                                              # a bad name fails here, with the allowed ones
-    if bool(a.ckpt) == bool(a.hf) or not a.task:
-        ap.error("give --task and exactly one of --ckpt or --hf")
-    if a.hf:
-        from transformers import AutoTokenizer              # optional: only this path needs it
-        lm, tok = HFLM.from_pretrained(a.hf), HFTokenizer(AutoTokenizer.from_pretrained(a.hf))
-        lm.model.to(a.device)
-        model, cfg = None, {}
-    else:
-        model, cfg = load_checkpoint(a.ckpt, a.device)
-        lm = ModelLM(model)
-    if a.task in ("mqar", "sets"):
-        if model is None:
-            ap.error("--task mqar/sets needs --ckpt (a model trained on that task's token ids)")
-        if a.task == "mqar":
-            P = cfg.get("seq_len", 64) // (2 if cfg.get("read_twice") else 1)    # one pass
-            ex = data.mqar(a.n, vocab_size=cfg.get("vocab_size", 128), seq_len=P,
-                           num_pairs=cfg.get("num_pairs", 8), context_len=cfg.get("context_len") or None,
-                           seed=cfg.get("data_seed", 0), split="test")
-        else:
-            ex = data.disjoint_sets(a.n, halves=cfg.get("sd_halves", True), seed=cfg.get("data_seed", 0),
-                                    split="test")
-        table = synthetic_table(model, ex, formats)
-    else:
-        with open(a.task) as fh:
-            examples = [json.loads(line) for line in fh if line.strip()]
-        if model is not None:
-            tok = data.get_tokenizer(cfg.get("tokenizer", "gpt2"))
-        summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=a.device)
-        table = results_table(summary)
+    try:
+        table = run(a)
+    except (ValueError, ImportError, FileNotFoundError) as e:       # a user's mistake: one line, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(table)
     if a.out:
         with open(a.out, "w") as fh:

@@ -1,10 +1,12 @@
 """chunked.py (OPRM): chunking, batched speculative prefill, selection, IDK filter, cache, modes, bad input."""
+import re
+
 import pytest
 import torch
 
 from chunked import cache_context, chunk_spans, entropy, oprm_generate, speculative_prefill
 from model import Config, Model
-from prompt import ModelLM
+from model import ModelLM
 
 PRESETS = ("based-tiny", "jrt-tiny", "transformer-tiny")
 
@@ -215,6 +217,8 @@ def test_bad_inputs_say_what_is_allowed():
         (dict(selection="likelihood", suffix=[]), "suffix"),
         (dict(max_new_tokens=0), "max_new_tokens=0"),
         (dict(max_batch_tokens=0), "max_batch_tokens=0"),
+        (dict(pad_id=16), r"pad_id=16: expected a token id in \[0, vocab_size = 16\)"),
+        (dict(pad_id=-1), "pad_id=-1"),
     ]
     for kw, msg in cases:
         args = dict(prefix=[2], context=[1] * 20, suffix=[3], chunk_len=5) | kw
@@ -231,3 +235,36 @@ def test_bad_inputs_say_what_is_allowed():
         oprm_generate(NeedleLM(), [2], [1] * 19 + [4], [3], 5, cache=cache)
     with pytest.raises(ValueError, match="read_twice"):
         oprm_generate(NeedleLM(), [2], [1] * 20, [3], 5, cache=cache, read_twice=True)
+
+
+def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
+    from dataclasses import asdict
+
+    from chunked import main
+    model = tiny("jrt-tiny")
+    text = tmp_path / "text.pt"
+    torch.save(dict(model=model.state_dict(), model_args=asdict(model.config), config=dict(task="text")), text)
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"\x00" * 10)
+    cases = [((), r"--task mqar_long needs --ckpt.*python experiments.py overflow --models based"),
+             (("--ckpt", str(tmp_path / "absent.pt")), r"absent.pt"),
+             (("--ckpt", str(junk)), r"junk.pt"),
+             (("--ckpt", str(text)), r"needs a checkpoint trained on MQAR.*task='text'"),
+             (("--ckpt", str(text), "--n", "0"), r"--n=0: expected positive ints"),
+             (("--ckpt", str(text), "--chunk_len", "8,x"), r"--chunk_len=8,x"),
+             (("--ckpt", str(text), "--device", "cuda:9" if torch.cuda.is_available() else "cuda"), r"device='cuda"),
+             (("--task", "nope.jsonl"), r"needs --hf NAME")]
+    for argv, msg in cases:
+        with pytest.raises(SystemExit) as e:
+            main(list(argv))
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
+        assert re.search(msg, err), (argv, err)
+
+
+def test_f1_score():
+    from chunked import f1_score
+    assert f1_score("The Red door", ["red door"]) == 1.0                 # case, articles, punctuation ignored
+    assert f1_score("red, blue", ["red"]) == pytest.approx(2 / 3)        # precision 1/2, recall 1
+    assert f1_score("green", ["red", "green light"]) == pytest.approx(2 / 3)  # the best gold answer
+    assert f1_score("", ["red"]) == 0.0

@@ -1,11 +1,14 @@
 """prompt.py: the exact prompt formats, the budget cut, the metric and error modes, JR-p token builders,
 greedy decoding through the interface, and the optional Hugging Face adapter."""
+import re
+
 import pytest
 import torch
 
 import data
 from model import Config, Model
-from prompt import (HFLM, ModelLM, accuracy, contains, cut_around, error_mode, evaluate, extraction_prompt,
+from model import ModelLM
+from prompt import (accuracy, contains, cut_around, error_mode, evaluate, extraction_prompt,
                     greedy, jrt_examples, jrt_tokens, qa_prompt, read_twice, text_prompt)
 
 BYTES = data.get_tokenizer("bytes")  # built in code: no download
@@ -177,47 +180,195 @@ def test_teacher_forced_accuracy_matches_forward():
     assert list(per) == ex.groups
 
 
-# ----------------------------------------------------------------------------- Hugging Face adapter
-
-def test_hf_adapter_tiny_mamba():
-    transformers = pytest.importorskip("transformers")
-    torch.manual_seed(0)
-    cfg = transformers.MambaConfig(vocab_size=64, hidden_size=16, state_size=4, num_hidden_layers=2, conv_kernel=3)
-    model = transformers.MambaForCausalLM(cfg)                             # random weights: no download
-    with torch.no_grad():
-        model.lm_head.weight.mul_(20)                                      # varied greedy outputs
-    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
-    cached, rerun = HFLM(model), HFLM(model, mode="rerun")
-    assert cached.mode == "cache" and cached.vocab_size == 64
-    ref = []
-    for p in prompts:                                                      # greedy by full forward passes
-        ids = list(p)
-        for _ in range(6):
-            ids.append(int(model(torch.tensor([ids])).logits[0, -1].argmax()))
-        ref.append(ids[len(p):])
-    assert greedy(cached, prompts, max_new_tokens=6, batch_size=3) == ref  # left-padded batch, cache steps
-    assert greedy(rerun, prompts, max_new_tokens=6, batch_size=3) == ref
-    stop = ref[0][2]
-    got = greedy(cached, prompts, max_new_tokens=6, stop={stop}, batch_size=3)  # rows leave via select
-    assert got == [r[:r.index(stop)] if stop in r else r for r in ref]
-
-
 # ----------------------------------------------------------------------------- CLI
+
+def _save(path, model, **config):
+    from dataclasses import asdict
+    torch.save(dict(model=model.state_dict(), model_args=asdict(model.config), config=config), path)
+    return str(path)
+
+
+def _cli(capsys, *argv):
+    """prompt.main on argv: (exit code, what it printed on stdout, on stderr)."""
+    from prompt import main
+    try:
+        main(list(argv))
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
 
 def test_cli_on_a_checkpoint(tmp_path, capsys):
     import json
-    from dataclasses import asdict
 
     from prompt import main
     model = tiny(("conv", "pla"), vocab=258)
-    path = tmp_path / "ckpt.pt"
-    torch.save(dict(model=model.state_dict(), model_args=asdict(model.config),
-                    config=dict(task="mqar", vocab_size=128, seq_len=32, num_pairs=4, tokenizer="bytes")), path)
-    table = main(["--ckpt", str(path), "--task", "mqar", "--n", "8"])
+    mqar = _save(tmp_path / "mqar.pt", model, task="mqar", vocab_size=128, seq_len=32, num_pairs=4)
+    text = _save(tmp_path / "text.pt", model, task="text", tokenizer="bytes")
+    table = main(["--ckpt", mqar, "--task", "mqar", "--n", "8"])
     assert table.splitlines()[0] == "| task | n | default acc | jrt acc |" and "| T=32 k=4 | 8 |" in table
     jsonl = tmp_path / "ex.jsonl"
     jsonl.write_text("\n".join(json.dumps(e) for e in _text_examples()[:2]))
-    table = main(["--ckpt", str(path), "--task", str(jsonl), "--formats", "default,jrt"])
+    table = main(["--ckpt", text, "--task", str(jsonl), "--formats", "default,jrt"])
     assert "| extract | 2 |" in table and "jrt acc" in table
-    with pytest.raises(ValueError, match="unknown prompt format"):
-        main(["--ckpt", str(path), "--task", "mqar", "--formats", "twice"])
+    code, out, err = _cli(capsys, "--ckpt", mqar, "--task", "mqar", "--formats", "twice")
+    assert code == 2 and err.startswith("error: unknown prompt format 'twice'") and "Traceback" not in err
+
+
+def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
+    import json
+    model = tiny(("conv", "pla"), vocab=258)
+    mqar = _save(tmp_path / "mqar.pt", model, task="mqar", vocab_size=128, seq_len=32, num_pairs=4)
+    text = _save(tmp_path / "text.pt", model, task="text", tokenizer="bytes")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint")
+    ok = json.dumps(_text_examples()[0])
+    files = {"bad.jsonl": ok + "\n{oops\n", "none.jsonl": "\n\n", "noans.jsonl": json.dumps(
+        {"kind": "qa", "context": "c", "cloze": "It is"}), "nokey.jsonl": json.dumps(
+        {"kind": "extraction", "context": "c", "answers": ["x"]}), "list.jsonl": "[1, 2]", "good.jsonl": ok}
+    for name, body in files.items():
+        (tmp_path / name).write_text(body)
+    cases = [
+        (("--ckpt", mqar, "--task", "mqar", "--n", "0"), r"--n=0: expected an int >= 1"),
+        (("--ckpt", mqar, "--task", "mqar", "--n", "-3"), r"--n=-3"),
+        (("--ckpt", text, "--task", "x.jsonl", "--batch_size", "0"), r"--batch_size=0"),
+        (("--ckpt", mqar, "--task", "mqar", "--device", "cuda:7" if torch.cuda.is_available() else "cuda"),
+         r"device='cuda"),
+        (("--ckpt", mqar, "--task", "mqar", "--device", "tpu"), r"device='tpu'"),
+        (("--ckpt", text, "--task", str(tmp_path / "bad.jsonl")), r"bad.jsonl line 2: not valid JSON"),
+        (("--ckpt", text, "--task", str(tmp_path / "none.jsonl")), r"none.jsonl: no rows"),
+        (("--ckpt", text, "--task", str(tmp_path / "noans.jsonl")), r"line 1: missing field 'answers'"),
+        (("--ckpt", text, "--task", str(tmp_path / "nokey.jsonl")), r"line 1: missing field 'key'"),
+        (("--ckpt", text, "--task", str(tmp_path / "list.jsonl")), r"line 1: expected a JSON object"),
+        (("--ckpt", text, "--task", str(tmp_path / "absent.jsonl")), r"absent.jsonl: no such file"),
+        (("--ckpt", text, "--task", "mqar"), r"--task mqar needs a model trained on mqar.*task='text'"),
+        (("--ckpt", mqar, "--task", "sets"), r"--task sets needs a model trained on disjoint_sets.*task='mqar'"),
+        (("--ckpt", mqar, "--task", str(tmp_path / "good.jsonl")), r"needs a model trained on text"),
+        (("--hf", "x/y", "--task", "mqar"), r"--task mqar needs --ckpt"),
+        (("--ckpt", text, "--task", "swde", "--formats", "jr3"), r"Table 1 tasks are swde, fda"),
+        (("--task", "mqar"), r"exactly one of --ckpt, --hf or --official"),
+        (("--official", str(tmp_path), "--task", str(tmp_path / "nokey.jsonl")), r"missing field 'key'"),
+        (("--official", str(tmp_path), "--task", "table1"), r"no config.json in this directory"),
+    ]
+    # a missing or non-checkpoint --ckpt: model.load_checkpoint's one-line message, as "error: ..."
+    cases += [(("--ckpt", str(tmp_path / "absent.pt"), "--task", "mqar"), r"absent.pt"),
+              (("--ckpt", str(junk), "--task", "mqar"), r"junk.pt")]
+    for argv, msg in cases:
+        code, out, err = _cli(capsys, *argv)
+        assert code == 2, (argv, out, err)
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
+        assert re.search(msg, err), (argv, err)
+
+
+def test_builders_refuse_none_empty_and_strings():
+    for call, msg in [(lambda: extraction_prompt(None, "k"), "doc must be a non-empty string"),
+                      (lambda: extraction_prompt("  ", "k"), "doc"),
+                      (lambda: extraction_prompt("d", None), "key"),
+                      (lambda: qa_prompt("", "It is"), "context must be a non-empty string"),
+                      (lambda: qa_prompt(None, "It is"), "context"),
+                      (lambda: qa_prompt("c", None), "cloze must be a string"),
+                      (lambda: qa_prompt("c", "x", question=None, repeats=2), "question must be a string"),
+                      (lambda: read_twice(None, "q"), "context"),
+                      (lambda: read_twice("c", None), "question"),
+                      (lambda: jrt_tokens("abc", [1]), "context must be a list of token ids"),
+                      (lambda: jrt_tokens([1, 2], "q"), "question must be a list of token ids"),
+                      (lambda: greedy(ModelLM(tiny(vocab=64)), [[1, 2]], batch_size=0), "batch_size=0"),
+                      (lambda: greedy(ModelLM(tiny(vocab=64)), [[1, 2]], batch_size=1.5), "batch_size=1.5")]:
+        with pytest.raises(ValueError, match=msg):
+            call()
+    assert qa_prompt("c", "", "") == "c"                                   # empty optional parts are fine
+
+
+def test_our_model_meets_the_interface_itself():
+    model = tiny(("conv", "pla", "conv", "la"), vocab=64)
+    prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12]]
+    assert greedy(model, prompts, max_new_tokens=5, batch_size=3) == greedy(ModelLM(model), prompts, 5, batch_size=3)
+
+
+# ----------------------------------------------------------------------------- Table 1 tasks (fixture rows)
+
+TABLE1_DIR = __import__("os").path.join(__import__("os").path.dirname(__file__), "fixtures", "table1")
+
+
+def table1_rows(task):
+    import json
+    with open(f"{TABLE1_DIR}/{task}.jsonl") as f:
+        return [json.loads(line) for line in f]
+
+
+def test_table1_rows_give_the_official_prompts():
+    from prompt import TABLE1, table1_example
+    ex = {t: [table1_example(t, r) for r in table1_rows(t)] for t in TABLE1}
+    doc = "Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama."
+    assert text_prompt(ex["swde"][0], 1) == doc + " Director:"          # summary cut off, key capitalised
+    assert text_prompt(ex["swde"][0], 2) == f"Information about Director. {doc}\n{doc} Director:"
+    assert text_prompt(ex["swde"][1], 1).endswith("Enrollment: 12,400. Founded:")
+    assert text_prompt(ex["fda"][0], 1).endswith("Predicate device: K912345. Purpose of submission:")
+    ctx = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris."
+    assert text_prompt(ex["nq"][0], 1) == ctx + " The Eiffel Tower was completed in"   # trailing cloze not doubled
+    assert text_prompt(ex["nq"][0], 2) == (f"when was the eiffel tower completed {ctx}\n{ctx} "
+                                           "The Eiffel Tower was completed in")
+    assert "[PAR]" not in text_prompt(ex["triviaqa"][0], 2) and text_prompt(ex["triviaqa"][0], 1) == (
+        "Penguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during the Antarctic")
+    passage = "The Amazon river carries more water than any other river. It flows through Brazil, Peru and Colombia."
+    squad = table1_rows("squad")[0]
+    assert text_prompt(ex["squad"][0], 1) == squad["text"]                # the official default prompt
+    assert text_prompt(ex["squad"][0], 2) == f"{squad['question']} {passage}\n{squad['text']}"
+    assert ex["nq"][1]["answers"] == ["Mount Kilimanjaro", "Kilimanjaro"] and ex["drop"][0]["answers"] == ["17"]
+
+
+def test_table1_rows_without_their_fields_are_one_line_errors():
+    from prompt import table1_example
+    for task, drop, msg in [("swde", "value", "missing field 'value'"), ("nq", "answers", "missing field 'answers'"),
+                            ("squad", "context", "missing field 'context'"), ("drop", "orig_question", "missing field .orig_question.")]:
+        row = dict(table1_rows(task)[0])
+        del row[drop]
+        with pytest.raises(ValueError, match=f"{task} row 3: {msg}"):
+            table1_example(task, row, " 3")
+    with pytest.raises(ValueError, match="does not start with its passage"):
+        table1_example("squad", dict(table1_rows("squad")[0], text="Something else."))
+    ex = __import__("prompt").table1_example("nq", dict(table1_rows("nq")[0], answers=[]))
+    with pytest.raises(ValueError, match="non-empty gold answer"):
+        text_prompt(ex, 1, BYTES)
+
+
+def test_table1_cli_on_fixture_rows(tmp_path, capsys, monkeypatch):
+    import hf
+    from prompt import PAPER_AVERAGE, TABLE1, table1
+    monkeypatch.setattr(hf, "load_dataset", lambda path, name, split: table1_rows(
+        next(t for t, spec in TABLE1.items() if spec[0] == path)))
+    text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "table1", "--batch_size", "4")
+    assert code == 0, err
+    lines = out.strip().splitlines()
+    assert lines[0] == "| task | n | default | JRT-Prompt |" and len(lines) == 2 + 6 + 1
+    assert [line.split(" | ")[0][2:] for line in lines[2:8]] == list(TABLE1) and lines[-1].startswith("| average | |")
+    assert all(line.split(" | ")[1] == "2" for line in lines[2:8])      # every fixture row evaluated
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "nq,drop", "--n", "1")
+    assert code == 0 and len(out.strip().splitlines()) == 5 and "| nq | 1 |" in out
+    summary = {(t, f): {"n": 2, "accuracy": 0.5} for t in TABLE1 for f in ("default", "jrt")}
+    assert table1(summary, "state-spaces/mamba-130m-hf").splitlines()[-1] == (
+        f"| average | | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][0]}) | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][1]}) |")
+    assert "paper" not in table1(summary, "my-model")
+
+
+def test_table1_without_datasets_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "swde")
+    assert code == 2 and "needs the optional package `datasets`" in err and "requirements-extra.txt" in err
+
+
+def test_table1_offline_says_so(tmp_path, capsys, monkeypatch):
+    datasets = pytest.importorskip("datasets", reason="optional extra (requirements-extra.txt)")
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'hazyresearch/based-fda' on the Hub (LocalEntryNotFoundError)")
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    text = _save(tmp_path / "text.pt", tiny(("conv", "pla"), vocab=258), task="text", tokenizer="bytes")
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "fda")
+    assert code == 2 and "could not load the data set hazyresearch/based-fda/default (ConnectionError" in err
+    assert len(err.strip().splitlines()) == 1
