@@ -60,7 +60,7 @@ import torch.nn.functional as F
 
 import data
 import hf
-from model import Config, Model, ModelLM, left_pad, open_checkpoint, resolve_device
+from model import Config, Model, ModelLM, left_pad, load_checkpoint, resolve_device
 from prompt import jsonl_objects
 
 SELECTIONS = ("entropy", "likelihood")
@@ -632,7 +632,7 @@ def run(p, a):
                              + ")")
         print(ACC_HEADER)
         for path in a.ckpt.split(","):
-            model, c = open_checkpoint(path, device)
+            model, c = load_checkpoint(path, device)
             c = _mqar_config(path, c)
             C = c["context_len"] or 2 * c["num_pairs"]
             pairs = ints(a.num_pairs) or [c["num_pairs"] * m for m in (1, 2, 4, 8) if c["num_pairs"] * m <= C // 2]

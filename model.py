@@ -15,7 +15,6 @@ Padding is on the left and marked by `pad_mask` (B, T), True at pads. Padded pos
 nothing to any mixer: no key, no sum, no conv input (unlike the official code, SPEC §3), so a batch of
 left-padded prompts gives the same outputs as each prompt alone.
 """
-import json
 import math
 import os
 import pickle
@@ -591,17 +590,9 @@ class Model(nn.Module):
         """A released checkpoint (SPEC §11) -> Model in eval mode. name_or_dir: a local directory with the
         official config.json and pytorch_model.bin or *.safetensors, or a hub name such as
         "hazyresearch/JRT-360M-30B" (downloaded through huggingface_hub, an optional extra). The weights are
-        read without running pickled code (safetensors, or torch.load(weights_only=True))."""
-        config_path, weight_paths = _pretrained_files(name_or_dir)
-        try:
-            with open(config_path) as f:
-                config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path}: not valid JSON ({e})") from None
-        state_dict = {}
-        for path in weight_paths:
-            state_dict.update(_load_weights(path))
-        return from_official(state_dict, config).to(device).eval()
+        read without running pickled code. The key mapping lives in hf.py (`hf.from_official`)."""
+        import hf  # hf.py imports this file: imported here, when a released checkpoint is asked for
+        return hf.from_pretrained(name_or_dir, device)
 
 
 # ----------------------------------------------------------------------------- one interface for the harnesses
@@ -617,19 +608,6 @@ def left_pad(seqs, pad_id=0, device=None):
             pad[b, T - len(s):] = False
     return idx, pad
 
-
-def open_checkpoint(path, device="cpu"):
-    """load_checkpoint for the command lines: a missing, truncated or foreign file is one ValueError line
-    naming it, never a traceback from inside torch.load."""
-    if not os.path.isfile(path):
-        raise ValueError(f"--ckpt {path}: no such file (train.py writes out_dir/ckpt.pt)")
-    try:
-        return load_checkpoint(path, device)
-    except (ValueError, FileNotFoundError):
-        raise
-    except Exception as e:  # pickle errors, EOF, zip errors of a damaged or foreign file
-        raise ValueError(f"--ckpt {path}: not a readable train.py checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
 
 class ModelLM:
     """Our Model with its prefill options fixed, behind the same interface (prefill / step / select):
@@ -728,176 +706,3 @@ def load_checkpoint(path, device="cpu"):
     model.load_state_dict(got)
     config = ck.get("config", {})
     return model.to(device).eval(), config if isinstance(config, dict) else {}
-
-
-# ----------------------------------------------------------------------------- the released checkpoints (SPEC §11)
-# The official code (HazyResearch/prefix-linear-attention, train/src/models/gpt.py) builds a GPT-2 style
-# config whose layer layout is alt_mixer_2_layers (sliding window), alt_mixer_layers (PLA or Based linear
-# attention), and `mixer` (BaseConv) everywhere else. Its weights are those of our mixers under other names.
-
-OFFICIAL_MIXERS = {"PrefixLinearAttention": "pla", "LinearAttention": "la", "SlidingAttention": "swa",
-                   "BaseConv": "conv"}  # the official mixer class (the end of `_target_`) -> ours
-OFFICIAL_NAMES = {  # ours -> the official module name inside transformer.layers.i.mixer
-    "pla": {"q": "proj_q", "k": "proj_k", "v": "proj_v", "k_enc": "proj_k_enc", "v_enc": "proj_v_enc",
-            "out": "out_proj"},
-    "la": {"q": "proj_q", "k": "proj_k", "v": "proj_v", "out": "out_proj"},
-    "swa": {"qkv": "Wqkv", "out": "out_proj"},  # Wqkv's rows are [q, k, v], each (heads, head dim): ours too
-    "conv": {"inp": "in_proj", "conv": "conv.conv", "out": "out_proj"},  # in_proj's rows: [u1 (conv), u2 (gate)]
-}
-
-
-def official_config(config):
-    """The official config.json (a dict) -> our Config. A mixer, norm or option we do not have is a
-    ValueError that names it and says what is supported."""
-    c = dict(config)
-    missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in c]
-    if missing:
-        raise ValueError(f"config: missing {missing}; a released config.json has n_embd, n_layer, n_head, vocab_size, "
-                         "alt_mixer_layers, alt_mixer_2_layers and the mixer settings")
-    d, n_layer, H = c["n_embd"], c["n_layer"], c["n_head"]
-
-    def kind(key):  # the mixer a config entry builds: None when absent (the official code then uses MHA)
-        spec = c.get(key)
-        if spec is None:
-            return None
-        target = str(spec.get("_target_", "")).rsplit(".", 1)[-1]
-        if target not in OFFICIAL_MIXERS:
-            raise ValueError(f"config: {key} is {spec.get('_target_')!r}, a mixer we do not have; "
-                             f"supported: {sorted(OFFICIAL_MIXERS)}")
-        return OFFICIAL_MIXERS[target]
-    layers = []
-    for i in range(n_layer):
-        key = ("alt_mixer_2" if i in (c.get("alt_mixer_2_layers") or []) else
-               "alt_mixer" if i in (c.get("alt_mixer_layers") or []) else "mixer")
-        if kind(key) is None:
-            raise ValueError(f"config: layer {i} uses {key}, which the config does not define (the official code "
-                             f"then builds full attention, which this loader does not map); supported mixers: "
-                             f"{sorted(OFFICIAL_MIXERS)}")
-        layers.append(kind(key))
-    la, swa, conv = c.get("alt_mixer") or {}, c.get("alt_mixer_2") or {}, c.get("mixer") or {}
-    for name, spec in (("alt_mixer", la), ("alt_mixer_2", swa)):
-        if spec and spec.get("num_heads", H) != H:
-            raise ValueError(f"config: {name}.num_heads = {spec['num_heads']} differs from n_head = {H}; "
-                             "our Config has one head count for every mixer")
-    unsupported = {"rms_norm": (c.get("rms_norm", False), True, "LayerNorm models are not supported"),
-                   "activation_function": (c.get("activation_function", "gelu_new"), "swiglu", "only SwiGLU MLPs"),
-                   "rotary_emb_fraction": (c.get("rotary_emb_fraction", 0.0), 1, "rotary over the full head dim"),
-                   "rotary_emb_interleaved": (c.get("rotary_emb_interleaved", False), False, "rotation of halves"),
-                   "mixer.expand_proj": (conv.get("expand_proj", 2) if "conv" in layers else 4, 4, "in_proj d -> 4d")}
-    for name, (got, want, why) in unsupported.items():
-        if got != want:
-            raise ValueError(f"config: {name} = {got!r}; supported: {want!r} ({why})")
-    multiple = c.get("pad_vocab_size_multiple", 1)
-    hidden = -(-(c.get("n_inner") or int(8 * d / 3)) // 256) * 256  # GatedMlp rounds up to a multiple of 256
-    return Config(vocab_size=-(-c["vocab_size"] // multiple) * multiple, d_model=d, layers=tuple(layers), n_head=H,
-                  feature_dim=la.get("feature_dim", 16), window=swa.get("window_size", 256) // 2,  # window w: w/2 back
-                  conv_kernel=conv.get("kernel_size", 3), mlp_hidden=0 if hidden == 2 * d else hidden,
-                  prefix_len=la.get("enc_length") or c.get("enc_length") or 1024,
-                  rope_base=float(c.get("rotary_emb_base", 10000.0)), norm_eps=c.get("layer_norm_epsilon", 1e-5),
-                  tie_embeddings=c.get("tie_word_embeddings", True))
-
-
-def _official_keys(cfg):
-    """Our parameter name -> the official key, for every parameter of Model(cfg)."""
-    keys = {"wte.weight": "transformer.embeddings.word_embeddings.weight", "norm_f.weight": "transformer.ln_f.weight"}
-    if not cfg.tie_embeddings:
-        keys["lm_head.weight"] = "lm_head.weight"
-    for i, m in enumerate(cfg.layers):
-        ours, theirs = f"blocks.{i}", f"transformer.layers.{i}"
-        for p in ("norm1.weight", "norm2.weight", "mlp.fc1.weight", "mlp.fc2.weight"):
-            keys[f"{ours}.{p}"] = f"{theirs}.{p}"
-        for mine, official in OFFICIAL_NAMES[m].items():
-            for p in ("weight", "bias") if m == "conv" and mine != "conv" else ("weight",):
-                keys[f"{ours}.mixer.{mine}.{p}"] = f"{theirs}.mixer.{official}.{p}"
-    return keys
-
-
-def from_official(state_dict, config):
-    """A state dict in the official key layout (SPEC §11) -> our Model (eval mode) with the same logits.
-    config: the official config.json as a dict, or our Config. Keys the official loader drops are dropped
-    too (a leading "model.", Lightning's "*metrics*" counters); rotary_emb.inv_freq buffers are checked
-    against our rotary, then ignored; any other unknown key, a missing key or a wrong shape is a ValueError
-    naming them."""
-    cfg = config if isinstance(config, Config) else official_config(config)
-    sd = {re.sub(r"^model\.", "", k): v for k, v in state_dict.items() if "metrics" not in k}
-    sd = {k.replace("conv1", "conv"): v for k, v in sd.items()}    # older checkpoints name the conv `conv1`
-    hd = cfg.d_model // cfg.n_head
-    for k in [k for k in sd if k.endswith("rotary_emb.inv_freq")]:
-        want = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
-        got = sd.pop(k)
-        if tuple(got.shape) != (hd // 2,) or not torch.allclose(got.double().cpu(), want, rtol=1e-3, atol=0):
-            raise ValueError(f"{k}: not the rotary of base {cfg.rope_base} over head dim {hd} that this config gives")
-    if "lm_head.weight" in sd and cfg.tie_embeddings:              # tied: the same matrix, stored once or twice
-        head = sd.pop("lm_head.weight")
-        emb = sd.setdefault("transformer.embeddings.word_embeddings.weight", head)
-        if emb.shape != head.shape or not torch.equal(emb, head):
-            raise ValueError("lm_head.weight differs from transformer.embeddings.word_embeddings.weight, but the "
-                             "config ties them (tie_word_embeddings); set tie_word_embeddings=false for untied weights")
-    keys = _official_keys(cfg)
-    missing = sorted(set(keys.values()) - set(sd))
-    unknown = sorted(set(sd) - set(keys.values()))
-    if missing or unknown:
-        show = lambda ks: f"{ks[:4]}" + (f" and {len(ks) - 4} more" if len(ks) > 4 else "")
-        raise ValueError("the state dict does not fit the config's layout (" + ", ".join(cfg.layers[:3]) + ", ...): "
-                         + "; ".join(f"{what} {show(ks)}" for what, ks in (("missing", missing), ("unknown", unknown))
-                                     if ks))
-    model = Model(cfg)
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for mine, theirs in keys.items():
-            if tuple(sd[theirs].shape) != tuple(params[mine].shape):
-                raise ValueError(f"{theirs}: shape {tuple(sd[theirs].shape)}, but the config gives "
-                                 f"{tuple(params[mine].shape)}")
-            params[mine].copy_(sd[theirs])
-    return model.eval()
-
-
-def _pretrained_files(name_or_dir):
-    """(config.json, [weight files]) of a local directory, or of a hub repository downloaded once."""
-    if os.path.isdir(name_or_dir):
-        folder = name_or_dir
-    elif os.path.exists(name_or_dir) or not re.fullmatch(r"[\w.-]+/[\w.-]+", str(name_or_dir)):
-        raise ValueError(f"name_or_dir={name_or_dir!r}: neither a directory nor a hub name like "
-                         "'hazyresearch/JRT-360M-30B'")
-    else:
-        try:
-            from huggingface_hub import snapshot_download
-        except ImportError:
-            raise ValueError(f"{name_or_dir!r} is a hub name: downloading it needs `pip install huggingface_hub "
-                             "safetensors` (see requirements-extra.txt); or pass a local directory holding "
-                             "config.json and the weights") from None
-        try:
-            folder = snapshot_download(name_or_dir, allow_patterns=["config.json", "*.safetensors"])
-            if not any(f.endswith(".safetensors") for f in os.listdir(folder)):
-                folder = snapshot_download(name_or_dir, allow_patterns=["config.json", "pytorch_model*.bin"])
-        except Exception as e:  # offline, unknown repository, no access: one line, whatever the hub library raised
-            raise ValueError(f"could not download {name_or_dir!r} from the Hugging Face hub "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                             "pass a local directory holding config.json and the weights instead") from None
-    files = sorted(os.listdir(folder))
-    weights = [f for f in files if f.endswith(".safetensors")] or [f for f in files
-                                                                   if re.fullmatch(r"pytorch_model.*\.bin", f)]
-    if "config.json" not in files or not weights:
-        what = "config.json" if "config.json" not in files else "weights (pytorch_model.bin or *.safetensors)"
-        raise ValueError(f"{folder}: no {what} in this directory; a released checkpoint directory holds the "
-                         "official config.json and pytorch_model.bin or *.safetensors")
-    return os.path.join(folder, "config.json"), [os.path.join(folder, f) for f in weights]
-
-
-def _load_weights(path):
-    """A weight file -> state dict of tensors; never runs pickled code."""
-    if path.endswith(".safetensors"):
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ValueError(f"{path}: reading *.safetensors needs `pip install safetensors`") from None
-        return load_file(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for anything but tensors and plain types, or a broken file
-        raise ValueError(f"{path}: not a plain state dict of tensors loadable with weights_only=True "
-                         f"({type(e).__name__}); refusing to run pickled code") from None
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd  # a Lightning checkpoint keeps it one level down
-    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
-    return sd

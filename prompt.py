@@ -33,7 +33,7 @@ import torch
 import data
 import hf
 from hf import HFLM, HFTokenizer  # noqa: F401  (their home is hf.py; imported here for `from prompt import HFLM`)
-from model import Model, ModelLM, left_pad, open_checkpoint, resolve_device  # noqa: F401  (ModelLM, left_pad: idem)
+from model import Model, ModelLM, left_pad, load_checkpoint, resolve_device  # noqa: F401  (ModelLM, left_pad: idem)
 
 
 # ----------------------------------------------------------------------------- 1. text prompts (SPEC §5)
@@ -533,7 +533,7 @@ def run(a):
     if a.hf:
         lm, tok = hf.load(a.hf, device)
     else:
-        model, cfg = (open_checkpoint(a.ckpt, device) if a.ckpt else (Model.from_pretrained(a.official, device), {}))
+        model, cfg = (load_checkpoint(a.ckpt, device) if a.ckpt else (Model.from_pretrained(a.official, device), {}))
         lm = ModelLM(model, official_pads=a.official_pads)
         if a.ckpt:
             _check_kind(a.task, cfg, model)

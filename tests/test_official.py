@@ -1,4 +1,4 @@
-"""model.py's loaders of the released checkpoints (from_official, Model.from_pretrained) and the official
+"""The loaders of the released checkpoints (hf.from_official, Model.from_pretrained) and the official
 inference quirks (Model.prefill_official), against a float64 forward pass of the official architecture
 written here from the official modules' definitions (SPEC §4, §11), on the official key names."""
 import json
@@ -10,7 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import PRESETS, Config, Model, from_official, left_pad, official_config
+from hf import from_official, official_config
+from model import PRESETS, Config, Model, left_pad
 
 F64 = torch.float64
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "official")
