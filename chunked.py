@@ -60,7 +60,8 @@ import torch.nn.functional as F
 
 import data
 import hf
-from model import Config, Model, ModelLM, left_pad, load_checkpoint, resolve_device
+from checkpoint import load_checkpoint
+from model import Config, Model, ModelLM, left_pad, resolve_device
 from prompt import jsonl_objects
 
 SELECTIONS = ("entropy", "likelihood")

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 
 import data
 from chunked import ACC_HEADER, accuracy_rows, markdown_row
-from model import Config, Model, load_checkpoint
+from checkpoint import load_checkpoint
+from model import Config, Model
 from prompt import accuracy, answer_logits, jrt_examples
 
 LAYERS = {  # name -> layer layout: Zoology-style conv + mixer stacks

@@ -23,6 +23,7 @@ import re
 import torch
 import torch.nn.functional as F
 
+from checkpoint import read_checkpoint
 from model import Config, Model
 
 EXTRAS = "pip install -r requirements-extra.txt"
@@ -231,11 +232,7 @@ def _load_weights(path):
         except ImportError:
             raise ValueError(f"{path}: reading *.safetensors needs `pip install safetensors`") from None
         return load_file(path)
-    try:
-        sd = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for anything but tensors and plain types, or a broken file
-        raise ValueError(f"{path}: not a plain state dict of tensors loadable with weights_only=True "
-                         f"({type(e).__name__}); refusing to run pickled code") from None
+    sd = read_checkpoint(path)  # weights_only=True: a file that would run code is refused, in one line
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd  # a Lightning checkpoint keeps it one level down
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")

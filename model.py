@@ -17,8 +17,6 @@ left-padded prompts gives the same outputs as each prompt alone.
 """
 import math
 import os
-import pickle
-import re
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -653,56 +651,3 @@ def resolve_device(name="auto"):
         return torch.device(name)
     except RuntimeError:
         raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
-
-
-def read_checkpoint(path, device="cpu", mmap=False):
-    """torch.load(weights_only=True): tensors and plain Python values only, so that loading a checkpoint
-    never runs code from the file (a pickle can call any function). Every failure is one line naming the
-    path: FileNotFoundError when it is missing, else ValueError."""
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"checkpoint {path} not found")
-    if os.path.isdir(path):
-        raise ValueError(f"checkpoint {path} is a directory; expected a file written by train.py")
-    try:
-        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        found = re.search(r"GLOBAL (\S+)", str(e))     # a reference to a function or class: what pickles run
-        if not found:
-            why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
-            raise ValueError(f"{path} is not a readable checkpoint (not written by torch.save): "
-                             f"{why.group(1) if why else _first_line(e)}") from None
-        old = "; train.py checkpoints of older versions held numpy RNG states: retrain to get one that loads" \
-            if found.group(1).startswith("numpy") else ""
-        raise ValueError(f"{path}: refused: it holds a Python object ({found.group(1)}), and loading that could "
-                         f"run code; only tensors and plain Python values are loaded (torch.load with "
-                         f"weights_only=True){old}") from None
-    except Exception as e:  # truncated, empty, or not written by torch.save
-        raise ValueError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
-                         f"{type(e).__name__}: {_first_line(e)}") from None
-
-
-def _first_line(e):
-    return (str(e).strip().splitlines() or [""])[0][:200]
-
-
-def load_checkpoint(path, device="cpu"):
-    """A train.py checkpoint (keys `model`, `model_args`, `config`) -> (Model in eval mode, its training
-    config as a dict). Loads no code (read_checkpoint); a bad file gives a one-line ValueError (or
-    FileNotFoundError) that names the path and what is wrong."""
-    ck = read_checkpoint(path, device)
-    if not isinstance(ck, dict) or "model_args" not in ck or not isinstance(ck.get("model"), dict):
-        raise ValueError(f"{path} is not a train.py checkpoint (it needs the keys 'model' and 'model_args')")
-    try:
-        model = Model(Config(**ck["model_args"]))
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: its model_args do not make a Config: {e}") from None
-    want, got = model.state_dict(), ck["model"]
-    missing, extra = sorted(set(want) - set(got)), sorted(set(got) - set(want))
-    wrong = [k for k in want if k in got and getattr(got[k], "shape", None) != want[k].shape]
-    if missing or extra or wrong:
-        raise ValueError(f"{path}: its weights do not fit its model_args: missing {missing[:3]}, "
-                         f"unexpected {extra[:3]}, wrong shape {wrong[:3]}")
-    model.load_state_dict(got)
-    config = ck.get("config", {})
-    return model.to(device).eval(), config if isinstance(config, dict) else {}

@@ -33,7 +33,8 @@ import torch
 import data
 import hf
 from hf import HFLM, HFTokenizer  # noqa: F401  (their home is hf.py; imported here for `from prompt import HFLM`)
-from model import Model, ModelLM, left_pad, load_checkpoint, resolve_device  # noqa: F401  (ModelLM, left_pad: idem)
+from checkpoint import load_checkpoint
+from model import Model, ModelLM, left_pad, resolve_device  # noqa: F401  (ModelLM, left_pad: idem)
 
 
 # ----------------------------------------------------------------------------- 1. text prompts (SPEC §5)

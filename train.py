@@ -21,7 +21,6 @@ import ast
 import difflib
 import math
 import os
-import random
 import signal
 import sys
 import threading
@@ -30,13 +29,13 @@ from contextlib import nullcontext
 from dataclasses import asdict
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 import data
 from kernels import pla
-from model import PRESETS, Config, Model, read_checkpoint, resolve_device
+from checkpoint import previous_path, read_checkpoint, rng_state, save_checkpoint, set_rng_state
+from model import PRESETS, Config, Model, resolve_device
 
 # -----------------------------------------------------------------------------------------------------
 # Defaults: the offline run `python train.py`, a conv + pla JRT-RNN learning MQAR on the CPU in ~3 minutes.
@@ -380,44 +379,6 @@ class StopOnCtrlC:
     def __exit__(self, *exc):
         if self.previous is not None:
             signal.signal(signal.SIGINT, self.previous)
-
-
-def rng_state(gen, device_type):
-    """Every random stream of a run, as tensors and plain values: loadable with weights_only=True."""
-    version, mt, gauss = random.getstate()
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    return dict(python=(version, torch.tensor(mt, dtype=torch.int64), gauss),
-                numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None,
-                sampler=gen.get_state())
-
-
-def set_rng_state(rng, gen, device_type):
-    version, mt, gauss = rng["python"]
-    random.setstate((version, tuple(mt.tolist()), gauss))
-    name, keys, pos, has_gauss, cached = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and device_type == "cuda":
-        torch.cuda.set_rng_state(rng["cuda"])
-    gen.set_state(rng["sampler"])
-
-
-def save_checkpoint(ck, path):
-    """Write to a temporary file, flush it to disk, then rename: a crash or Ctrl-C at any moment leaves
-    `path` either the old checkpoint or the new one, never half of one. The old one becomes .prev.pt."""
-    tmp, prev = path + ".tmp", previous_path(path)
-    with open(tmp, "wb") as f:
-        torch.save(ck, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if os.path.exists(path):
-        os.replace(path, prev)
-    os.replace(tmp, path)
-
-
-def previous_path(path):
-    return path[:-3] + ".prev.pt" if path.endswith(".pt") else path + ".prev"
 
 
 TRAINING_KEYS = ("model", "optimizer", "model_args", "config", "iter", "rng")

@@ -8,7 +8,7 @@ import data
 import experiments
 from chunked import mqar_long
 from experiments import GRIDS, LAYERS, fit, fit_mqar, main, make_model, relabel
-from model import load_checkpoint
+from checkpoint import load_checkpoint
 from prompt import accuracy
 
 

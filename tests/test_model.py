@@ -406,7 +406,7 @@ def good_checkpoint(path):
 
 
 def test_load_checkpoint_round_trip(tmp_path):
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     m = good_checkpoint(tmp_path / "ok.pt")
     loaded, cfg = load_checkpoint(tmp_path / "ok.pt")
     assert cfg == {"task": "mqar"} and not loaded.training
@@ -416,7 +416,7 @@ def test_load_checkpoint_round_trip(tmp_path):
 
 def test_load_checkpoint_never_runs_pickled_code(tmp_path):
     from dataclasses import asdict
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     ran = tmp_path / "ran"
     m = tiny("jrt-tiny")
     torch.save(dict(model=m.state_dict(), model_args=asdict(m.config), config={"x": RunsCode(ran)}), tmp_path / "evil.pt")
@@ -430,7 +430,7 @@ def test_load_checkpoint_never_runs_pickled_code(tmp_path):
 
 def test_load_checkpoint_bad_files_give_one_line_errors(tmp_path):
     from dataclasses import asdict
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     good_checkpoint(tmp_path / "ok.pt")
     whole = (tmp_path / "ok.pt").read_bytes()
     (tmp_path / "half.pt").write_bytes(whole[:len(whole) // 2])

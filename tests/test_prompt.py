@@ -252,7 +252,7 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         (("--official", str(tmp_path), "--task", str(tmp_path / "nokey.jsonl")), r"missing field 'key'"),
         (("--official", str(tmp_path), "--task", "table1"), r"no config.json in this directory"),
     ]
-    # a missing or non-checkpoint --ckpt: model.load_checkpoint's one-line message, as "error: ..."
+    # a missing or non-checkpoint --ckpt: checkpoint.load_checkpoint's one-line message, as "error: ..."
     cases += [(("--ckpt", str(tmp_path / "absent.pt"), "--task", "mqar"), r"absent.pt"),
               (("--ckpt", str(junk), "--task", "mqar"), r"junk.pt")]
     for argv, msg in cases:

@@ -155,7 +155,7 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
 
 
 def test_out_dir_holding_another_model_is_not_replaced(tmp_path):
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     run(tmp_path, "--max_iters=1")
     before = (tmp_path / "ckpt.pt").read_bytes()
     with pytest.raises(train.ConfigError, match=r"ckpt.pt holds a checkpoint of another model \(its layers differ "
@@ -169,7 +169,7 @@ def test_out_dir_holding_another_model_is_not_replaced(tmp_path):
 
 
 def test_untied_head_trains_and_loads_back(tmp_path):
-    from model import load_checkpoint
+    from checkpoint import load_checkpoint
     run(tmp_path, "--max_iters=2", "--tie_embeddings=False")
     model, cfg = load_checkpoint(tmp_path / "ckpt.pt")
     assert cfg["tie_embeddings"] is False and model.lm_head.weight is not model.wte.weight
