@@ -1,21 +1,23 @@
 """
-The synthetic experiments of both papers, each training its small models from scratch: in minutes on a
-CPU (--grid cpu), or closer to the papers' sizes on a GPU (--grid gpu).
+The synthetic experiments of both papers, each training its small models from scratch: a few minutes on
+one CPU thread (--quick), tens of minutes (--grid cpu, the default), or closer to the papers' sizes on a
+GPU (--grid gpu).
 
     python experiments.py set-order    JRT (SPEC §1, §8; paper Figure 2): causal Based vs JRT-RNN on set
                                        disjointness, the shorter set first vs last, at a few state sizes
-    python experiments.py read-twice   JRT (SPEC §1): Based on MQAR read once vs twice (kv, queries, kv,
-                                       queries) at the same state size; the once-trained model on the twice
-                                       layout zero-shot
-    python experiments.py overflow     OPRM (SPEC §7): Based, JRT-RNN and a Transformer on MQAR with more
-                                       facts than they were trained on: full context vs OPRM's chunks
+    python experiments.py read-twice   JRT (SPEC §1): Based and JRT-RNN on MQAR read once vs twice (kv,
+                                       queries, kv, queries) at the same state size, with few or all pairs
+                                       queried, over seeds; each model on the other layout zero-shot
+    python experiments.py overflow     OPRM (SPEC §7): Based and JRT-RNN at two state sizes and a Transformer,
+                                       trained on 1..K facts at one context length, tested on 1..K and more:
+                                       full context vs OPRM's chunks with each selector, and the oracle chunk
 
 Models as in the papers' synthetic studies: BaseConv + mixer stacks without a sliding window (a window
 as long as the input is full attention and would hide the effect), with an output layer of their own
 (`tie_embeddings=False`): tied, these tiny models sat on MQAR's plateau (accuracy ~1/k, "any value from
 the context") for a whole CPU run. One training loop serves all three (`fit`): train.py's optimiser and
-schedule, loss on the answer positions only. Each prints a markdown table (and with --plot draws it);
-results/ holds what we measured.
+schedule, loss on the answer positions only. Each prints a markdown table with its wall and CPU time (and
+with --plot draws it); results/ holds what we measured, one file per experiment.
 """
 import argparse
 import importlib.util
@@ -54,12 +56,12 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to keep only
     # the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 16 models of 1,500 steps (about 40 CPU-minutes). Based alone at 80k examples and 3,000 steps is in
+    # CPU: 16 models of 1,500 steps of 32 rows (about 30 CPU-minutes). Based alone at 80k examples and 3,000 steps is in
     # results/read_twice.md (earlier runs); with 20k and 1,000 the models were still learning
     "read-twice": {
         "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=40000,
                     n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lr=3e-3,
-                    batch_size=64),
+                    batch_size=32),
         "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
                       widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=600, lr=3e-3, batch_size=64),
         "gpu": dict(models=("based", "jrt"), tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000,
