@@ -358,7 +358,7 @@ OVERFLOW_PANELS = {"full": "full context", "entropy+idk": "OPRM, entropy + IDK f
 
 def plot_overflow(records, plt):
     """Accuracy against the number of facts, one panel per method and one line per model (OPRM's Figure)."""
-    fig, axes = plt.subplots(2, 3, figsize=(15, 8), squeeze=False)
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharex=True, sharey=True)
     models = list(dict.fromkeys(r["model"] for r in records))
     Ls = list(dict.fromkeys(r["L"] for r in records))
     for ax, (method, title) in zip(axes.flat, OVERFLOW_PANELS.items()):
@@ -366,11 +366,17 @@ def plot_overflow(records, plt):
             for i, L in enumerate(Ls[:1] if method == "full" else Ls):
                 rs = [r for r in records if r["model"] == model and r["L"] == L]
                 ax.plot([r["pairs"] for r in rs], [100 * r[method] for r in rs], ("-", "--", ":")[i % 3],
-                        color=f"C{j}", marker="o", ms=3,
-                        label=model + ("" if method == "full" or len(Ls) == 1 else f", L={L}"))
-        ax.set(title=title + ("" if method == "full" or len(Ls) > 1 else f", chunks of L={Ls[0]}"),
-               xlabel="key-value pairs (facts) in the context", ylabel="accuracy (%)", ylim=(-2, 102))
+                        color=f"C{j}", marker="o", ms=3, label=model if i == 0 else None)
+        ax.set_title(title)
+        ax.set_ylim(-2, 102)
+    for ax in axes[1]:
+        ax.set_xlabel("key-value pairs (facts) in the context")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
     axes[0][0].legend(fontsize=8)
+    styles = ", ".join(f"{('solid', 'dashed', 'dotted')[i % 3]}: chunks of L={L}" for i, L in enumerate(Ls))
+    fig.suptitle(f"MQAR at a fixed context length; OPRM panels {styles}")
+    fig.tight_layout()
     return fig
 
 
