@@ -44,7 +44,7 @@ NAMES = {"based": "Based", "jrt": "JRT-RNN", "transformer": "Transformer"}
 GRIDS = {
     # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (see relabel).
     # CPU: 252 set ids, not fewer: among 60 ids a set of 32 is cheap to hold, and trained this long causal
-    # Based solves both orders at d_model 32, so no order effect can show (results/prompt_experiments.md)
+    # Based solves both orders at d_model 32, so no order effect can show (results/set_order.md)
     "set-order": {
         "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=256, n_train=40000, n_test=250,
                     widths=[(16, 4), (32, 4)], n_head=2, init_std=0.12, iters=6000, lr=3e-3, batch_size=64),
