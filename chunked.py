@@ -64,7 +64,7 @@ from checkpoint import load_checkpoint
 from model import Config, Model, ModelLM, left_pad, resolve_device
 from prompt import jsonl_objects
 
-SELECTIONS = ("entropy", "likelihood")
+SELECTIONS = ("entropy", "entropy_non_idk", "likelihood")
 MODES = ("select", "summarize", "last")
 
 
@@ -234,25 +234,40 @@ def cache_context(lm, prefix, context, chunk_len, *, align=1, max_batch_tokens=1
 
 # ----------------------------------------------------------------------------- 3. selection
 
-def entropy(logits):
-    """H = -Σ p log p of each row, in fp32 (SPEC §7: in bf16 near-ties between chunks blur). (..., V) -> (...)"""
-    logp = F.log_softmax(logits.float(), dim=-1)
+def entropy(logits, exclude=None):
+    """H = -Σ p log p of each row, in fp32 (SPEC §7: in bf16 near-ties between chunks blur). (..., V) -> (...)
+    exclude: a token id left out, the others renormalised (the entropy of the answer given it is not that
+    token): the "entropy_non_idk" selection leaves out the IDK token."""
+    logits = logits.float()
+    if exclude is not None:
+        logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), float("-inf"))
+    logp = F.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)  # -inf at exclude: 0·(-big) = 0
     return -(logp.exp() * logp).sum(-1)
 
 
-def select_chunk(states, selection="entropy", idk_token=None):
+def select_chunk(states, selection="entropy", idk_token=None, idk_filter=True):
     """Step 3 -> (chosen chunk, scores (b,), kept (b,) bool).
 
-    scores: entropy (lower is better) or log p(S | P, C_i) (higher is better). idk_token: drop the
-    chunks whose top first token is IDK; if none is left, fall back to the lowest entropy (SPEC §7)."""
+    selection        scores, per chunk
+      entropy          H of the first answer token (lower is better): the paper's default
+      entropy_non_idk  H over every token but idk_token, renormalised (lower is better): no filter and no new
+                       parameter, but a confident "not here" no longer looks like a confident answer
+      likelihood       log p(S | P, C_i) (higher is better; needs S read token by token)
+    idk_token: the IDK id; with idk_filter, drop the chunks whose top first token is IDK, and if none is
+    left, fall back to the lowest entropy (SPEC §7)."""
+    _check(selection in SELECTIONS, "selection", selection, f"expected one of {SELECTIONS}")
     ent = entropy(states.logits)                                              # (b,)
     if selection == "entropy":
         scores, goodness = ent, -ent
+    elif selection == "entropy_non_idk":
+        _check(idk_token is not None, "idk_token", idk_token, "selection='entropy_non_idk' needs the IDK token id")
+        scores = entropy(states.logits, exclude=idk_token)
+        goodness = -scores
     else:
         _check(states.loglik is not None, "selection", selection, "needs S read token by token (step_suffix=True)")
         scores, goodness = states.loglik, states.loglik
     kept = torch.ones_like(ent, dtype=torch.bool)
-    if idk_token is not None:
+    if idk_token is not None and idk_filter:
         kept = states.logits.argmax(-1) != idk_token                          # "the answer is not in this chunk"
     if kept.any():
         chosen = int(goodness.masked_fill(~kept, float("-inf")).argmax())
@@ -377,17 +392,24 @@ def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy"
 
 # ----------------------------------------------------------------------------- OPRM on long MQAR
 
+RULES = {  # the selectors mqar_long compares: name -> (selection, IDK filter on)
+    "entropy": ("entropy", False), "entropy+idk": ("entropy", True),
+    "entropy_non_idk": ("entropy_non_idk", False), "likelihood": ("likelihood", False)}
+
+
 @torch.no_grad()
 def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=200, seed=0):
     """n test examples with num_pairs facts spread over context_len tokens and one query whose key is
-    present. Accuracy of the full context (one chunk) and, per chunk length L, of OPRM by entropy, entropy +
-    IDK filter and query likelihood; `oracle` reads the chunk that holds the key, i.e. what OPRM would
-    score with a perfect selection. Returns {"full": acc, L: {rule: acc}}."""
+    present. Accuracy of the full context (one chunk) and, per chunk length L, of OPRM with each selector
+    of RULES; `oracle` reads the chunk that holds the key, i.e. what OPRM would score with a perfect
+    selection. Returns {"full": acc, L: {rule: acc, ..., "oracle": acc, "holds": {rule: share of examples
+    whose chosen chunk holds the key}}}: a selector can fail by choosing the wrong chunk (holds) or by the
+    right chunk answering wrongly (oracle)."""
     ex = data.mqar(n, vocab_size=vocab_size, seq_len=seq_len, num_pairs=num_pairs, num_queries=1,
                    context_len=context_len, seed=seed, split="test")
     idk = data.idk_token(vocab_size)
-    rules = {"entropy": ("entropy", None), "entropy+idk": ("entropy", idk), "likelihood": ("likelihood", None)}
-    hits = {"full": 0, **{L: dict.fromkeys([*rules, "oracle"], 0) for L in chunk_lens}}
+    hits = {"full": 0, **{L: dict.fromkeys([*RULES, "oracle"], 0) for L in chunk_lens}}
+    holds = {L: dict.fromkeys(RULES, 0) for L in chunk_lens}
     for x, y in zip(ex.x.tolist(), ex.y.tolist()):
         q = next(i for i, t in enumerate(y) if t != -100)                # the query: key x[q], value y[q]
         context, suffix, gold = x[:context_len], x[context_len:q + 1], y[q]
@@ -396,35 +418,42 @@ def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=
         for L in chunk_lens:
             states = speculative_prefill(lm, [], context, suffix, L, align=2, step_suffix=True)
             top = states.logits.argmax(-1)                               # (b,) every chunk's answer
-            for name, (selection, idk_token) in rules.items():
-                hits[L][name] += int(top[select_chunk(states, selection, idk_token)[0]]) == gold
             key_at = context.index(x[q])
             holder = next(i for i, (a, e) in enumerate(states.spans) if a <= key_at < e)
+            for name, (selection, idk_filter) in RULES.items():
+                chosen = select_chunk(states, selection, idk, idk_filter)[0]
+                hits[L][name] += int(top[chosen]) == gold
+                holds[L][name] += chosen == holder
             hits[L]["oracle"] += int(top[holder]) == gold
-    return {"full": hits["full"] / n, **{L: {r: v / n for r, v in hits[L].items()} for L in chunk_lens}}
+    return {"full": hits["full"] / n, **{L: {**{r: v / n for r, v in hits[L].items()},
+                                             "holds": {r: v / n for r, v in holds[L].items()}} for L in chunk_lens}}
 
 
-def accuracy_rows(model, c, pairs, chunk_lens, n):
+ACC_COLUMNS = ("full", "entropy", "entropy+idk", "entropy_non_idk", "likelihood", "oracle")
+
+
+def accuracy_rows(model, c, pairs, chunk_lens, n, seed=0):
     """Full context vs OPRM for a model trained on MQAR, one record per (pairs, L) as each is measured:
-    {"model", "pairs", "L", "full", "entropy", "entropy+idk", "likelihood", "oracle", "seconds"}; c is the
-    model's training config (vocab_size, seq_len, context_len, num_pairs, model)."""
+    {"model", "pairs", "L", "full", every rule of RULES, "oracle", "holds": {rule: share}, "seconds"}; c is
+    the model's training config (vocab_size, seq_len, context_len, num_pairs, model)."""
     C = c["context_len"] or 2 * c["num_pairs"]
     for k in pairs:
         t0 = time.time()
         acc = mqar_long(model, num_pairs=k, context_len=C, seq_len=c["seq_len"], vocab_size=c["vocab_size"],
-                        chunk_lens=chunk_lens, n=n)
+                        chunk_lens=chunk_lens, n=n, seed=seed)
         for L in chunk_lens:
             yield dict(model=c["model"], pairs=k, L=L, full=acc["full"], **acc[L], seconds=time.time() - t0)
 
 
 def markdown_row(r):
-    """One record of accuracy_rows as a row under ACC_HEADER."""
-    cells = [r[key] for key in ("full", "entropy", "entropy+idk", "likelihood", "oracle")]
-    return f"| {r['model']} | {r['pairs']} | {r['L']} | " + " | ".join(f"{v:.3f}" for v in cells) + f" | {r['seconds']:.0f} |"
+    """One record of accuracy_rows as a row under ACC_HEADER: accuracy, and in brackets how often the
+    chosen chunk held the key."""
+    cells = [f"{r['full']:.3f}"] + [f"{r[k]:.3f} ({r['holds'][k]:.2f})" for k in RULES] + [f"{r['oracle']:.3f}"]
+    return f"| {r['model']} | {r['pairs']} | {r['L']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |"
 
 
-ACC_HEADER = ("| model | pairs | L | full context | OPRM entropy | OPRM entropy + IDK | OPRM likelihood | "
-              "oracle chunk | eval s |\n|---|---|---|---|---|---|---|---|---|")
+ACC_HEADER = ("| model | pairs | L | full context | OPRM entropy | OPRM entropy + IDK | OPRM entropy over non-IDK | "
+              "OPRM likelihood | oracle chunk | eval s |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def _rss_follows_tensors():

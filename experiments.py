@@ -1,23 +1,26 @@
 """
-The synthetic experiments of both papers, each training its small models from scratch: in minutes on a
-CPU (--grid cpu), or closer to the papers' sizes on a GPU (--grid gpu).
+The synthetic experiments of both papers, each training its small models from scratch: a few minutes on
+one CPU thread (--quick), tens of minutes (--grid cpu, the default), or closer to the papers' sizes on a
+GPU (--grid gpu).
 
     python experiments.py set-order    JRT (SPEC §1, §8; paper Figure 2): causal Based vs JRT-RNN on set
                                        disjointness, the shorter set first vs last, at a few state sizes
-    python experiments.py read-twice   JRT (SPEC §1): Based on MQAR read once vs twice (kv, queries, kv,
-                                       queries) at the same state size; the once-trained model on the twice
-                                       layout zero-shot
-    python experiments.py overflow     OPRM (SPEC §7): Based, JRT-RNN and a Transformer on MQAR with more
-                                       facts than they were trained on: full context vs OPRM's chunks
+    python experiments.py read-twice   JRT (SPEC §1): Based and JRT-RNN on MQAR read once vs twice (kv,
+                                       queries, kv, queries) at the same state size, with few or all pairs
+                                       queried, over seeds; each model on the other layout zero-shot
+    python experiments.py overflow     OPRM (SPEC §7): Based and JRT-RNN at two state sizes and a Transformer,
+                                       trained on 1..K facts at one context length, tested on 1..K and more:
+                                       full context vs OPRM's chunks with each selector, and the oracle chunk
 
 Models as in the papers' synthetic studies: BaseConv + mixer stacks without a sliding window (a window
 as long as the input is full attention and would hide the effect), with an output layer of their own
 (`tie_embeddings=False`): tied, these tiny models sat on MQAR's plateau (accuracy ~1/k, "any value from
 the context") for a whole CPU run. One training loop serves all three (`fit`): train.py's optimiser and
-schedule, loss on the answer positions only. Each prints a markdown table (and with --plot draws it);
-results/ holds what we measured.
+schedule, loss on the answer positions only. Each prints a markdown table with its wall and CPU time (and
+with --plot draws it); results/ holds what we measured, one file per experiment.
 """
 import argparse
+import importlib.util
 import os
 import sys
 import time
@@ -29,7 +32,7 @@ import torch.nn.functional as F
 import data
 from chunked import ACC_HEADER, accuracy_rows, markdown_row
 from checkpoint import load_checkpoint
-from model import Config, Model
+from model import Config, Model, resolve_device
 from prompt import accuracy, answer_logits, jrt_examples
 
 LAYERS = {  # name -> layer layout: Zoology-style conv + mixer stacks
@@ -42,37 +45,51 @@ NAMES = {"based": "Based", "jrt": "JRT-RNN", "transformer": "Transformer"}
 GRIDS = {
     # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (see relabel).
     # CPU: 252 set ids, not fewer: among 60 ids a set of 32 is cheap to hold, and trained this long causal
-    # Based solves both orders at d_model 32, so no order effect can show (results/prompt_experiments.md)
+    # Based solves both orders at d_model 32, so no order effect can show (results/set_order.md)
     "set-order": {
         "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=256, n_train=40000, n_test=250,
                     widths=[(16, 4), (32, 4)], n_head=2, init_std=0.12, iters=6000, lr=3e-3, batch_size=64),
+        "quick": dict(shapes=[(4, 16), (16, 4)], vocab_size=256, n_train=10000, n_test=250, widths=[(32, 4)],
+                      n_head=2, init_std=0.12, iters=1500, lr=3e-3, batch_size=64),
         "gpu": dict(shapes=data.SD_TRAIN_SHAPES, vocab_size=data.SD_VOCAB, n_train=20000, n_test=1000,
                     widths=[(36, 4), (64, 8), (96, 16), (128, 24)], n_head=2, init_std=0.06, iters=20000, lr=1e-3,
                     batch_size=256),
     },
-    # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q); q < k, so min(k, q) = q.
-    # CPU: 80k examples and 3,000 steps; with 20k and 1,000 the read-twice models were still learning,
-    # and the comparison measured training speed instead of the state each layout needs
+    # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to keep only
+    # the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
+    # CPU: 16 models of 1,500 steps of 32 rows (about 30 CPU-minutes). Based alone at 80k examples and 3,000 steps is in
+    # results/read_twice.md (earlier runs); with 20k and 1,000 the models were still learning
     "read-twice": {
-        "cpu": dict(tasks=[(64, 16, 4)], vocab_size=64, n_train=80000, n_test=500,
-                    widths=[(16, 4), (24, 4)], n_head=2, init_std=0.12, iters=3000, lr=3e-3, batch_size=64),
-        "gpu": dict(tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000, n_test=1000,
-                    widths=[(64, 8), (128, 16), (256, 16)], n_head=4, init_std=0.06, iters=20000, lr=1e-3,
-                    batch_size=256),
+        "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=40000,
+                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lr=3e-3,
+                    batch_size=32),
+        "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
+                      widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=600, lr=3e-3, batch_size=64),
+        "gpu": dict(models=("based", "jrt"), tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000,
+                    n_test=1000, widths=[(64, 8), (128, 16), (256, 16)], seeds=(0, 1), n_head=4, init_std=0.06,
+                    iters=20000, lr=1e-3, batch_size=256),
     },
-    # OPRM's associative-recall study on MQAR. Training: a mixture of context lengths (train_contexts) and
-    # of few pairs (train_pairs), queries at the end, a share of them about absent keys (answer: the IDK
-    # token, so a chunk without the key can say so). Like an LLM, which has read texts of every length,
-    # the model then knows what a short chunk looks like. Test: the longest context with more pairs.
+    # OPRM's associative-recall study on MQAR, at a fixed state: every model is trained on 1..K facts (pairs) at
+    # one context length C (and at the chunk lengths, so that a chunk looks like something seen in training),
+    # queries after the context, a share of them about absent keys (answer: the IDK token, so a chunk without
+    # the key can say so). Test: C tokens with 1..K facts and a little beyond. A model that solves few facts
+    # and fails at k <= K has learnt the task and fails because its state is full. runs: (layers, d_model).
+    # CPU: C = 64, K = 16; a pilot (Based, 1,500 steps) held 0.98 up to 8 facts at d_model 32, but at 16 only
+    # 0.82 at 2 facts, so the two widths' overflow points land inside 1..24
     "overflow": {
-        "cpu": dict(models=tuple(LAYERS), vocab_size=64, train_contexts=(8, 16, 32), train_pairs=(4,),
-                    query_slots=4, idk_frac=0.25, d_model=64, n_head=4, feature_dim=8, init_std=0.02,
-                    n_train=20000, iters=1500, lr=3e-3, batch_size=64, test_pairs=(4, 8, 16), chunk_lens=(16, 8),
-                    n_test=200),
-        "gpu": dict(models=tuple(LAYERS), vocab_size=8192, train_contexts=(64, 128, 256, 512, 1024),
-                    train_pairs=(4, 8, 16), query_slots=16, idk_frac=0.25, d_model=128, n_head=4, feature_dim=16,
-                    init_std=0.02, n_train=100000, iters=20000, lr=1e-3, batch_size=256,
-                    test_pairs=(16, 32, 64, 128, 256), chunk_lens=(128, 64), n_test=1000),
+        "cpu": dict(runs=[("based", 16), ("based", 32), ("jrt", 16), ("jrt", 32), ("transformer", 32)],
+                    vocab_size=64, train_contexts=(8, 16, 64), train_pairs=tuple(range(1, 17)), query_slots=8,
+                    idk_frac=0.25, n_head=2, feature_dim=4, init_std=0.12, n_train=60000, iters=3000, lr=3e-3,
+                    batch_size=64, test_pairs=(1, 2, 4, 6, 8, 12, 16, 20, 24), chunk_lens=(16, 8), n_test=200),
+        "quick": dict(runs=[("based", 32), ("transformer", 32)],
+                      vocab_size=64, train_contexts=(16, 64), train_pairs=tuple(range(1, 17)), query_slots=8,
+                      idk_frac=0.25, n_head=2, feature_dim=4, init_std=0.12, n_train=20000, iters=900, lr=3e-3,
+                      batch_size=64, test_pairs=(2, 4, 8, 12, 16, 24), chunk_lens=(16,), n_test=60),
+        "gpu": dict(runs=[("based", 64), ("based", 128), ("jrt", 64), ("jrt", 128), ("transformer", 64)],
+                    vocab_size=8192, train_contexts=(128, 1024), train_pairs=tuple(range(4, 257, 4)), query_slots=16,
+                    idk_frac=0.25, n_head=4, feature_dim=16, init_std=0.02, n_train=200000, iters=20000, lr=1e-3,
+                    batch_size=256, test_pairs=(8, 16, 32, 64, 96, 128, 192, 256, 320), chunk_lens=(128,),
+                    n_test=1000),
     },
 }
 
@@ -130,7 +147,7 @@ def relabel(ex, vocab_size, seed=0):
     return data.Examples(x, y, ex.prefix_len, ex.pad, ex.group, ex.groups, vocab_size)
 
 
-def set_order(g, seed=0):
+def set_order(g, seed=0, device=None):
     """Causal Based vs JRT-RNN (prefix = the whole input) on set disjointness, trained on both orders of
     each shape; test accuracy with the shorter set first vs last, at a few state sizes.
     A and B are drawn from the whole vocabulary (halves=False): with SPEC §8's halves, the shared token
@@ -148,7 +165,7 @@ def set_order(g, seed=0):
             print(f"set order: {NAMES[name]}, d_model {d}, f {f}", flush=True)
             t0 = time.time()
             model = make_model(LAYERS[name], vocab_size=V, d_model=d, n_head=g["n_head"], feature_dim=f,
-                               prefix_len=T, init_std=g["init_std"], seed=seed)
+                               prefix_len=T, init_std=g["init_std"], seed=seed, device=device)
             fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
             per, _ = accuracy(model, test_ex)
             acc = {(a, b): (per[f"|A|={a} |B|={b}"], per[f"|A|={b} |B|={a}"]) for a, b in pairs}  # short first, last
@@ -180,51 +197,73 @@ def plot_set_order(records, plt):
 
 # ----------------------------------------------------------------------------- JRT: reading twice (SPEC §1)
 
-def read_twice(g, seed=0):
-    """Based trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and so the
-    same state size; and each model on the other layout zero-shot. With q queries about k pairs, one pass
-    needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max))."""
-    records = []
-    for P, k, q in g["tasks"]:
-        kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
-        once_tr = data.mqar(g["n_train"], seq_len=P, split="train", **kw)
-        twice_tr = data.mqar(g["n_train"], seq_len=2 * P, read_twice=True, split="train", **kw)
-        once_te = data.mqar(g["n_test"], seq_len=P, split="test", **kw)
-        twice_te = jrt_examples(once_te, 2)          # the same test rows, shown twice
-        for d, f in g["widths"]:
-            r = dict(T=P, k=k, q=q, d_model=d, f=f, seconds=0.0)
-            for fmt, train_ex in (("once", once_tr), ("twice", twice_tr)):
-                print(f"read twice: T={P} k={k} q={q}, trained {fmt}, d_model {d}, f {f}", flush=True)
-                t0 = time.time()
-                model = make_model(LAYERS["based"], vocab_size=g["vocab_size"], d_model=d, n_head=g["n_head"],
-                                   feature_dim=f, prefix_len=2 * P, init_std=g["init_std"], seed=seed)
-                fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
-                r["seconds"] += time.time() - t0
-                r[f"{fmt} → once"] = accuracy(model, once_te)[1]
-                r[f"{fmt} → twice"] = accuracy(model, twice_te)[1]
-            records.append(dict(r, state=model.state_size()["total"]))
-    rows = ["| T (one pass) | pairs k | queries q | d_model | f | state | once → once | once → twice (zero-shot) "
-            "| twice → twice | twice → once | train time (both) |", "|---" * 11 + "|"]
-    for r in records:
-        rows.append(f"| {r['T']} | {r['k']} | {r['q']} | {r['d_model']} | {r['f']} | {r['state']:,} | "
-                    + " | ".join(f"{100 * r[c]:.1f}" for c in READ_TWICE_CELLS) + f" | {r['seconds']:.0f} s |")
-    return "\n".join(rows), records
-
-
 READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")  # trained on → tested on
 
 
+def read_twice(g, seeds=None, device=None):
+    """Based and JRT-RNN trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and
+    so the same state size; and each model on the other layout zero-shot, over several seeds. With q queries
+    about k pairs, one pass needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max)),
+    so reading twice should help when q < k and not when q = k. JRT-RNN's prefix is everything before the
+    scored queries (data.mqar: M = C once, the first pass and the second kv twice), so when read twice its
+    encoder sees the questions before it stores the pairs."""
+    runs = []
+    for seed in seeds or g["seeds"]:
+        for P, k, q in g["tasks"]:
+            kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
+            once_tr = data.mqar(g["n_train"], seq_len=P, split="train", **kw)
+            twice_tr = data.mqar(g["n_train"], seq_len=2 * P, read_twice=True, split="train", **kw)
+            once_te = data.mqar(g["n_test"], seq_len=P, split="test", **kw)
+            twice_te = jrt_examples(once_te, 2)          # the same test rows, shown twice
+            for name in g["models"]:
+                for d, f in g["widths"]:
+                    r = dict(model=NAMES[name], T=P, k=k, q=q, d_model=d, f=f, seed=seed, seconds=0.0)
+                    for fmt, train_ex in (("once", once_tr), ("twice", twice_tr)):
+                        print(f"read twice: {NAMES[name]}, T={P} k={k} q={q}, trained {fmt}, d_model {d}, f {f}, "
+                              f"seed {seed}", flush=True)
+                        t0 = time.time()
+                        model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d, n_head=g["n_head"],
+                                           feature_dim=f, prefix_len=2 * P, init_std=g["init_std"], seed=seed,
+                                           device=device)
+                        fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
+                        r["seconds"] += time.time() - t0
+                        r[f"{fmt} → once"] = accuracy(model, once_te)[1]
+                        r[f"{fmt} → twice"] = accuracy(model, twice_te)[1]
+                    runs.append(dict(r, state=model.state_size()["total"]))
+    records = []                                         # one per (model, task, width): the seeds' values
+    for key in dict.fromkeys((r["model"], r["T"], r["k"], r["q"], r["d_model"], r["f"]) for r in runs):
+        rs = [r for r in runs if (r["model"], r["T"], r["k"], r["q"], r["d_model"], r["f"]) == key]
+        records.append(dict(zip(("model", "T", "k", "q", "d_model", "f"), key), state=rs[0]["state"],
+                            seeds=[r["seed"] for r in rs], seconds=sum(r["seconds"] for r in rs),
+                            **{c: [r[c] for r in rs] for c in READ_TWICE_CELLS}))
+    spread = lambda v: f"{100 * sum(v) / len(v):.1f}" + (f" ({', '.join(f'{100 * x:.1f}' for x in v)})" if len(v) > 1 else "")
+    rows = ["| model | T (one pass) | pairs k | queries q | d_model | f | state | seeds | once → once "
+            "| once → twice (zero-shot) | twice → twice | twice → once | twice − once | train time (all) |",
+            "|---" * 14 + "|"]
+    for r in records:
+        gain = [t - o for t, o in zip(r["twice → twice"], r["once → once"])]
+        rows.append(f"| {r['model']} | {r['T']} | {r['k']} | {r['q']} | {r['d_model']} | {r['f']} | {r['state']:,} | "
+                    f"{','.join(map(str, r['seeds']))} | " + " | ".join(spread(r[c]) for c in READ_TWICE_CELLS)
+                    + f" | {100 * sum(gain) / len(gain):+.1f} | {r['seconds']:.0f} s |")
+    return "\n".join(rows), records
+
+
 def plot_read_twice(records, plt):
-    tasks = list(dict.fromkeys((r["T"], r["k"], r["q"]) for r in records))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
-    for ax, (P, k, q) in zip(axes[0], tasks):
-        rs = [r for r in records if (r["T"], r["k"], r["q"]) == (P, k, q)]
-        for c in READ_TWICE_CELLS:
-            ax.plot([r["state"] for r in rs], [100 * r[c] for r in rs], "-" if c.startswith("twice →") else "--",
-                    marker="o", label=f"trained {c.replace(' → ', ', tested ')}")
-        ax.set(title=f"MQAR, Based: T={P} per pass, {k} pairs, {q} queries", xlabel="state (numbers per sequence)",
-               ylabel="accuracy (%)", ylim=(0, 102))
-    axes[0][0].legend(fontsize=8)
+    """Accuracy read once vs twice per query share, one panel per model; a dot per seed, a bar per mean."""
+    models = list(dict.fromkeys(r["model"] for r in records))
+    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        rs = [r for r in records if r["model"] == model]
+        for j, r in enumerate(rs):
+            for i, (c, label) in enumerate((("once → once", "trained and tested once"),
+                                            ("twice → twice", "trained and tested twice"))):
+                x = 3 * j + i
+                ax.bar(x, 100 * sum(r[c]) / len(r[c]), color=f"C{i}", alpha=0.5, label=label if j == 0 else None)
+                ax.plot([x] * len(r[c]), [100 * v for v in r[c]], "k.")
+        ax.set_xticks([3 * j + 0.5 for j in range(len(rs))],
+                      [f"{r['q']} of {r['k']} queried\nd_model {r['d_model']}" for r in rs])
+        ax.set(title=f"MQAR read once vs twice: {model}", ylabel="accuracy (%), dots: seeds", ylim=(0, 102))
+    axes[0][0].legend(fontsize=8, loc="lower left")
     return fig
 
 
@@ -245,73 +284,108 @@ def mqar_mixture(g, seed=0):
                          [f"C={C} k={k}" for C, k in shapes], g["vocab_size"])
 
 
-def fit_mqar(name, g, path, *, device=None, seed=0):
+TRAIN_KEYS = ("vocab_size", "train_contexts", "train_pairs", "query_slots", "idk_frac", "n_head", "feature_dim",
+              "init_std", "n_train", "iters", "lr", "batch_size")  # what a saved overflow model was trained with
+
+
+def train_settings(g, name, d_model, seed):
+    """The settings an overflow model is trained with, as plain lists and numbers (compared on reuse)."""
+    plain = lambda v: list(v) if isinstance(v, (tuple, list)) else v
+    return dict({k: plain(g[k]) for k in TRAIN_KEYS}, layers=name, d_model=d_model, seed=seed)
+
+
+def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
     """Train one model of the overflow experiment and save it in train.py's checkpoint format (atomically),
-    with the test's shape in its config, so that `python chunked.py --task mqar_long` can test it too."""
+    with the test's shape and its training settings in its config, so that it is reused only for the same
+    settings and `python chunked.py --task mqar_long` can test it too."""
     C = max(g["train_contexts"])
-    model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=g["d_model"], n_head=g["n_head"],
+    model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d_model, n_head=g["n_head"],
                        feature_dim=g["feature_dim"], prefix_len=C, init_std=g["init_std"], seed=seed, device=device)
     t0 = time.time()
     fit(model, mqar_mixture(g, seed), g["iters"], g["lr"], g["batch_size"], seed)
-    config = dict(g, model=NAMES[name], train_seconds=time.time() - t0, context_len=C,
-                  seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]))
+    config = dict(model=f"{NAMES[name]} d{d_model}", train_seconds=time.time() - t0, context_len=C,
+                  seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]), vocab_size=g["vocab_size"],
+                  settings=train_settings(g, name, d_model, seed))
     ck = dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"])
     torch.save(ck, f"{path}.tmp")
     os.replace(f"{path}.tmp", path)                  # a crash never leaves half a checkpoint
     return model, config
 
 
-def overflow(g, seed=0, out_dir="out/oprm", models=None, device=None):
-    """Train (or reuse from out_dir) each model, then test it: full context vs OPRM at every chunk length."""
-    os.makedirs(out_dir, exist_ok=True)
-    trained = []
-    for name in models or g["models"]:
-        path = os.path.join(out_dir, f"{name}.pt")
-        if os.path.exists(path):
+def trained_model(name, d_model, g, out_dir, *, seed=0, device=None):
+    """The overflow model saved in out_dir if it was trained with these very settings, else a new one."""
+    path = os.path.join(out_dir, f"{name}_d{d_model}.pt")
+    want = train_settings(g, name, d_model, seed)
+    if os.path.exists(path):
+        model, c = load_checkpoint(path, device or "cpu")
+        have = c.get("settings", {})
+        if have == want:
             print(f"reusing {path}", flush=True)
-            trained.append(load_checkpoint(path, device or "cpu"))
-        else:
-            print(f"overflow: training {NAMES[name]}", flush=True)
-            trained.append(fit_mqar(name, g, path, device=device, seed=seed))
-            print(f"saved {path}: {trained[-1][1]['train_seconds']:.0f} s of training", flush=True)
+            return model, c
+        diff = [f"{k} {have.get(k, '?')} -> {v}" for k, v in want.items() if have.get(k) != v]
+        print(f"{path} was trained with other settings ({'; '.join(diff)}): training again", flush=True)
+    print(f"overflow: training {NAMES[name]}, d_model {d_model}", flush=True)
+    model, c = fit_mqar(name, d_model, g, path, device=device, seed=seed)
+    print(f"saved {path}: {c['train_seconds']:.0f} s of training", flush=True)
+    return model, c
+
+
+def overflow(g, seed=0, out_dir="out/oprm", models=None, device=None):
+    """Train (or reuse from out_dir) each run of the grid on 1..K facts at one context length, then test it
+    on 1..K facts and a little beyond: full context vs OPRM's chunks, with every selector."""
+    os.makedirs(out_dir, exist_ok=True)
+    runs = [(name, d) for name, d in g["runs"] if not models or name in models]
+    trained = [trained_model(name, d, g, out_dir, seed=seed, device=device) for name, d in runs]
+    sizes = ["| model | layers | d_model | state (numbers per sequence) | training s |", "|---|---|---|---|---|"]
+    for (name, d), (model, c) in zip(runs, trained):
+        state = model.state_size(c["seq_len"])["total"]
+        sizes.append(f"| {c['model']} | {','.join(LAYERS[name])} | {d} | {state:,}"
+                     + (" (its KV cache at the test length)" if name == "transformer" else "")
+                     + f" | {c['train_seconds']:.0f} |")
     rows, records = [ACC_HEADER], []
     print(ACC_HEADER, flush=True)
     for model, c in trained:
-        for r in accuracy_rows(model, c, g["test_pairs"], g["chunk_lens"], g["n_test"]):
+        for r in accuracy_rows(model, c, g["test_pairs"], g["chunk_lens"], g["n_test"], seed=seed):
             rows.append(markdown_row(r))
             records.append(r)
             print(rows[-1], flush=True)
-    return "\n".join(rows), records
+    return "\n".join(sizes) + "\n\n" + "\n".join(rows), records
+
+
+OVERFLOW_PANELS = {"full": "full context", "entropy+idk": "OPRM, entropy + IDK filter", "entropy": "OPRM, entropy",
+                   "entropy_non_idk": "OPRM, entropy over non-IDK tokens", "likelihood": "OPRM, query likelihood",
+                   "oracle": "the chunk holding the key (oracle)"}
 
 
 def plot_overflow(records, plt):
+    """Accuracy against the number of facts, one panel per method and one line per model (OPRM's Figure)."""
+    fig, axes = plt.subplots(2, 3, figsize=(15, 8.5), sharex=True, sharey=True)
     models = list(dict.fromkeys(r["model"] for r in records))
-    fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
-    for ax, model in zip(axes[0], models):
-        rs = [r for r in records if r["model"] == model]
-        full = {r["pairs"]: r["full"] for r in rs}
-        ax.plot(list(full), [100 * v for v in full.values()], "k-", marker="o", label="full context")
-        for L in dict.fromkeys(r["L"] for r in rs):
-            rl = [r for r in rs if r["L"] == L]
-            ax.plot([r["pairs"] for r in rl], [100 * r["entropy+idk"] for r in rl], "--", marker="o",
-                    label=f"OPRM entropy + IDK, L={L}")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(list(full), [str(k) for k in full])
-        ax.set(title=f"MQAR overflow: {model}", xlabel="key-value pairs in the context", ylabel="accuracy (%)",
-               ylim=(0, 102))
-        ax.legend(fontsize=8)
+    Ls = list(dict.fromkeys(r["L"] for r in records))
+    for ax, (method, title) in zip(axes.flat, OVERFLOW_PANELS.items()):
+        for j, model in enumerate(models):
+            for i, L in enumerate(Ls[:1] if method == "full" else Ls):
+                rs = [r for r in records if r["model"] == model and r["L"] == L]
+                ax.plot([r["pairs"] for r in rs], [100 * r[method] for r in rs], ("-", "--", ":")[i % 3],
+                        color=f"C{j}", marker="o", ms=3, label=model if i == 0 else None)
+        ax.set_title(title)
+        ax.set_ylim(-2, 102)
+    for ax in axes[1]:
+        ax.set_xlabel("key-value pairs (facts) in the context")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("accuracy (%)")
+    axes[0][0].legend(fontsize=8)
+    styles = ", ".join(f"{('solid', 'dashed', 'dotted')[i % 3]}: chunks of L={L}" for i, L in enumerate(Ls))
+    fig.suptitle(f"MQAR at a fixed context length; OPRM panels {styles}")
+    fig.tight_layout()
     return fig
 
 
 def save_plot(plot, records, path):
-    """Draw records with `plot` into a PNG at path, if matplotlib is installed (it is optional)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print(f"--plot: matplotlib is not installed (pip install matplotlib), so {path} was not written")
-        return
+    """Draw records with `plot` into a PNG at path (main checks first that matplotlib is installed)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
     plot(records, plt).savefig(path, dpi=120, bbox_inches="tight")
     print(f"wrote {path}")
 
@@ -323,24 +397,39 @@ EXPERIMENTS = {"set-order": (set_order, plot_set_order), "read-twice": (read_twi
 def main(argv=None):
     ap = argparse.ArgumentParser(description="The papers' synthetic experiments: train small models, print a table")
     ap.add_argument("experiment", choices=tuple(EXPERIMENTS))
-    ap.add_argument("--grid", choices=("cpu", "gpu"), default="cpu", help="the experiment's size (GRIDS)")
+    ap.add_argument("--grid", choices=("cpu", "quick", "gpu"), default="cpu", help="the experiment's size (GRIDS)")
+    ap.add_argument("--quick", action="store_true", help="the same as --grid quick: a few minutes on one CPU thread")
     ap.add_argument("--widths", help="set-order, read-twice: (d_model, f) pairs instead of the grid's, e.g. 32:4,64:8")
     ap.add_argument("--vocab_size", type=int, help="the grid's vocabulary instead (set-order: ids the sets are relabelled onto)")
     ap.add_argument("--iters", type=int, help="the grid's training steps per model instead")
     ap.add_argument("--n_train", type=int, help="the grid's training examples instead (set-order: per shape)")
-    ap.add_argument("--models", help=f"overflow: which of {','.join(LAYERS)} to train or reuse (default: all)")
-    ap.add_argument("--out_dir", default="out/oprm", help="overflow: where its models are saved and reused from")
-    ap.add_argument("--seed", type=int, default=0, help="model init, data and batch order")
+    ap.add_argument("--models", help=f"read-twice, overflow: which of {','.join(LAYERS)} to train (overflow: or "
+                    "reuse; default: the grid's)")
+    ap.add_argument("--out_dir", help="overflow: where its models are saved, and reused from when their training "
+                    "settings match; default out/oprm (out/oprm-quick, out/oprm-gpu for the other grids)")
+    ap.add_argument("--seed", type=int, help="model init, data and batch order; default 0 (read-twice: one seed "
+                    "instead of the grid's)")
+    ap.add_argument("--seeds", help="read-twice: comma-separated seeds instead of the grid's, e.g. 0,1,2")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU) | cpu | cuda | mps")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one (more "
                     "threads only wait for each other, ~10x slower on a busy CPU); 0 = torch's default")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
     ap.add_argument("--plot", help="also draw the results into this PNG file (needs matplotlib)")
     a = ap.parse_args(argv)
-    g = dict(GRIDS[a.experiment][a.grid])
-    kw = {}
+    if a.plot and importlib.util.find_spec("matplotlib") is None:  # say so now, not after the training
+        ap.error(f"--plot={a.plot} needs matplotlib, which is not installed: pip install matplotlib, or drop --plot")
+    try:
+        device = resolve_device(a.device)
+    except ValueError as e:
+        ap.error(f"--{e}")
+    grid = "quick" if a.quick else a.grid
+    if a.quick and a.grid not in ("cpu", "quick"):
+        ap.error(f"--quick is the quick grid; it cannot go with --grid {a.grid}")
+    g = dict(GRIDS[a.experiment][grid])
+    kw = dict(device=device)
     if a.widths:
         if a.experiment == "overflow":
-            ap.error("--widths is for set-order and read-twice; the overflow models' width is the grid's d_model")
+            ap.error("--widths is for set-order and read-twice; the overflow models' widths are the grid's runs")
         try:
             g["widths"] = [tuple(int(v) for v in w.split(":")) for w in a.widths.split(",")]
         except ValueError:
@@ -353,24 +442,37 @@ def main(argv=None):
             if value < least:
                 ap.error(f"--{key}={value}: expected an int >= {least}")
             g[key] = value
+    models = [m for m in (a.models or "").split(",") if m]
+    allowed = LAYERS if a.experiment == "overflow" else g.get("models", ())
+    bad = [m for m in models if m not in allowed]
+    if a.models and a.experiment == "set-order":
+        ap.error("--models is for read-twice and overflow")
+    if bad:
+        ap.error(f"--models={a.models}: unknown {bad}; allowed: {','.join(allowed)}")
     if a.experiment == "overflow":
-        models = [m for m in (a.models or "").split(",") if m]
-        bad = [m for m in models if m not in LAYERS]
-        if bad:
-            ap.error(f"--models={a.models}: unknown {bad}; allowed: {','.join(LAYERS)}")
-        kw = dict(out_dir=a.out_dir, models=models or None)
-    elif a.models:
-        ap.error("--models is for the overflow experiment")
+        kw.update(out_dir=a.out_dir or "out/oprm" + ("" if grid == "cpu" else f"-{grid}"), models=models or None, seed=a.seed or 0)
+    elif a.experiment == "read-twice":
+        if models:
+            g["models"] = tuple(models)
+        try:
+            kw["seeds"] = [int(v) for v in a.seeds.split(",")] if a.seeds else [a.seed] if a.seed is not None else None
+        except ValueError:
+            ap.error(f"--seeds={a.seeds}: expected comma-separated ints, e.g. 0,1")
+    else:
+        kw["seed"] = a.seed or 0
+    if a.seeds and a.experiment != "read-twice":
+        ap.error("--seeds is for read-twice; the others take one --seed")
     if a.threads:
         torch.set_num_threads(a.threads)
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     run, plot = EXPERIMENTS[a.experiment]
     try:
-        table, records = run(g, seed=a.seed, **kw)
+        table, records = run(g, **kw)
     except ValueError as e:               # our checks of the data's settings, e.g. a vocabulary too small
         ap.error(str(e))
     cmd = " ".join(["python experiments.py"] + (argv if argv is not None else sys.argv[1:]))
-    table += f"\n\n(`{cmd}`: {time.time() - t0:.0f} s)"
+    table += (f"\n\n(`{cmd}`: {time.time() - t0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU, "
+              f"{torch.get_num_threads()} torch thread(s), on {device.type})")
     print("\n" + table)
     if a.out:
         with open(a.out, "w") as fh:

@@ -55,29 +55,71 @@ def test_set_order_and_read_twice_tables(tmp_path):
             first, last = (float(v) for v in c.split(" / "))
             assert 0 <= first <= 100 and 0 <= last <= 100
     assert [r["model"] for r in records] == ["Based", "JRT-RNN"] and set(records[0]["acc"]) == {(4, 16), (4, 32)}
-    table, records = experiments.read_twice(tiny_grid("read-twice", widths=[(8, 2)]))
+    g = tiny_grid("read-twice", widths=[(8, 2)], tasks=[(16, 4, 2)], seeds=(0, 1))
+    table, records = experiments.read_twice(g)
     rows = cells(table)
-    assert len(rows) == 1 and [float(v) for v in rows[0][6:10]] == [
-        round(100 * records[0][c], 1) for c in experiments.READ_TWICE_CELLS]
+    assert [r[0] for r in rows] == ["Based", "JRT-RNN"] and [r["seeds"] for r in records] == [[0, 1], [0, 1]]
+    for row, r in zip(rows, records):                                # mean (seed 0, seed 1) per cell
+        for cell, c in zip(row[8:12], experiments.READ_TWICE_CELLS):
+            mean, per = cell.split(" (")
+            assert [float(v) for v in per.rstrip(")").split(", ")] == [round(100 * v, 1) for v in r[c]]
+            assert abs(float(mean) - 50 * sum(r[c])) < 0.051
+    one, _ = experiments.read_twice(g, seeds=[1])                    # a seed's cells do not depend on the others
+    assert [row[8:12] for row in cells(one)] == [[c.split(" (")[1].split(", ")[1].rstrip(")") for c in row[8:12]]
+                                                 for row in rows]
     if importlib.util.find_spec("matplotlib"):                     # optional: figures only when it is installed
         experiments.save_plot(experiments.plot_read_twice, records, tmp_path / "rt.png")
         assert (tmp_path / "rt.png").stat().st_size > 0
 
 
-def test_overflow_trains_saves_reuses_and_scores(tmp_path, capsys):
-    g = tiny_grid("overflow", models=("jrt",), test_pairs=(8,), chunk_lens=(8,), n_test=3)
-    model, c = fit_mqar("jrt", g, tmp_path / "jrt.pt", device="cpu")
-    loaded, c2 = load_checkpoint(tmp_path / "jrt.pt")
-    assert c2["model"] == "JRT-RNN" and loaded.lm_head.weight is not loaded.wte.weight   # the untied head survives
+def test_overflow_trains_saves_reuses_only_the_same_settings_and_scores(tmp_path, capsys):
+    g = tiny_grid("overflow", runs=[("jrt", 8)], train_contexts=(8, 32), train_pairs=(1, 2, 4), test_pairs=(8,),
+                  chunk_lens=(8,), n_test=3, n_head=2)
+    model, c = fit_mqar("jrt", 8, g, tmp_path / "jrt_d8.pt", device="cpu")
+    loaded, c2 = load_checkpoint(tmp_path / "jrt_d8.pt")
+    assert c2["model"] == "JRT-RNN d8" and loaded.lm_head.weight is not loaded.wte.weight   # the untied head survives
     x = torch.randint(1, g["vocab_size"], (2, 12))
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
-    assert (c2["context_len"], c2["seq_len"]) == (32, 40)                 # the test's shape: the longest context
-    acc = mqar_long(loaded, num_pairs=8, context_len=32, seq_len=40, vocab_size=g["vocab_size"], chunk_lens=[8], n=3)
-    assert set(acc) == {"full", 8} and set(acc[8]) == {"entropy", "entropy+idk", "likelihood", "oracle"}
-    assert all(0 <= v <= 1 for v in [acc["full"], *acc[8].values()])
-    table, records = experiments.overflow(g, out_dir=str(tmp_path))   # reuses jrt.pt: no training
-    assert "reusing" in capsys.readouterr().out and [r[:3] for r in cells(table)] == [["JRT-RNN", "8", "8"]]
-    assert records[0]["pairs"] == 8 and 0 <= records[0]["entropy+idk"] <= 1
+    assert (c2["context_len"], c2["seq_len"]) == (32, 48)                 # the test's shape: the longest context
+    acc = mqar_long(loaded, num_pairs=8, context_len=32, seq_len=48, vocab_size=g["vocab_size"], chunk_lens=[8], n=3)
+    rules = {"entropy", "entropy+idk", "entropy_non_idk", "likelihood"}
+    assert set(acc) == {"full", 8} and set(acc[8]) == rules | {"oracle", "holds"} and set(acc[8]["holds"]) == rules
+    assert all(0 <= v <= 1 for v in [acc["full"], *acc[8]["holds"].values()] + [acc[8][r] for r in rules])
+    table, records = experiments.overflow(g, out_dir=str(tmp_path))  # the same settings: reused, no training
+    out = capsys.readouterr().out
+    assert "reusing" in out and "training" not in out
+    assert [r[:3] for r in cells(table.split("\n\n")[1])] == [["JRT-RNN d8", "8", "8"]]
+    assert records[0]["pairs"] == 8 and 0 <= records[0]["entropy+idk"] <= 1 and set(records[0]["holds"]) == rules
+    for change in (dict(iters=3), dict(seed=1)):                     # another setting: trained again, and said so
+        experiments.overflow({**g, **{k: v for k, v in change.items() if k != "seed"}}, out_dir=str(tmp_path),
+                             seed=change.get("seed", 0))
+        out = capsys.readouterr().out
+        assert "trained with other settings" in out and "training again" in out and "reusing" not in out
+        assert ("iters 2 -> 3" in out) if "iters" in change else ("seed 0 -> 1" in out)
+
+
+def test_entropy_over_non_idk_tokens_ignores_a_confident_not_here():
+    from chunked import ChunkStates, entropy, select_chunk
+    idk = 7
+    logits = torch.tensor([[0.0] * 7 + [9.0],                     # chunk 0: a confident IDK, the rest flat
+                           [0.0, 4.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0],  # chunk 1: an answer, less confident
+                           [0.0] * 8])                             # chunk 2: no idea
+    p = logits[:, :idk].softmax(-1)                               # renormalised over the non-IDK tokens
+    torch.testing.assert_close(entropy(logits, exclude=idk), -(p * p.log()).sum(-1))
+    states = ChunkStates([(0, 2), (2, 4), (4, 6)], [], logits, None)
+    assert select_chunk(states, "entropy")[0] == 0                 # plain entropy trusts the "not here"
+    assert select_chunk(states, "entropy_non_idk", idk, idk_filter=False)[0] == 1
+    assert select_chunk(states, "entropy", idk)[0] == 1            # the IDK filter drops chunk 0
+    with pytest.raises(ValueError, match="idk_token"):
+        select_chunk(states, "entropy_non_idk")
+
+
+@pytest.mark.parametrize("name", list(GRIDS))
+def test_quick_selects_the_quick_grid(name, monkeypatch):
+    seen = {}
+    monkeypatch.setitem(experiments.EXPERIMENTS, name, (lambda g, **kw: (seen.update(g) or "| t |", []), None))
+    assert "s wall" in main([name, "--quick"]) and seen == GRIDS[name]["quick"]
+    assert set(GRIDS[name]["quick"]) == set(GRIDS[name]["cpu"])   # the same knobs, smaller values
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -85,12 +127,35 @@ def test_overflow_trains_saves_reuses_and_scores(tmp_path, capsys):
     (["read-twice", "--widths", "32:0"], "d_model:f pairs"),
     (["overflow", "--widths", "32:4"], "--widths is for"),
     (["overflow", "--models", "mamba"], "allowed: based,jrt,transformer"),
+    (["read-twice", "--models", "transformer"], "allowed: based,jrt"),
     (["set-order", "--models", "jrt"], "--models is for"),
+    (["set-order", "--seeds", "0,1"], "--seeds is for read-twice"),
+    (["read-twice", "--seeds", "0,x"], "--seeds=0,x"),
     (["read-twice", "--iters", "0"], "--iters=0: expected an int >= 1"),
     (["read-twice", "--n_train", "0"], "--n_train=0: expected an int >= 1"),
     (["set-order", "--vocab_size", "20", "--iters", "1"], "more than vocab_size - 4 = 16"),
+    (["overflow", "--quick", "--grid", "gpu"], "--quick"),
+    (["overflow", "--device", "tpu"], "--device='tpu' is not a device"),
 ])
 def test_cli_errors_name_the_option(argv, message, capsys):
     with pytest.raises(SystemExit):
         main(argv)
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_cuda_is_one_line(capsys):
+    with pytest.raises(SystemExit):
+        main(["overflow", "--device=cuda"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "CUDA is not available" in err[-1] and "--device='cuda'" in err[-1]
+
+
+def test_plot_without_matplotlib_fails_before_any_training(monkeypatch, capsys):
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "matplotlib" else find(name, *a))
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail("trained before checking --plot"))
+    with pytest.raises(SystemExit):
+        main(["set-order", "--plot", "x.png"])
+    assert "needs matplotlib" in capsys.readouterr().err
