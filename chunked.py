@@ -1,5 +1,5 @@
 """
-OPRM: overflow prevention by chunked inference (Ben-Kish et al. 2025; SPEC §7).
+OPRM: overflow prevention by chunked inference (Ben-Kish et al. 2025, arXiv 2505.07793).
 
 A recurrent LM reads a long context into a fixed-size state, and overflows: once the context holds
 more facts than the state can keep, later ones overwrite earlier ones. OPRM never asks one state to
@@ -25,9 +25,9 @@ Variants (the official code's, then ours):
     cache_context()    the state after [P, C_i] does not depend on the question: read the context once,
                        then each question runs only S on every cached state (the official code re-reads
                        the context for every question)
-    chunk_prefix       JRT-RNN: [P, C_i] is the prefix that pla layers read non-causally (SPEC §3),
+    chunk_prefix       JRT-RNN: [P, C_i] is the prefix that pla layers read non-causally (JRT paper),
                        with a prefix length per row; the default for our Model when it has pla layers
-    read_twice         JRT-Prompt inside each chunk: X_i = [P, C_i, S, C_i, S] (SPEC §5)
+    read_twice         JRT-Prompt inside each chunk: X_i = [P, C_i, S, C_i, S] (JRT paper)
 
 Any model of the one interface (lm.prefill / lm.step / lm.select, see hf.py) works: our Model (wrapped in
 model.ModelLM to choose each row's prefix), and Hugging Face recurrent LMs whose cache keeps left pads out
@@ -235,7 +235,7 @@ def cache_context(lm, prefix, context, chunk_len, *, align=1, max_batch_tokens=1
 # ----------------------------------------------------------------------------- 3. selection
 
 def entropy(logits, exclude=None):
-    """H = -Σ p log p of each row, in fp32 (SPEC §7: in bf16 near-ties between chunks blur). (..., V) -> (...)
+    """H = -Σ p log p of each row, in fp32 (OPRM paper: in bf16 near-ties between chunks blur). (..., V) -> (...)
     exclude: a token id left out, the others renormalised (the entropy of the answer given it is not that
     token): the "entropy_non_idk" selection leaves out the IDK token."""
     logits = logits.float()
@@ -254,7 +254,7 @@ def select_chunk(states, selection="entropy", idk_token=None, idk_filter=True):
                        parameter, but a confident "not here" no longer looks like a confident answer
       likelihood       log p(S | P, C_i) (higher is better; needs S read token by token)
     idk_token: the IDK id; with idk_filter, drop the chunks whose top first token is IDK, and if none is
-    left, fall back to the lowest entropy (SPEC §7)."""
+    left, fall back to the lowest entropy (OPRM paper)."""
     _check(selection in SELECTIONS, "selection", selection, f"expected one of {SELECTIONS}")
     ent = entropy(states.logits)                                              # (b,)
     if selection == "entropy":
@@ -334,7 +334,7 @@ def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy"
     idk_token         None; the id the prompt asks for when the answer is absent ("Error" in the paper)
     mode              "select" (one chunk), "summarize" (every chunk, answers joined by `join`),
                       "last" (only the last chunk_len tokens of the context: code completion)
-    max_new_tokens    48 and stop_token None: greedy decoding stops there (SPEC §5)
+    max_new_tokens    48 and stop_token None: greedy decoding stops there (JRT paper)
     cache             None, or cache_context(lm, prefix, context, chunk_len, ...) for this very context:
                       then the context is not read again, only the suffix
     align             1; chunk boundaries on multiples of it (2 for MQAR's key-value pairs)
@@ -521,7 +521,7 @@ def prefill_cost(lm, context_len, chunk_len, *, max_batch_tokens=120_000, suffix
 
 
 # ----------------------------------------------------------------------------- OPRM on text: LongBench, your own .jsonl
-# SPEC §11: P = chat opening + the task's instruction, C = the context, S = the question + answer cue + chat
+# OPRM's LongBench layout: P = chat opening + the task's instruction, C = the context, S = the question + answer cue + chat
 # closing; the QA sets' suffix adds the IDK sentence, and chunks whose top first token is that of "Error"
 # are dropped. The instructions below are our own, one per kind of set, with LongBench's {context} and
 # {input} slots: pass --prompts with LongBench's config/dataset2prompt.json for its exact wording.
@@ -534,7 +534,7 @@ LONGBENCH = {  # the 16 English sets -> kind
     **dict.fromkeys(("passage_count", "passage_retrieval_en"), "synthetic"),
     **dict.fromkeys(("lcc", "repobench-p"), "code"),
 }
-KINDS = {  # kind -> (our instruction template, OPRM mode, max new tokens: 20 for QA, SPEC §11)
+KINDS = {  # kind -> (our instruction template, OPRM mode, max new tokens: 20 for QA, as OPRM's code)
     "qa": ("Answer the question from the passages below, as briefly as you can.\n\n{context}\n\n"
            "Question: {input}\nAnswer:", "select", 20),
     "summary": ("Summarise the text below.\n\n{context}\n\n{input}\nSummary:", "summarize", 500),
@@ -707,7 +707,7 @@ def run(p, a):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="OPRM: full context vs chunked inference (SPEC §7); the overflow "
+    p = argparse.ArgumentParser(description="OPRM: full context vs chunked inference (Ben-Kish et al. 2025); the overflow "
                                 "experiment that trains its own models is `python experiments.py overflow`",
                                 epilog="Overflow on MQAR: " + OVERFLOW_RECIPE + ".")
     p.add_argument("--task", default="mqar_long",

@@ -4,14 +4,14 @@ The data: two synthetic recall tasks generated in memory, and any UTF-8 text fil
 Both synthetic tasks return the same `Examples`, so train.py treats them alike:
     x          (N, T) int64  input tokens
     y          (N, T) int64  the target at each position, -100 where nothing is scored
-    prefix_len (N,)   int64  M: positions < M are the context, read non-causally by JRT-RNN's encoder (SPEC §3)
+    prefix_len (N,)   int64  M: positions < M are the context, read non-causally by JRT-RNN's encoder (JRT paper)
     pad        (N, T) bool   True at left padding (set disjointness mixtures only); never a key, never scored
     group      (N,)   int64  index into `groups`, the slice an example belongs to (accuracy per slice)
 
 M is the context, i.e. everything before the scored part. MQAR: the key-value region (read_twice:
 `kv, queries, kv`, everything before the scored query block). Set disjointness: the whole input, cue
-included; its answer sits at the last position, inside the prefix, as the non-causal reading of
-SPEC §1 wants. Train and test never share a random stream: every generator takes `split`, and draws
+included; its answer sits at the last position, inside the prefix, as the JRT paper's non-causal
+reading wants. Train and test never share a random stream: every generator takes `split`, and draws
 from np.random.default_rng((seed, split index)), so `split="test"` with the same seed is fresh data.
 """
 import os
@@ -77,7 +77,7 @@ def _examples(x, y, prefix_len, pad, group, groups, vocab_size):
 
 
 # ---------------------------------------------------------------------------------------------------
-# MQAR: multi-query associative recall (Zoology; SPEC §8)
+# MQAR: multi-query associative recall (Zoology, Arora et al. 2023)
 
 def idk_token(vocab_size):
     """The answer to a query whose key is not in the context: the last id, never a key or a value."""
@@ -165,13 +165,13 @@ def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, con
 
 
 # ---------------------------------------------------------------------------------------------------
-# Set disjointness (JRT §3; SPEC §8)
+# Set disjointness (JRT paper)
 
 SD_VOCAB = 2048
 SD_MASK, SD_START, SD_SEP, SD_CUE = 0, 1, 2, 3                 # 0 is also the left padding
 SD_TRAIN_SHAPES = [(4, 16), (16, 4), (8, 32), (32, 8), (64, 16), (16, 64),
-                   (4, 128), (128, 4), (16, 256), (256, 16), (4, 256), (256, 4)]   # (|A|, |B|), SPEC §8
-# SPEC gives the test mixture only as "adds (1,32)...(768,16) for length extrapolation". Our reading:
+                   (4, 128), (128, 4), (16, 256), (256, 16), (4, 256), (256, 4)]   # (|A|, |B|), the JRT paper's
+# The JRT paper gives the test mixture only as "adds (1,32)...(768,16) for length extrapolation". Our reading:
 # the train shapes plus shorter and longer sets, in both orders.
 SD_TEST_SHAPES = SD_TRAIN_SHAPES + [(1, 32), (32, 1), (512, 16), (16, 512), (768, 16), (16, 768)]
 
@@ -184,7 +184,7 @@ def disjoint_sets(n, *, shapes=SD_TRAIN_SHAPES, halves=False, seed=0, split="tra
 
     halves  False A and B are a fresh random split of ids 4..2047 for every example (drawn together,
                   distinct), as the official generator does: no token tells which set it came from.
-            True  a shortcut layout, kept only to show the shortcut: SPEC §8's fixed halves, A from ids
+            True  a shortcut layout, kept only to show the shortcut: fixed halves, A from ids
                   4..1025 and B from 1026..2047. The shared token is then the only B token from A's
                   half, i.e. always B's smallest, so a model can answer without remembering A.
     """
@@ -225,7 +225,7 @@ def disjoint_sets(n, *, shapes=SD_TRAIN_SHAPES, halves=False, seed=0, split="tra
 # ---------------------------------------------------------------------------------------------------
 # Text: a UTF-8 file, tokenised once into a uint16 memory-mapped file beside it (nanoGPT style)
 
-# tokenizer -> (model vocabulary, [MASK] id for the prefix-LM objective, SPEC §4); [MASK] is the last id
+# tokenizer -> (model vocabulary, [MASK] id for the prefix-LM objective, JRT paper); [MASK] is the last id
 TEXT_VOCAB = {"gpt2": (50264, 50263), "bytes": (258, 257)}
 
 
@@ -250,7 +250,7 @@ def get_tokenizer(name):
 class TextData:
     bin_path: str         # the uint16 token file
     tokenizer: str        # "gpt2" or "bytes"
-    vocab_size: int       # for the model, padded (SPEC §4)
+    vocab_size: int       # for the model, padded (JRT paper)
     mask_token: int       # [MASK] of the prefix-LM objective
     n_train: int          # tokens in the train split; the last n_val tokens are the val split
     n_val: int

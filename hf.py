@@ -1,6 +1,6 @@
 """
 Models from the Hugging Face hub: the released JRT-RNN / Based checkpoints mapped into our `Model`
-(SPEC §11), and transformers' recurrent LMs behind the interface prompt.py and chunked.py decode through.
+(HazyResearch/prefix-linear-attention), and transformers' recurrent LMs behind the interface prompt.py and chunked.py decode through.
 
 The interface (our `Model` meets it itself; `model.ModelLM` fixes its prefill options):
 
@@ -56,7 +56,7 @@ def _select_rows(obj, rows, B):
     return obj
 
 
-# ----------------------------------------------------------------------------- the released checkpoints (SPEC §11)
+# ----------------------------------------------------------------------------- the released checkpoints (HazyResearch/prefix-linear-attention)
 # The official code (HazyResearch/prefix-linear-attention, train/src/models/gpt.py) builds a GPT-2 style
 # config whose layer layout is alt_mixer_2_layers (sliding window), alt_mixer_layers (PLA or Based linear
 # attention), and `mixer` (BaseConv) everywhere else. Its weights are those of our mixers under other names.
@@ -139,7 +139,7 @@ def _official_keys(cfg):
 
 
 def from_official(state_dict, config):
-    """A state dict in the official key layout (SPEC §11) -> our Model (eval mode) with the same logits.
+    """A state dict in the official key layout (HazyResearch's train/src/models/gpt.py) -> our Model (eval mode) with the same logits.
     config: the official config.json as a dict, or our Config. Keys the official loader drops are dropped
     too (a leading "model.", Lightning's "*metrics*" counters); rotary_emb.inv_freq buffers are checked
     against our rotary, then ignored; any other unknown key, a missing key or a wrong shape is a ValueError

@@ -2,7 +2,7 @@
 JRT-RNN, its Based baseline and a Transformer++ baseline, in one file.
 
 A model is a stack of pre-norm blocks, x + mixer(norm(x)) then x + SwiGLU(norm(x)), whose mixers are
-named per layer in `Config.layers` (SPEC §4):
+named per layer in `Config.layers` (JRT paper):
     pla   prefix linear attention: the JRT-RNN mixer (reads the first M tokens non-causally)
     la    causal Based linear attention (Taylor feature map)
     swa   sliding-window softmax attention with rotary
@@ -12,7 +12,7 @@ Every mixer has a parallel form (`forward`, for training and prefill) and a recu
 one token from a cache). The cache is constant-size for all but `attn`, whose KV cache grows.
 
 Padding is on the left and marked by `pad_mask` (B, T), True at pads. Padded positions contribute
-nothing to any mixer: no key, no sum, no conv input (unlike the official code, SPEC §3), so a batch of
+nothing to any mixer: no key, no sum, no conv input (unlike the official code), so a batch of
 left-padded prompts gives the same outputs as each prompt alone.
 """
 import math
@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from kernels import pla, pla_flop, pla_step
 
 MIXERS = ("pla", "la", "swa", "conv", "attn")
-OFFICIAL_PAD_ID = 220   # GPT-2's " ": the token the released code pads prompts with (SPEC §11)
+OFFICIAL_PAD_ID = 220   # GPT-2's " ": the token the released code pads prompts with
 
 
 @dataclass
 class Config:
-    vocab_size: int = 50264        # GPT-2's 50257 padded to a multiple of 8 (SPEC §4); the last id is [MASK]
+    vocab_size: int = 50264        # GPT-2's 50257 padded to a multiple of 8 (JRT paper); the last id is [MASK]
     d_model: int = 1024            # width of the residual stream
     layers: tuple = ("conv", "pla", "swa", "conv")  # one mixer name per layer: the visible layer layout
     n_head: int = 16               # heads of every attention-like mixer; dv = head dim = d_model / n_head
@@ -43,7 +43,7 @@ class Config:
     rope_base: float = 10000.0     # rotary base of swa/attn
     norm_eps: float = 1e-5         # RMSNorm epsilon
     init_std: float = 0.02         # N(0, 0.02) init; output projections get 0.02/√(2·n_layer)
-    tie_embeddings: bool = True    # the output layer is the input embedding (SPEC §4); False: its own matrix
+    tie_embeddings: bool = True    # the output layer is the input embedding (JRT paper); False: its own matrix
     backend: str = "auto"          # pla/la kernels: "auto" (Triton on CUDA, torch elsewhere), "torch", "triton"
 
     def __post_init__(self):
@@ -107,7 +107,7 @@ def _jrt_layout(n_layer, places, linear):  # linear attention at `places`, swa r
     return hybrid(n_layer, {**{i: linear for i in places}, **{i + 1: "swa" for i in places}})
 
 
-PRESETS = {  # the paper's models (SPEC §4), then CPU-sized ones for tests and synthetic tasks
+PRESETS = {  # the paper's models (JRT paper), then CPU-sized ones for tests and synthetic tasks
     "jrt-360m": Config(d_model=1024, layers=_jrt_layout(26, (1, 6, 11, 16, 21), "pla")),
     "jrt-1.3b": Config(d_model=1792, layers=_jrt_layout(36, (1, 6, 11, 16, 21, 27, 33), "pla")),
     "based-360m": Config(d_model=1024, layers=_jrt_layout(27, (1, 6, 11, 16, 21), "la")),
@@ -123,7 +123,7 @@ PRESETS = {  # the paper's models (SPEC §4), then CPU-sized ones for tests and 
 # ----------------------------------------------------------------------------- mixers
 
 class LinearAttention(nn.Module):
-    """`pla` (prefix=True, JRT-RNN, SPEC §3) and `la` (prefix=False, causal Based)."""
+    """`pla` (prefix=True, JRT-RNN, JRT paper) and `la` (prefix=False, causal Based)."""
 
     def __init__(self, cfg, prefix):
         super().__init__()
@@ -252,7 +252,7 @@ class SoftmaxAttention(nn.Module):
 
 
 class BaseConv(nn.Module):
-    """Gated short convolution (SPEC §4): y = out(SiLU(conv(u1)) · u2), [u1, u2] = in(x)."""
+    """Gated short convolution (JRT paper): y = out(SiLU(conv(u1)) · u2), [u1, u2] = in(x)."""
 
     def __init__(self, cfg):
         super().__init__()
@@ -332,7 +332,7 @@ class Model(nn.Module):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.wte.weight
-        for name, p in self.named_parameters():  # SPEC §4 init; the depthwise conv keeps PyTorch's default
+        for name, p in self.named_parameters():  # JRT paper init; the depthwise conv keeps PyTorch's default
             if p.dim() == 2:
                 small = name.endswith(("mixer.out.weight", "mlp.fc2.weight"))
                 nn.init.normal_(p, 0.0, cfg.init_std / math.sqrt(2 * cfg.n_layer) if small else cfg.init_std)
@@ -509,7 +509,7 @@ class Model(nn.Module):
     def state_size(self, seq_len=None):
         """Numbers of state one sequence carries while decoding, per mixer kind and in total.
 
-        pla/la: H·(D·dv + D) (SPEC §3); swa: keys and values of the window; conv: the last K-1 inputs;
+        pla/la: H·(D·dv + D) (JRT paper); swa: keys and values of the window; conv: the last K-1 inputs;
         attn: keys and values of every token so far, so it needs seq_len (it is unbounded).
         """
         c = self.config
@@ -550,7 +550,7 @@ class Model(nn.Module):
 
     @torch.no_grad()
     def prefill_official(self, idx, pad_mask=None, pad_id=OFFICIAL_PAD_ID):
-        """`prefill` as the released JRT-RNN code runs at inference (SPEC §3, §11), to reproduce its reported
+        """`prefill` as the released JRT-RNN code runs at inference, to reproduce its reported
         numbers; our exact padding (`prefill`) stays the default everywhere else. Differences:
 
         - rows shorter than M = config.prefix_len (1024) are left-padded to M with token `pad_id` (220, " "),
@@ -585,7 +585,7 @@ class Model(nn.Module):
 
     @classmethod
     def from_pretrained(cls, name_or_dir, device="cpu"):
-        """A released checkpoint (SPEC §11) -> Model in eval mode. name_or_dir: a local directory with the
+        """A released checkpoint -> Model in eval mode. name_or_dir: a local directory with the
         official config.json and pytorch_model.bin or *.safetensors, or a hub name such as
         "hazyresearch/JRT-360M-30B" (downloaded through huggingface_hub, an optional extra). The weights are
         read without running pickled code. The key mapping lives in hf.py (`hf.from_official`)."""

@@ -1,11 +1,11 @@
 """
-JRT-Prompt: show the context twice before the question (JRT paper, SPEC §1, §5), and its evaluation
+JRT-Prompt: show the context twice before the question (Arora et al. 2024, arXiv 2407.05483), and its evaluation
 harness. The synthetic experiments behind it (set order, MQAR read twice) are in experiments.py.
 
 A recurrent LM reads with a fixed-size state, so it must decide what to keep before it knows the
 question. Showing (context, question, context, question) lets the second pass be read with the
 question already in view: for set disjointness the state needed drops from Ω(size of the set seen
-first) to Ω(min(|A|, |B|) / p) for p passes (SPEC §1). No training, any model.
+first) to Ω(min(|A|, |B|) / p) for p passes (JRT paper). No training, any model.
 
 Every evaluated model offers one interface, `lm.prefill(idx, pad_mask=None)`, `lm.step(idx_t, cache)`,
 `lm.select(cache, rows)` and `lm.vocab_size` (described in hf.py): our `Model` meets it itself,
@@ -18,7 +18,7 @@ The rest of the file, top to bottom:
     1. text prompts      extraction_prompt, qa_prompt, read_twice, cut_around (the 950-token budget)
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
     3. harness           greedy, contains, error_mode, evaluate, results_table, accuracy (teacher-forced)
-    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets (SPEC §11)
+    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets on the hub
     5. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
 """
 import argparse
@@ -37,10 +37,10 @@ from checkpoint import load_checkpoint
 from model import Model, ModelLM, left_pad, resolve_device  # noqa: F401  (ModelLM, left_pad: idem)
 
 
-# ----------------------------------------------------------------------------- 1. text prompts (SPEC §5)
+# ----------------------------------------------------------------------------- 1. text prompts (JRT paper)
 
-BUDGET = 950      # documents are cut to this many tokens around the answer, as in the paper (SPEC §5)
-MAX_NEW = 48      # greedy decoding stops at a newline or after this many tokens (SPEC §5)
+BUDGET = 950      # documents are cut to this many tokens around the answer, as in the paper (JRT paper)
+MAX_NEW = 48      # greedy decoding stops at a newline or after this many tokens (JRT paper)
 
 
 def _join(*parts):
@@ -87,7 +87,7 @@ def qa_prompt(context, cloze, question="", repeats=1):
 
 
 def read_twice(context, question, repeats=2):
-    """The generic form of SPEC §5: (context, question) shown `repeats` times, one per line:
+    """The generic form of JRT-Prompt: (context, question) shown `repeats` times, one per line:
     `{context} {question}\\n{context} {question}`. The token-level `jrt_tokens` is the same layout."""
     _check_repeats(repeats)
     _check_text("read_twice", required=(("context", context),), optional=(("question", question),))
@@ -96,7 +96,7 @@ def read_twice(context, question, repeats=2):
 
 def cut_around(doc, answer, tokenizer, budget=BUDGET):
     """A document longer than `budget` tokens -> the `budget` tokens centred on the answer's first
-    (case-insensitive) occurrence, clamped to the document's ends (SPEC §5: 950 tokens around the answer).
+    (case-insensitive) occurrence, clamped to the document's ends (JRT paper: 950 tokens around the answer).
     Shorter documents come back unchanged; without the answer in the doc, its first `budget` tokens."""
     ids = tokenizer.encode_ordinary(doc)
     if len(ids) <= budget:
@@ -164,7 +164,7 @@ def jrt_examples(ex, repeats=2):
 # ----------------------------------------------------------------------------- 3. the harness
 
 def newline_tokens(tokenizer):
-    """Ids whose text holds a newline: generation stops at any of them (SPEC §5: stop at newline)."""
+    """Ids whose text holds a newline: generation stops at any of them (JRT paper: stop at newline)."""
     return {i for i in range(tokenizer.n_vocab) if "\n" in _decode(tokenizer, [i])}
 
 
@@ -280,7 +280,7 @@ def _repeats_of(fmt):
 
 def evaluate(lm, tokenizer, examples, formats=("default", "jrt"), batch_size=16, max_new_tokens=MAX_NEW,
              budget=BUDGET, device="cpu"):
-    """Zero-shot evaluation of text examples in each prompt format (SPEC §5: greedy, stop at newline or
+    """Zero-shot evaluation of text examples in each prompt format (JRT paper: greedy, stop at newline or
     48 tokens, metric "contains").
 
     examples: dicts with "task" (a name), "kind" ("extraction" or "qa"), "context", "answers" (a string
@@ -360,7 +360,7 @@ def accuracy(model, ex, batch_size=256):
     return per, (hit.sum() / tot.sum()).item()
 
 
-# ----------------------------------------------------------------------------- 4. Table 1 tasks (SPEC §5, §11)
+# ----------------------------------------------------------------------------- 4. Table 1 tasks (JRT paper, Table 1)
 # The paper's six recall-intensive tasks, as the hazyresearch data sets store them. Field names and the
 # cleaning below follow the official task code (the lm-eval-harness fork in the JRT repository,
 # lm_eval/tasks/based_*/task.py), so that `extraction_prompt` / `qa_prompt` give its exact strings.
@@ -375,7 +375,7 @@ TABLE1 = {  # task -> (data set on the hub, its config name, split, row -> examp
 }
 FIELDS = {"extraction": ("text", "key", "value"), "squad": ("text", "context", "question", "value"),
           "qa": ("context", "question", "orig_question", "answers")}
-# SPEC §5 gives the paper's Table 1 averages over the six tasks (default -> JRT-Prompt) for these models only;
+# The JRT paper gives its Table 1 averages over the six tasks (default -> JRT-Prompt) for these models only;
 # no per-task numbers are quoted here.
 PAPER_AVERAGE = {"mamba2-1.3b": (46.7, 55.6), "based-1b-50b": (40.3, 51.8), "mamba-130m": (24.7, 36.5)}
 

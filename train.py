@@ -12,7 +12,7 @@ same loss curve as never stopping); a second Ctrl-C aborts at once. Every save k
 as ckpt.prev.pt. Checkpoints hold tensors and plain Python values only, and are loaded with
 torch.load(weights_only=True), so loading one never runs code from the file.
 
-Objectives (SPEC §4, §8). Synthetic tasks: the context is the prefix M handed to the model, and the loss
+Objectives (JRT paper). Synthetic tasks: the context is the prefix M handed to the model, and the loss
 is cross-entropy on the answer positions only. Text: next-token loss for models without pla layers;
 for JRT-RNN the prefix-LM loss: next-token loss on positions >= M, plus 0.25 x an MLM loss on 15% of
 the prefix tokens, replaced by [MASK] and predicted in place.
@@ -61,7 +61,7 @@ DEFAULTS = dict(
     random_filler=False,        # mqar: random tokens instead of 0 between queries (Zoology's default; harder)
     read_twice=False,           # mqar: JRT-Prompt layout `kv, queries, kv, queries`, last block scored
     test_shapes=(),             # mqar: test slices as ((seq_len, num_pairs), ...); () = the train shape
-    sd_halves=False,            # disjoint_sets: True = SPEC §8's fixed halves, a shortcut (the answer is B's
+    sd_halves=False,            # disjoint_sets: True = fixed halves of the ids, a shortcut (the answer is B's
                                 #   smallest token); False = a fresh random split per example (the official one)
     data_path="",               # text: a UTF-8 file, tokenised once into a uint16 memmap beside it
     tokenizer="bytes",          # text: gpt2 (the paper's, needs tiktoken's files) | bytes (offline)
@@ -73,15 +73,15 @@ DEFAULTS = dict(
     feature_dim=0,              # f of pla/la, D = 1 + f + f^2
     layers=(),                  # mixer per layer, e.g. ("conv", "pla", "conv", "pla")
     window=0,                   # swa window
-    tie_embeddings=True,        # lm_head = the input embedding (SPEC §4); False gives the output its own matrix
-    init_std=0.12,              # N(0, init_std) init; 0 = the preset's 0.02 (SPEC §4; use it for the paper's sizes),
+    tie_embeddings=True,        # lm_head = the input embedding (JRT paper); False gives the output its own matrix
+    init_std=0.12,              # N(0, init_std) init; 0 = the preset's 0.02 (JRT paper; use it for the paper's sizes),
                                 #   which leaves a d_model-64 linear-attention model on MQAR's 1/k plateau
     backend="auto",             # pla/la kernels: auto (Triton on CUDA) | torch | triton
     # objective (text + pla layers)
     prefix_len=0,               # M; 0 = seq_len // 2 (paper: 1024 of 2048)
     mlm_prob=0.15,              # fraction of prefix tokens replaced by [MASK]
     mlm_weight=0.25,            # loss = NTP + mlm_weight * MLM
-    # optimiser: AdamW, warmup then cosine (SPEC §4 betas, decay and clip)
+    # optimiser: AdamW, warmup then cosine (JRT paper betas, decay and clip)
     batch_size=32,              # sequences per micro-batch per process
     grad_accum=1,               # micro-batches per update, over all processes: global batch = batch_size * grad_accum
     max_iters=500,              # updates: test accuracy is ~0.98 after 200, ~0.9999 after 500
@@ -204,7 +204,7 @@ def load_task(cfg):
 
 
 def prefix_lm_batch(x, y, M, mlm_prob, mask_id, gen):
-    """SPEC §4: 15% of the prefix tokens become [MASK] and are predicted in place (MLM, no shift);
+    """JRT paper: 15% of the prefix tokens become [MASK] and are predicted in place (MLM, no shift);
     next-token targets only at positions >= M. Returns (input, NTP targets, MLM targets), -100 = unscored."""
     B, T = x.shape
     in_prefix = torch.arange(T) < M                                        # (T,)
@@ -466,7 +466,7 @@ def train(cfg, rank=0, world=1):
                                       prefix_len=cfg.prefix_len or cfg.seq_len // 2)
         except ValueError as e:
             raise ConfigError(f"model: {e}") from e
-    is_prefix_lm = cfg.task == "text" and "pla" in mcfg.layers   # JRT-RNN on text: SPEC §4's objective
+    is_prefix_lm = cfg.task == "text" and "pla" in mcfg.layers   # JRT-RNN on text: JRT paper's objective
     mask_id = mcfg.mask_token_id if is_prefix_lm else None
     if is_prefix_lm and not 0 < (cfg.prefix_len or cfg.seq_len // 2) < cfg.seq_len:
         raise ConfigError(f"prefix_len={cfg.prefix_len}: expected 0 < M < seq_len={cfg.seq_len}")

@@ -1,4 +1,4 @@
-# Set disjointness (JRT §3, SPEC §8): `1 A 2 B 3`, predict the one token A and B share, on the paper's
+# Set disjointness (JRT paper): `1 A 2 B 3`, predict the one token A and B share, on the paper's
 # mixture of (|A|, |B|) shapes in both orders; test adds shorter and longer sets. 4 layers alternating
 # BaseConv and linear attention, 2 heads. JRT-RNN reads the whole input as its prefix; compare with
 #   python train.py config/disjoint_sets.py --model=based-tiny --out_dir=out-sd-based

@@ -1,4 +1,4 @@
-# JRT-RNN 360M on text with the paper's recipe (SPEC §4): GPT-2 BPE, 2048-token sequences split at
+# JRT-RNN 360M on text with the paper's recipe (JRT paper): GPT-2 BPE, 2048-token sequences split at
 # M = 1024, prefix-LM + 0.25 MLM, AdamW 8e-4 -> 8e-5, betas (0.9, 0.95), wd 0.1, 1% warmup, clip 1.0,
 # bf16, 256 x 2048 tokens per update, 60k updates (30B tokens). For 8 GPUs:
 #   torchrun --standalone --nproc_per_node=8 train.py config/jrt_360m.py --data_path=/data/pile.txt
@@ -7,7 +7,7 @@ task = "text"
 tokenizer = "gpt2"
 data_path = "data/pile.txt"
 model = "jrt-360m"
-init_std = 0.0               # the preset's N(0, 0.02) (SPEC §4)
+init_std = 0.0               # the preset's N(0, 0.02) (JRT paper)
 seq_len = 2048
 prefix_len = 1024
 batch_size = 8               # per process and micro-step; 8 x 2048 tokens fit an 80 GB GPU in bf16

@@ -11,7 +11,7 @@ num_pairs = 8
 vocab_size = 32              # a small vocabulary is learnt within a few hundred steps; 128+ needs far more
 model = "jrt-tiny"           # n_head 4, the rest of each model; the grid sets layers and d_model
 feature_dim = 4              # D = 1 + f + f^2 = 21: small states, where the paper expects the gap
-init_std = 0.12              # the SPEC's 0.02 leaves linear attention on the 1/k plateau at this size
+init_std = 0.12              # the paper's 0.02 leaves linear attention on the 1/k plateau at this size
 batch_size = 32
 max_iters = 600
 warmup_iters = 20

@@ -1,4 +1,4 @@
-# A small JRT-RNN on any UTF-8 text file with the paper's prefix-LM objective (SPEC §4), byte tokens,
+# A small JRT-RNN on any UTF-8 text file with the paper's prefix-LM objective (JRT paper), byte tokens,
 # offline and CPU-sized:  python train.py config/text_bytes.py --data_path=input.txt
 task = "text"
 tokenizer = "bytes"          # 258 ids: 256 bytes, <|endoftext|>, [MASK]; nothing to download

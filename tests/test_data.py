@@ -130,7 +130,7 @@ def test_disjoint_sets_default_is_a_fresh_split_without_the_halves_shortcut():
     shapes = [(8, 8)]
     rows = list(sets(data.disjoint_sets(400, shapes=shapes, seed=2), shapes))
     assert all(len(A) == 8 and len(B) == 8 and A & B == {ans} for A, B, ans in rows)
-    H = 4 + 1022                                                     # where SPEC §8's halves would meet
+    H = 4 + 1022                                                     # where fixed halves of the ids would meet
     assert any(max(A) >= H for A, _, _ in rows) and any(min(B) < H for _, B, _ in rows)
     smallest = sum(ans == min(B) for _, B, ans in rows) / len(rows)  # by chance: 1 in |B| = 8
     assert 0.05 < smallest < 0.25, smallest

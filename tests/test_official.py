@@ -1,6 +1,6 @@
 """The loaders of the released checkpoints (hf.from_official, Model.from_pretrained) and the official
 inference quirks (Model.prefill_official), against a float64 forward pass of the official architecture
-written here from the official modules' definitions (SPEC §4, §11), on the official key names."""
+written here from the official modules' definitions, on the official key names."""
 import json
 import math
 import os

@@ -21,7 +21,7 @@ def tiny(layers=("conv", "la"), vocab=258, seed=0, **kw):
     return Model(cfg).eval()
 
 
-# ----------------------------------------------------------------------------- prompt strings (SPEC §5)
+# ----------------------------------------------------------------------------- prompt strings (JRT paper)
 
 def test_extraction_formats_are_exact():
     doc = "Name: Ada Lovelace\nBorn: 1815\nField: mathematics"

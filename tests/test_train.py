@@ -32,7 +32,7 @@ def text_file(tmp_path):
     return [f"--data_path={path}", "--task=text", "--tokenizer=bytes", "--eval_iters=2"]
 
 
-# ----------------------------------------------------------------------------- the objective (SPEC §4)
+# ----------------------------------------------------------------------------- the objective (JRT paper)
 
 def test_prefix_lm_masks_the_prefix_and_weights_mlm():
     B, T, M, V = 64, 32, 12, 50
