@@ -635,6 +635,14 @@ OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow 
                    "chunked.py --ckpt out/oprm/based.pt --task mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 tokens)")
 
 
+def default_pairs(n, context_len, vocab_size):
+    """The pair counts mqar_long tests by default: from a quarter of the n pairs the model was trained with
+    (at most) to four times as many, as far as the context (2 tokens a pair) and the vocabulary (keys in
+    [1, V/2), values in [V/2, V-1)) leave room."""
+    room = min(context_len // 2, vocab_size // 2 - 1, vocab_size - 1 - vocab_size // 2)
+    return sorted({k for k in (n // 4, n // 2, n, n * 3 // 2, 2 * n, 4 * n) if 1 <= k <= room})
+
+
 def _mqar_config(path, c):
     """The training config of an MQAR checkpoint, or a one-line error saying what --task mqar_long needs."""
     if c.get("task", "mqar") != "mqar" or not all(k in c for k in ("num_pairs", "seq_len", "vocab_size")):
@@ -665,7 +673,7 @@ def run(p, a):
             model, c = load_checkpoint(path, device)
             c = _mqar_config(path, c)
             C = c["context_len"] or 2 * c["num_pairs"]
-            pairs = ints(a.num_pairs) or [c["num_pairs"] * m for m in (1, 2, 4, 8) if c["num_pairs"] * m <= C // 2]
+            pairs = ints(a.num_pairs) or default_pairs(c["num_pairs"], C, c["vocab_size"])
             for r in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n or 200):
                 print(markdown_row(r), flush=True)
     elif a.task == "cost":
@@ -719,7 +727,7 @@ def main(argv=None):
     p.add_argument("--hf", default="", help="text tasks: a Hugging Face recurrent LM (Mamba, Falcon-Mamba, Mamba-2)")
     p.add_argument("--prompts", default="", help="text tasks: a JSON file of set -> template with {context} and "
                    "{input} (LongBench's config/dataset2prompt.json); default: our own instruction per kind of set")
-    p.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default 1, 2, 4, 8 x the training count")
+    p.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default n/4 to 4n for n trained, as room allows")
     p.add_argument("--chunk_len", default="", help="L, comma-separated; default context_len // 4 (mqar_long), "
                    "512 (cost), 2000 (text; the paper sweeps 1000, 2000, 3000)")
     p.add_argument("--n", type=int, default=None, help="mqar_long: test examples per pair count (default 200); "

@@ -268,3 +268,12 @@ def test_f1_score():
     assert f1_score("red, blue", ["red"]) == pytest.approx(2 / 3)        # precision 1/2, recall 1
     assert f1_score("green", ["red", "green light"]) == pytest.approx(2 / 3)  # the best gold answer
     assert f1_score("", ["red"]) == 0.0
+
+
+def test_mqar_long_default_pairs_fit_context_and_vocabulary():
+    from chunked import default_pairs
+    import data
+    assert default_pairs(4, 32, 64) == [1, 2, 4, 6, 8, 16]     # trained with 4 pairs in 32 tokens
+    assert default_pairs(16, 64, 64) == [4, 8, 16, 24]         # 32 pairs would need 32 keys in [1, 32)
+    for k in default_pairs(16, 64, 64):                        # every default is a task data.mqar can build
+        data.mqar(2, vocab_size=64, seq_len=80, num_pairs=k, num_queries=min(k, 8), context_len=64)
