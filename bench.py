@@ -331,6 +331,147 @@ def train_suite(S, dev, dtype, backend, peak):
     return recs
 
 
+# ----------------------------------------------------------------------------- compile (no GPU needed)
+
+def kernel_launches(dtype, dv, T=256, M=128):
+    """Every Triton launch a forward + backward of kernels.pla makes at these sizes, as (name, kernel, args,
+    kwargs), recorded instead of run: nothing is computed, the outputs are garbage. The block choice is the
+    one for a 132-SM H100, so that the compile report shows what an H100 would run."""
+    import types
+    import kernels
+    calls, names = [], [n for n in vars(kernels) if n.endswith("_kernel")]
+
+    class Rec:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(kernels, name)
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: calls.append((self.name, self.kernel, a, kw))
+    props, real = types.SimpleNamespace(multi_processor_count=132), torch.cuda.get_device_properties
+    saved = {n: getattr(kernels, n) for n in names}
+    try:
+        torch.cuda.get_device_properties = lambda *a: props
+        for n in names:
+            setattr(kernels, n, Rec(n))
+        g = lambda *s: torch.randn(*s).to(dtype).requires_grad_()  # noqa: E731
+        q, k, v, ke, ve = g(2, 2, T, 16), g(2, 2, T, 16), g(2, 2, T, dv), g(2, 2, M, 16), g(2, 2, M, dv)
+        keep, keep_enc = torch.ones(2, T), torch.ones(2, M)
+        y, S, z = kernels._PLA.apply(q, k, v, ke, ve, None, None, keep, keep_enc)
+        (y.float().sum() + S.sum() + z.sum()).backward()
+    finally:
+        torch.cuda.get_device_properties = real
+        for n, kern in saved.items():
+            setattr(kernels, n, kern)
+    return calls
+
+
+def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(90, 80), one_config=False):
+    """One job per (kernel, autotune config, arch, dtype, dv): what triton.compile needs, as plain values."""
+    import triton
+    tname = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    jobs = []
+    for dtype in dtypes:
+        for dv in dvs:
+            seen = set()
+            for name, kern, args, kw in kernel_launches(dtype, dv):
+                if name in seen:  # pla launches each kernel once per pass; keep the first
+                    continue
+                seen.add(name)
+                fn = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern
+                configs = kern.configs if isinstance(kern, triton.runtime.Autotuner) else [triton.Config({})]
+                vals = dict(zip(fn.arg_names, args), **kw)
+                sig, const, attrs = {}, {}, {}
+                for i, (a, p) in enumerate(zip(fn.arg_names, fn.params)):
+                    if p.is_constexpr:
+                        sig[a] = "constexpr"
+                        if a in vals:
+                            const[a] = vals[a]
+                        continue
+                    x = vals[a]
+                    if torch.is_tensor(x):
+                        sig[a], attrs[(i,)] = "*" + tname[x.dtype], [["tt.divisibility", 16]]  # torch aligns to 16 B
+                    elif isinstance(x, float):
+                        sig[a] = "fp32"
+                    else:  # ints: Triton specialises multiples of 16 (T, dv here), as at run time
+                        sig[a] = "i32"
+                        if x % 16 == 0:
+                            attrs[(i,)] = [["tt.divisibility", 16]]
+                for c in configs[:1] if one_config else configs:
+                    opts = dict(num_warps=c.num_warps, num_stages=c.num_stages)
+                    config = " ".join([*(f"{k} {v}" for k, v in c.kwargs.items()),
+                                       f"{c.num_warps} warps", f"{c.num_stages} stages"])
+                    for arch in archs:
+                        jobs.append(dict(kernel=name, config=config, arch=f"sm_{arch}", dtype=tname[dtype], dv=dv,
+                                         cc=arch, sig=sig, const={**const, **c.kwargs}, attrs=attrs, opts=opts))
+    return jobs
+
+
+def compile_one(job):
+    """Compile one job for its arch (no GPU needed) and read the machine code: registers and stack frame
+    (cuobjdump -res-usage), local loads/stores and the kinds of MMA instruction (cuobjdump -sass)."""
+    import tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, said out loud (3.9 warns otherwise)
+    import kernels
+    kern = getattr(kernels, job["kernel"])
+    fn = getattr(kern, "fn", kern)
+    rec = {k: job[k] for k in ("kernel", "config", "arch", "dtype", "dv")}
+    t0 = time.perf_counter()
+    try:
+        ck = triton.compile(ASTSource(fn, job["sig"], job["const"], job["attrs"]),
+                            target=GPUTarget("cuda", job["cc"], 32), options=job["opts"])
+    except Exception as e:  # noqa: BLE001  (a kernel that does not compile is a row, not the end of the report)
+        return dict(rec, status="error", error=f"{type(e).__name__}: {e}".strip().splitlines()[0][:300])
+    tool = triton.knobs.nvidia.cuobjdump.path
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(ck.asm["cubin"])
+        fh.flush()
+        res = subprocess.run([tool, "-res-usage", fh.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([tool, "-sass", fh.name], capture_output=True, text=True).stdout
+    use = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res))
+    ops = [line.split()[1] for line in sass.splitlines() if re.search(r"\b[HIQ]G?MMA\.", line)]
+    kinds = {}
+    for op in ops:  # HGMMA.64x64x16.F32.BF16 -> HGMMA.F32.BF16: the instruction and its types, not its shape
+        kind = ".".join(p for p in op.split(".") if not re.match(r"^\d", p))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(rec, status="ok", regs=int(use["REG"]), stack=int(use["STACK"]),
+                local_ops=len(re.findall(r"\b(LDL|STL)\b", sass)), smem=ck.metadata.shared + int(use["SHARED"]),
+                mma=kinds, compile_s=round(time.perf_counter() - t0, 1))
+
+
+def compile_tools():
+    """None if triton can compile for an NVIDIA target and read the result here, else why not."""
+    try:
+        import triton
+        from triton.compiler import ASTSource  # noqa: F401
+        tools = [triton.knobs.nvidia.ptxas.path, triton.knobs.nvidia.cuobjdump.path]
+    except Exception as e:  # noqa: BLE001
+        return f"triton cannot compile here ({type(e).__name__}: {e})"
+    missing = [t for t in tools if not (t and os.path.exists(t))]
+    return f"triton {triton.__version__} has no {' or '.join(missing)} (its NVIDIA backend ships both)" if missing else None
+
+
+def compile_suite(jobs, n_proc):
+    import multiprocessing
+    if n_proc <= 1:
+        return [compile_one(j) for j in jobs]
+    with multiprocessing.get_context("spawn").Pool(n_proc) as pool:  # spawn: a fresh interpreter, no forked torch
+        return pool.map(compile_one, jobs, chunksize=1)
+
+
+def compile_table(recs):
+    lines = ["| kernel | config | arch | dtype | dv | registers | stack B/thread | LDL+STL | shared B | MMA kinds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        cells = ([r["regs"], r["stack"], r["local_ops"], r["smem"],
+                  ", ".join(f"{k} ×{n}" for k, n in sorted(r["mma"].items())) or "none"]
+                 if r["status"] == "ok" else ["error: " + r["error"], "", "", "", ""])
+        lines.append("| " + " | ".join(map(str, [r["kernel"], r["config"], r["arch"], r["dtype"], r["dv"], *cells])) + " |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- output
 
 def pivot(recs, keys, col, cell, extra=None):
@@ -417,9 +558,37 @@ def plot(results, base):
         print(f"wrote {base}-{name}.png")
 
 
+def compile_main(args):
+    why = compile_tools()
+    if why:
+        sys.exit(f"bench.py --suite compile: {why}")
+    import triton
+    out = args.out or "bench/compile.json"
+    t0 = time.perf_counter()
+    recs = compile_suite(compile_jobs(), args.jobs)
+    meta = dict(triton=triton.__version__, torch=torch.__version__, commit=git_commit(),
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
+                wall_s=round(time.perf_counter() - t0, 1))
+    print(f"triton {meta['triton']} · commit {meta['commit']} · {meta['date']} · {meta['wall_s']} s\n")
+    print(compile_table(recs))
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(dict(meta=meta, compile=recs), fh, indent=1)
+    print(f"\nwrote {out}")
+    return recs
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="JRT-RNN benchmarks (SPEC §9); see the docstring of bench.py")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all"), default="prefill")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "compile"), default="prefill")
     p.add_argument("--tiny", action="store_true", help="the tiny sizes (automatic without CUDA)")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
                    help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; torch on CPU)")
@@ -427,7 +596,10 @@ def main(argv=None):
     p.add_argument("--plot", action="store_true", help="also write PNG figures beside the JSON (needs matplotlib)")
     p.add_argument("--peak", type=float, nargs=2, metavar=("TFLOPS", "TBPS"),
                    help="the device's dense bf16 TFLOP/s and memory TB/s, for the floor and MFU")
+    p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compile suite: parallel compiles")
     args = p.parse_args(argv)
+    if args.suite == "compile":
+        return compile_main(args)
 
     cuda = torch.cuda.is_available()
     dev, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
@@ -441,11 +613,7 @@ def main(argv=None):
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except OSError:
-        commit = None
+    commit = git_commit()
     suites = ("prefill", "decode", "train") if args.suite == "all" else (args.suite,)
     slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
     out = args.out or f"bench/{args.suite}-{slug}{'-tiny' if tiny else ''}.json"
