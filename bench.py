@@ -345,6 +345,9 @@ def kernel_launches(dtype, dv, T=256, M=128):
         def __init__(self, name):
             self.name, self.kernel = name, getattr(kernels, name)
 
+        def __getattr__(self, attr):  # arg_names and the like: the kernel's own
+            return getattr(self.kernel, attr)
+
         def __getitem__(self, grid):
             return lambda *a, **kw: calls.append((self.name, self.kernel, a, kw))
     props, real = types.SimpleNamespace(multi_processor_count=132), torch.cuda.get_device_properties
@@ -365,20 +368,20 @@ def kernel_launches(dtype, dv, T=256, M=128):
     return calls
 
 
-def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(90, 80), one_config=False):
-    """One job per (kernel, autotune config, arch, dtype, dv): what triton.compile needs, as plain values."""
-    import triton
+def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(90, 80)):
+    """One job per (kernel, launch variant, arch, dtype, dv): what triton.compile needs, as plain values."""
     tname = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
     jobs = []
     for dtype in dtypes:
         for dv in dvs:
             seen = set()
-            for name, kern, args, kw in kernel_launches(dtype, dv):
-                if name in seen:  # pla launches each kernel once per pass; keep the first
+            for name, fn, args, kw in kernel_launches(dtype, dv):
+                variant = tuple((k, str(kw[k])) for k, p in zip(fn.arg_names, fn.params) if p.is_constexpr and k in kw)
+                if (name, variant) in seen:  # the same compiled kernel launched again
                     continue
-                seen.add(name)
-                fn = kern.fn if isinstance(kern, triton.runtime.Autotuner) else kern
-                configs = kern.configs if isinstance(kern, triton.runtime.Autotuner) else [triton.Config({})]
+                seen.add((name, variant))
+                if kw.get("NORM"):  # the kernel's launch for the normaliser's ones column
+                    name += " (ones)"
                 vals = dict(zip(fn.arg_names, args), **kw)
                 sig, const, attrs = {}, {}, {}
                 for i, (a, p) in enumerate(zip(fn.arg_names, fn.params)):
@@ -396,13 +399,12 @@ def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(9
                         sig[a] = "i32"
                         if x % 16 == 0:
                             attrs[(i,)] = [["tt.divisibility", 16]]
-                for c in configs[:1] if one_config else configs:
-                    opts = dict(num_warps=c.num_warps, num_stages=c.num_stages)
-                    config = " ".join([*(f"{k} {v}" for k, v in c.kwargs.items()),
-                                       f"{c.num_warps} warps", f"{c.num_stages} stages"])
-                    for arch in archs:
-                        jobs.append(dict(kernel=name, config=config, arch=f"sm_{arch}", dtype=tname[dtype], dv=dv,
-                                         cc=arch, sig=sig, const={**const, **c.kwargs}, attrs=attrs, opts=opts))
+                opts = dict(num_warps=kw.get("num_warps", 4), num_stages=kw.get("num_stages", 3))
+                config = " ".join([*(f"{k} {const[k]}" for k in ("BT", "BV", "NS") if k in const),
+                                   f"{opts['num_warps']} warps"])
+                for arch in archs:
+                    jobs.append(dict(kernel=name, config=config, arch=f"sm_{arch}", dtype=tname[dtype], dv=dv,
+                                     cc=arch, sig=sig, const=const, attrs=attrs, opts=opts))
     return jobs
 
 
@@ -415,8 +417,7 @@ def compile_one(job):
     from triton.compiler import ASTSource
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, said out loud (3.9 warns otherwise)
     import kernels
-    kern = getattr(kernels, job["kernel"])
-    fn = getattr(kern, "fn", kern)
+    fn = getattr(kernels, job["kernel"].split()[0])  # a triton.JITFunction
     rec = {k: job[k] for k in ("kernel", "config", "arch", "dtype", "dv")}
     t0 = time.perf_counter()
     try:

@@ -5,7 +5,7 @@ Symbols (../README.md has the glossary): B batch, H heads, T sequence length, M 
 length, f feature dim of q and k, D = 1 + f + f² the Taylor feature dim, dv value dim per head,
 s = q·k/√f, φ the Taylor feature map, C the chunk length of the chunked forms.
 
-The math (JRT paper, eq. for PLA; SPEC §2-3):
+The math (JRT paper, PLA equations):
 
     φ(x) = [1, x / f^¼, vec(x ⊗ x) / (√2·√f)]            so  φ(q)·φ(k) = 1 + s + s²/2
 
@@ -17,19 +17,22 @@ The encoder sums (over the M prefix positions, read non-causally) are just a sta
 S_e, z_e for ordinary causal linear attention. So PLA = "reduce the prefix into a state, then run
 causal Based attention from it". With M = 0 and no starting state this is plain Based attention.
 
-The Triton algorithm (backend="triton", f = 16), per head:
-  1. encoder: S_e, z_e = Σ_j φ(ke_j)[ve_j, 1]ᵀ, a parallel reduction: the M keys are cut into
-     segments, one program per segment, and the partial states are summed.
-  2. decoder: T/C chunks in order, carrying the state as three pieces, Σ v (dv), Σ k vᵀ (f×dv) and
-     Σ (k⊗k) vᵀ (f²×dv), with φ's scalings folded into q and k, so no D-dim feature ever reaches
-     memory. Inside a chunk the scores come from s = q·kᵀ as 1 + s + s²/2 (causal); across chunks
-     from φ(q)·state. The normaliser is the same attention applied to a column of ones; a padded key
-     gets weight 0 on its value and on that ones column, so it adds nothing anywhere.
-  3. backward: the same two sweeps run again, one forward for dq (re-building the state), one in
-     reverse for dk, dv (carrying dS = Σ_{later i} φ(q_i) dnum_iᵀ), then the encoder keys read dS.
+The Triton algorithm (backend="triton", f = 16), per head, with the normaliser as one more value
+column: values g = w·[v, 1] (w = 0 for a pad), state [S, z] one (D, dv + 1) fp32 matrix:
+  1. encoder: [S_e, z_e] = Σ_j φ(ke_j) g_jᵀ, a parallel reduction: the M keys are cut into segments, one
+     program per segment, and the partial states are summed.
+  2. decoder: T/C chunks in order, carrying the state. Inside a chunk the scores come from s = q·kᵀ as
+     1 + s + s²/2 (causal); across chunks from φ(q)·state. φ is never stored: its f² piece is built
+     where it is used, f²/NS rows at a time. The ones column's block runs first and keeps 1/den.
+  3. backward: the gradient inside each chunk (chunks in parallel), then two sweeps through the state,
+     one forward for dq (re-building the state), one in reverse for dk, dv (carrying dS = Σ_{later i}
+     φ(q_i) G_iᵀ); the encoder keys then read dS.
+bf16 products (fp32 sums) for 16-bit inputs, fp32 products for fp32 inputs. The tiles are sized so that
+no kernel spills registers on an H100 or A100 (`python bench.py --suite compile` shows it, no GPU needed).
 FLOP per head: forward ≈ T·(4·D·dv + 2·C·(f + dv)) + M·2·D·dv (read and update the state for every
 decoder token, C×C scores and values inside a chunk, one state update per prefix key); backward ≈
-2.5× that. At SPEC §9's shape (B = H = 16, T = 32768, M = 16384, dv = 64, C = 64): ≈ 0.82 TFLOP.
+2.5× that. At the JRT paper's throughput shape (Table 5: B = H = 16, T = 32768, M = 16384, dv = 64,
+C = 64): ≈ 0.82 TFLOP.
 
 Public API (layout (B, H, T, ·) everywhere):
     feature_map(x)                       (..., f) -> (..., D)
@@ -39,7 +42,7 @@ Public API (layout (B, H, T, ·) everywhere):
 
 Padding: `pad_mask` (B, T) and `enc_pad_mask` (B, M) are True where a key is padding. Padded keys
 add nothing to any sum. (Zeroing k is not enough: φ(0) = [1, 0, ...] still adds 1 to the
-normaliser, which is what the official code does; SPEC §3.)
+normaliser, which is what the official code does.)
 """
 import math
 import os
@@ -59,7 +62,6 @@ except ImportError as err:  # Triton is optional: without it pla runs on the tor
 
     class triton:  # stand-ins so that the kernel definitions below still parse; they are never launched
         jit = staticmethod(lambda fn: fn)
-        autotune = staticmethod(lambda **kw: (lambda fn: fn))
 
     class tl:
         constexpr = None
@@ -68,30 +70,24 @@ except ImportError as err:  # Triton is optional: without it pla runs on the tor
 # ----------------------------------------------------------------------------- Triton kernels
 #
 # Inside the kernels (f = 16): x̃ = x·f^-¼ (exact in bf16: f^-¼ = 1/2), so s = q̃·k̃ and φ(x) = [1, x̃, P(x)]
-# with P(x) = vec(x̃ ⊗ x̃)/√2. The normaliser is one more value column: with values g = w·[v, 1] the
-# state is [S, z], one (D, dv + 1) fp32 matrix per head (rows [1, x̃, P(x)]: S₀, S₁, S₂), and the
-# denominator is the numerator of the ones column (SPEC §2: den = φ(q)·z). A program owns BV columns of
-# it; the block that holds the ones column (NORM) runs first in the forward, so that the other blocks
-# can divide by its result. The f² rows of S₂ are carried in NS slices of f²/NS rows, and P(x) is built
-# slice by slice where it is used, so no tile is larger than BT × f²/NS and no D-dim feature reaches
-# memory. Products run on the tensor cores in DT with fp32 accumulation: bf16 for 16-bit inputs (q̃, k̃,
-# v, the chunk's scores and P(x) in bf16; the state stays fp32 and is rounded to bf16 only to be read,
-# SPEC §10); fp32 inputs use fp32 operands (3 TF32 products each: about fp32 accuracy).
+# with P(x) = vec(x̃ ⊗ x̃)/√2. The state's rows [1, x̃, P(x)] are S₀, S₁, S₂; the denominator is the
+# numerator of the ones column (JRT paper: den = φ(q)·z). A program owns BV columns of the state; the
+# block that holds the ones column (NORM) runs first in the forward, so that the other blocks can divide
+# by its result. S₂'s f² rows are carried in NS slices of f²/NS rows, and P(x) is built slice by slice
+# where it is used, so no tile is larger than BT × f²/NS. For 16-bit inputs the products' operands are
+# bf16 (q̃, k̃, v, the chunk's scores, P(x), and the fp32 state rounded to bf16 where it is read), summed
+# in fp32; fp32 inputs multiply in fp32.
 
-def _configs():
-    """Chunk length BT and warps; each one compiles without spills (bench.py --suite compile)."""
-    if _NO_TRITON:
-        return []
-    if INTERPRET:  # the interpreter cannot benchmark configs, so it gets one
-        return [triton.Config({"BT": 32}, num_warps=4)]
-    cf = eval(os.environ.get("XCFG", "((32, 4), (64, 4))"))  # XXX experiment
-    return [triton.Config({"BT": bt}, num_warps=nw, num_stages=1) for bt, nw in cf]
+def _tiles(low):
+    """Chunk length BT, the f² rows' slice count NS and warps, for bf16 (low) or fp32 products: tiles that
+    compile without register spills for sm_90 and sm_80 (bench.py --suite compile)."""
+    return dict(BT=64, NS=4, num_warps=8, num_stages=1) if low else dict(BT=16, NS=8, num_warps=8, num_stages=1)
 
 
-def _autotune(*restore):
-    """Autotuned over _configs; `restore`: the outputs a kernel adds to, put back after each timing run."""
-    return lambda fn: triton.autotune(configs=_configs(), key=["DV", "BV", "HAS_W", "DT"],
-                                      restore_value=list(restore))(triton.jit(fn))
+@triton.jit
+def _dot(a, b, acc=None):
+    """a @ b (+ acc) in fp32; fp32 operands multiply as fp32 (no TF32), 16-bit ones on the tensor cores."""
+    return tl.dot(a, b, acc, input_precision="ieee")
 
 
 @triton.jit
@@ -144,7 +140,7 @@ def _weight(W, t, T, HAS_W: tl.constexpr):
 @triton.jit
 def _vals(V, w, t, T, e, DV, DT: tl.constexpr):
     """g = w·[v, 1] at rows t, columns e: (BT, BV) in DT. A pad adds nothing to the state, the normaliser
-    included (SPEC §3)."""
+    included."""
     v = tl.where((e == DV)[None, :], 1., _load(V, t, T, e, DV).to(tl.float32))
     return (v * w[:, None]).to(DT)
 
@@ -181,44 +177,44 @@ def _store_state(S, s2, s1, s0, e, DV, F: tl.constexpr):
 
 
 @triton.jit
-def _add(X, t, T, scale, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+def _add(X, t, T, scale, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
     """S += φ(x)ᵀ g, slice by slice; x = x̃ (BT, f) at rows t of X, g (BT, BV), both in DT.
     Forward: x = k, g = w·[v, 1]. Backward: x = q, g = [dnum, dden]."""
     A: tl.constexpr = F // len(s2)
     out = ()
     for p in tl.static_range(len(s2)):
-        out = out + (tl.dot(_PT(X, t, T, scale, p, A, F, DT), g, s2[p], input_precision=PREC),)
-    return out, tl.dot(tl.trans(g), x, s1, input_precision=PREC), s0 + tl.sum(g.to(tl.float32), 0)
+        out = out + (_dot(_PT(X, t, T, scale, p, A, F, DT), g, s2[p]),)
+    return out, _dot(tl.trans(g), x, s1), s0 + tl.sum(g.to(tl.float32), 0)
 
 
 @triton.jit
-def _read(X, t, T, scale, x, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+def _read(X, t, T, scale, x, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
     """φ(x)·S for every row: (BT, BV) fp32 = S₀ + x̃·S₁ + Σ_slices P(x)·S₂."""
     A: tl.constexpr = F // len(s2)
-    r = tl.dot(x, tl.trans(s1.to(DT)), input_precision=PREC)
+    r = _dot(x, tl.trans(s1.to(DT)))
     for p in tl.static_range(len(s2)):
-        r = tl.dot(_P(X, t, T, scale, p, A, F, DT), s2[p].to(DT), r, input_precision=PREC)
+        r = _dot(_P(X, t, T, scale, p, A, F, DT), s2[p].to(DT), r)
     return r + s0[None, :]
 
 
 @triton.jit
-def _grad_read(X, t, T, scale, x, g, s2, s1, F: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr):
+def _grad_read(X, t, T, scale, x, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
     """∂/∂x̃ of Σ_e g_e (φ(x)·S)_e for every row (BT, f) fp32, for S₂ symmetric in its f×f row index
     (see _sym): r = S g, then ∂/∂x̃_c = r₁_c + √2 Σ_b x̃_b r₂[(b, c)], one contraction per slice of b."""
     A: tl.constexpr = F // len(s2)
-    d = tl.dot(g, s1.to(DT), input_precision=PREC)                                              # (BT, f)
+    d = _dot(g, s1.to(DT))                                              # (BT, f)
     for p in tl.static_range(len(s2)):
-        r = tl.dot(g, tl.trans(s2[p].to(DT)), input_precision=PREC)                           # (BT, A·f)
+        r = _dot(g, tl.trans(s2[p].to(DT)))                           # (BT, A·f)
         xb = _load(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 1.4142135623730951)
         xb = tl.reshape(tl.broadcast_to(xb[:, :, None], (t.shape[0], A, F)), (t.shape[0], A * F))
         E = ((tl.arange(0, A * F) % F)[:, None] == tl.arange(0, F)[None, :]).to(DT)          # (A·f, f)
-        d = tl.dot((r * xb).to(DT), E, d, input_precision=PREC)
+        d = _dot((r * xb).to(DT), E, d)
     return d
 
 
-@_autotune()
+@triton.jit
 def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, C0, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
-                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr):
+                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """Step 1: the state of one segment of prefix keys, for one (b, h) and one block of columns."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
     e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
@@ -231,13 +227,13 @@ def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, C0, SEG, scale, F: tl.constexpr
         t = sg * SEG + m0 + tl.arange(0, BT)
         w = _weight(W, t, M, HAS_W)
         g = _vals(VE, w, t, M, e, DV, DT)
-        s2, s1, s0 = _add(KE, t, M, scale, _x(KE, t, M, scale, F, DT), g, s2, s1, s0, F, DT, PREC)
+        s2, s1, s0 = _add(KE, t, M, scale, _x(KE, t, M, scale, F, DT), g, s2, s1, s0, F, DT)
     _store_state(S_part + (bh * tl.num_programs(1) + sg) * D * (DV + 1), s2, s1, s0, e, DV, F)  # summed by torch
 
 
-@_autotune()
+@triton.jit
 def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: tl.constexpr, NS: tl.constexpr,
-                BV: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                BV: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr,
                 BT: tl.constexpr):
     """Step 2: causal Based attention from the starting state, for one (b, h) and one block of columns.
     NORM: this block holds the ones column; it stores 1/den in RDEN for the other blocks."""
@@ -251,17 +247,17 @@ def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: t
         q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)                 # (BT, f)
         w = _weight(W, t, T, HAS_W)
         g = _vals(V, w, t, T, e, DV, DT)                                   # (BT, BV)
-        num = _read(Q, t, T, scale, q, s2, s1, s0, F, DT, PREC)                     # (BT, BV): the chunks before
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)                             # (BT, BT) = q·k/√f
+        num = _read(Q, t, T, scale, q, s2, s1, s0, F, DT)                     # (BT, BV): the chunks before
+        s = _dot(q, tl.trans(k))                             # (BT, BT) = q·k/√f
         a = tl.where(t[:, None] >= t[None, :], 1 + s + 0.5 * s * s, 0.)              # φ(q_i)·φ(k_j), j ≤ i
-        num = tl.dot(a.to(DT), g, num, input_precision=PREC)                         # + this chunk
+        num = _dot(a.to(DT), g, num)                         # + this chunk
         if NORM:
             rden = 1 / (tl.sum(tl.where((e == DV)[None, :], num, 0.), 1) + eps)
             tl.store(RDEN + t, rden, mask=t < T)
         else:
             rden = tl.load(RDEN + t, mask=t < T, other=0.)
         _put(Y, t, T, e, DV, num * rden[:, None])
-        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT, PREC)
+        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
     _store_state(S_out + bh * D * (DV + 1), s2, s1, s0, e, DV, F)
 
 
@@ -272,35 +268,35 @@ def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: t
 # state but no BT×BT tile. dq and dk get a term from every block of columns: they are fp32 sums, added to
 # atomically (in an order that may differ between runs, by fp32 rounding).
 
-@_autotune()
+@triton.jit
 def _bwd_chunk_kernel(Q, K, V, W, DY, RDEN, DDEN, DQ, DK, DVAL, T, H, DV, scale, F: tl.constexpr,
-                      BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr):
+                      BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """The gradient through the scores inside one chunk: a_ij = 1 + s + s²/2 for j ≤ i, s = q̃_i·k̃_j."""
     bh = tl.program_id(1).to(tl.int64)
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
     V, DY, RDEN, DDEN, DVAL = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
     t = tl.program_id(0) * BT + tl.arange(0, BT)
     q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)                         # (BT, f)
-    s = tl.dot(q, tl.trans(k), input_precision=PREC)                                     # (BT, BT)
+    s = _dot(q, tl.trans(k))                                     # (BT, BT)
     causal, w = t[:, None] >= t[None, :], _weight(W, t, T, HAS_W)
     da = tl.zeros([BT, BT], tl.float32)
     for c0 in range(0, DV + 1, BV):  # ∂L/∂a_ij = G_i·g_j, over all dv + 1 columns
         e = c0 + tl.arange(0, BV)
         g = _vals(V, w, t, T, e, DV, DT)
-        da = tl.dot(_grads(DY, RDEN, DDEN, t, T, e, DV, DT), tl.trans(g), da, input_precision=PREC)
+        da = _dot(_grads(DY, RDEN, DDEN, t, T, e, DV, DT), tl.trans(g), da)
     ds = tl.where(causal, da * (1 + s), 0.).to(DT)                                        # ∂L/∂s_ij
-    _put(DQ + bh * T * F, t, T, tl.arange(0, F), F, tl.dot(ds, k, input_precision=PREC) * scale)
-    _put(DK + bh * T * F, t, T, tl.arange(0, F), F, tl.dot(tl.trans(ds), q, input_precision=PREC) * scale)
+    _put(DQ + bh * T * F, t, T, tl.arange(0, F), F, _dot(ds, k) * scale)
+    _put(DK + bh * T * F, t, T, tl.arange(0, F), F, _dot(tl.trans(ds), q) * scale)
     at = tl.trans(tl.where(causal, 1 + s + 0.5 * s * s, 0.)).to(DT)                      # a_ij at [j, i]
     for c0 in range(0, DV, BV):  # dg_j = Σ_i a_ij G_i; dv = w·dg
         e = c0 + tl.arange(0, BV)
-        dg = tl.dot(at, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), input_precision=PREC)
+        dg = _dot(at, _grads(DY, RDEN, DDEN, t, T, e, DV, DT))
         _put(DVAL, t, T, e, DV, dg * w[:, None])
 
 
-@_autotune("DQ")
+@triton.jit
 def _bwd_dq_kernel(Q, K, V, W, S_in, DY, RDEN, DDEN, DQ, T, H, DV, scale, F: tl.constexpr, NS: tl.constexpr,
-                   BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr):
+                   BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """dq += ∂/∂q of φ(q_i)·S_i G_i: chunks in order, re-building the state (symmetrised, _sym)."""
     bh = tl.program_id(1).to(tl.int64)
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
@@ -312,15 +308,15 @@ def _bwd_dq_kernel(Q, K, V, W, S_in, DY, RDEN, DDEN, DQ, T, H, DV, scale, F: tl.
         q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)
         w = _weight(W, t, T, HAS_W)
         g = _vals(V, w, t, T, e, DV, DT)
-        dq = _grad_read(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), s2, s1, F, DT, PREC)
+        dq = _grad_read(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), s2, s1, F, DT)
         c = tl.arange(0, F)
         tl.atomic_add(DQ + t[:, None] * F + c[None, :], dq * scale, mask=(t < T)[:, None], sem="relaxed")
-        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT, PREC)
+        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
 
 
-@_autotune("DK", "DVAL")
+@triton.jit
 def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, DK, DVAL, dS_out, T, H, DV, scale, F: tl.constexpr,
-                    NS: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr,
+                    NS: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr,
                     BT: tl.constexpr):
     """dk, dv += the terms through dS = Σ_{later i} φ(q_i) G_iᵀ (symmetric in its f² rows): chunks in
     reverse, from the gradient of the final state to that of the starting state (stored in dS_out)."""
@@ -335,18 +331,18 @@ def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, DK, DVAL, dS_out, T, H, D
         q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)
         w = _weight(W, t, T, HAS_W)
         g = _vals(V, w, t, T, e, DV, DT)
-        dg = _read(K, t, T, scale, k, d2, d1, d0, F, DT, PREC)                        # φ(k_j)·dS: (BT, BV)
+        dg = _read(K, t, T, scale, k, d2, d1, d0, F, DT)                        # φ(k_j)·dS: (BT, BV)
         _put(DVAL, t, T, e, DV, _load(DVAL, t, T, e, DV).to(tl.float32) + dg * w[:, None])  # the chunk's part
-        dk = _grad_read(K, t, T, scale, k, g, d2, d1, F, DT, PREC)                          # (BT, f)
+        dk = _grad_read(K, t, T, scale, k, g, d2, d1, F, DT)                          # (BT, f)
         c = tl.arange(0, F)
         tl.atomic_add(DK + t[:, None] * F + c[None, :], dk * scale, mask=(t < T)[:, None], sem="relaxed")
-        d2, d1, d0 = _add(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), d2, d1, d0, F, DT, PREC)
+        d2, d1, d0 = _add(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), d2, d1, d0, F, DT)
     _store_state(dS_out + bh * D * (DV + 1), d2, d1, d0, e, DV, F)
 
 
-@_autotune("DKE")
+@triton.jit
 def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
-                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, PREC: tl.constexpr, BT: tl.constexpr):
+                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """Step 3: the prefix keys read the gradient of the starting state; no order, segments in parallel."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
@@ -357,26 +353,26 @@ def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constex
         k = _x(KE, t, M, scale, F, DT)
         w = _weight(W, t, M, HAS_W)
         g = _vals(VE, w, t, M, e, DV, DT)
-        dk = _grad_read(KE, t, M, scale, k, g, d2, d1, F, DT, PREC)
+        dk = _grad_read(KE, t, M, scale, k, g, d2, d1, F, DT)
         c = tl.arange(0, F)
         tl.atomic_add(DKE + t[:, None] * F + c[None, :], dk * scale, mask=(t < M)[:, None], sem="relaxed")
-        _put(DVE, t, M, e, DV, _read(KE, t, M, scale, k, d2, d1, d0, F, DT, PREC) * w[:, None])
+        _put(DVE, t, M, e, DV, _read(KE, t, M, scale, k, d2, d1, d0, F, DT) * w[:, None])
 
 
 # ----------------------------------------------------------------------------- autograd and dispatch
 
-def _blocks(dv, M, BH, device):
+def _blocks(dv, M, BH, low, device):
     """Column blocks and prefix segments. The forward cuts the dv + 1 columns [v, 1] into NV blocks of BV
     value columns and the block that holds the rest and the ones column (BVL wide: the narrowest power of
     two ≥ 16 that fits); the backward's sweeps into NB blocks of 16, so that the f²×16 fp32 state leaves
     registers for the gradient's tiles. The prefix is cut into segments, enough programs to fill the GPU,
     no more, since each one writes a partial state."""
-    BV = 16 if dv < 16 else 32  # the forward's f²×BV fp32 state: 64 registers a thread at BV 32, 4 warps
+    BV = 32 if low and dv >= 32 else 16  # fp32: BV 16, a smaller f²×BV state (_tiles)
     NV = dv // BV
     BVL = max(16, triton.next_power_of_2(dv + 1 - NV * BV))
     want = 16 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
     nseg = max(1, min(triton.cdiv(M, 64), want // max(1, BH * (NV + 1))))
-    seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT in _configs
+    seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT of _tiles
     return dict(BV=BV, NV=NV, BVL=BVL, NB=triton.cdiv(dv + 1, 16), seg=seg, nseg=triton.cdiv(M, seg))
 
 
@@ -407,12 +403,11 @@ class _PLA(torch.autograd.Function):
     def forward(ctx, q, k, v, k_enc, v_enc, S0, z0, keep, keep_enc):
         B, H, T, f = q.shape
         dv, D, M = v.shape[-1], 1 + f + f * f, 0 if k_enc is None else k_enc.shape[2]
-        blocks = _blocks(dv, M, B * H, q.device)
         # bf16 products for 16-bit inputs (fp16 too: the state rounded to fp16 could overflow), fp32 for
-        # fp32 inputs. The interpreter computes a bf16 tl.dot wrongly (SPEC §10): there everything is fp32.
+        # fp32 inputs. The interpreter computes a bf16 tl.dot wrongly: there everything is fp32.
         low = not INTERPRET and {q.dtype, v.dtype} != {torch.float32}
-        kw = dict(F=f, NS=int(os.environ.get("XNS", 4)) if low else 8, DT=tl.bfloat16 if low else tl.float32,
-                  PREC="tf32x3", scale=f ** -0.25)
+        kw = dict(F=f, DT=tl.bfloat16 if low else tl.float32, scale=f ** -0.25, **_tiles(low))
+        blocks = _blocks(dv, M, B * H, low, q.device)
         S = (q.new_zeros(B, H, D, dv + 1, dtype=torch.float32) if S0 is None
              else torch.cat([S0.float(), z0.float()[..., None]], -1))
         if M > 0:  # 1. the prefix, reduced into partial states in parallel
@@ -425,7 +420,7 @@ class _PLA(torch.autograd.Function):
         _launch(_fwd_kernel, (B * H,), blocks, q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H, dv,
                 eps=EPS, HAS_W=keep is not None, **kw)
         ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden)
-        ctx.has_state, ctx.blocks, ctx.kw = S0 is not None, blocks, kw
+        ctx.has_state, ctx.blocks, ctx.kw, ctx.low = S0 is not None, blocks, kw, low
         return y, S_out[..., :dv], S_out[..., dv]
 
     @staticmethod
@@ -442,8 +437,8 @@ class _PLA(torch.autograd.Function):
         dq, dk = q.new_empty(B, H, T, f, dtype=torch.float32), k.new_empty(B, H, T, f, dtype=torch.float32)
         dv_, dS = torch.empty_like(v), torch.empty_like(S)  # dS: the gradient of the starting state
         w, kw_w = q if keep is None else keep, dict(kw, HAS_W=keep is not None)
-        _bwd_chunk_kernel[lambda meta: (triton.cdiv(T, meta["BT"]), B * H)](
-            q, k, v, w, dy, rden, dden, dq, dk, dv_, T, H, dv, **kw_w)
+        _bwd_chunk_kernel[(triton.cdiv(T, kw["BT"]), B * H)](  # the sweeps' chunks: the same BT
+            q, k, v, w, dy, rden, dden, dq, dk, dv_, T, H, dv, **{n: x for n, x in kw_w.items() if n != "NS"})
         _bwd_dq_kernel[(nb, B * H)](q, k, v, w, _sym(S, f), dy, rden, dden, dq, T, H, dv, **kw_w)
         _bwd_dkv_kernel[(nb, B * H)](q, k, v, w, dy, rden, dden, dS_sym, dk, dv_, dS, T, H, dv, **kw_w)
         dke = dve = None
@@ -452,7 +447,7 @@ class _PLA(torch.autograd.Function):
             seg = ctx.blocks["seg"]
             _enc_bwd_kernel[(nb, triton.cdiv(M, seg), B * H)](
                 k_enc, v_enc, q if keep_enc is None else keep_enc, dS, dke, dve, M, H, dv, seg,
-                HAS_W=keep_enc is not None, **kw)
+                HAS_W=keep_enc is not None, **dict(kw, NS=kw["NS"] if ctx.low else 16))  # fp32: 8 would spill
             dke = dke.to(k_enc.dtype)
         dS = dS + dS_end - dS_sym  # the final state passes its non-symmetric part (no output reads it) to the start
         state_grads = (dS[..., :dv], dS[..., dv]) if ctx.has_state else (None, None)
@@ -495,6 +490,8 @@ def pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_m
 
 @torch.compiler.disable  # torch.compile runs around the kernels (a graph break), not through them
 def _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state):
+    if 0 in q.shape[:3]:  # no (b, h) or no token: nothing to launch, the torch form gives the empty result
+        return _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
     if k_enc is not None and k_enc.shape[2] == 0:  # M = 0: plain Based attention
         k_enc = v_enc = enc_pad_mask = None
     keep = None if pad_mask is None else (~pad_mask).float().contiguous()              # (B, T)
@@ -539,11 +536,18 @@ def _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask):
         raise ValueError("enc_pad_mask was given without k_enc / v_enc")
     if pad_mask is not None and pad_mask.shape != (B, T):
         raise ValueError(f"pad_mask must be (B, T) = ({B}, {T}); got {tuple(pad_mask.shape)}")
+    for name, m in (("pad_mask", pad_mask), ("enc_pad_mask", enc_pad_mask)):
+        if m is not None and m.dtype != torch.bool:  # a float 0/1 mask would be read the wrong way round
+            raise ValueError(f"{name} must be a bool tensor (True where a key is padding); got dtype {m.dtype}")
     if state is not None:
-        S, z = state
-        if S.shape != (B, H, D, dv) or z.shape != (B, H, D):
-            raise ValueError(f"state must be (S (B, H, D, dv), z (B, H, D)) with D = 1+f+f² = {D}; "
-                             f"got S {tuple(S.shape)}, z {tuple(z.shape)}")
+        _check_state(state, B, H, D, dv)
+
+
+def _check_state(state, B, H, D, dv):
+    S, z = state
+    if S.shape != (B, H, D, dv) or z.shape != (B, H, D):
+        raise ValueError(f"state must be (S (B, H, D, dv), z (B, H, D)) = (({B}, {H}, {D}, {dv}), ({B}, {H}, {D})) "
+                         f"with D = 1+f+f²; got S {tuple(S.shape)}, z {tuple(z.shape)}")
 
 
 def _keep(mask, like):
@@ -608,6 +612,12 @@ def pla_step(q, k, v, state):
     temporary included): worth trying where decode is memory-bound (large batch), but no GPU was at
     hand to measure it when the kernels were written.
     """
+    if q.dim() != 3 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be (B, H, f), one token; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, H, f = q.shape
+    if v.dim() != 3 or v.shape[:2] != (B, H):
+        raise ValueError(f"v must be (B, H, dv) = ({B}, {H}, dv); got {tuple(v.shape)}")
+    _check_state(state, B, H, 1 + f + f * f, v.shape[-1])
     S, z = state
     acc = S.dtype
     phq, phk = feature_map(q.to(acc)), feature_map(k.to(acc))  # (B, H, D)
@@ -651,6 +661,6 @@ def pla_flop(T, M, f=16, dv=64, C=64):
          2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
          2·f²               the outer products of φ(q) and φ(k)
        per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
-    So SPEC §9's ≈ 81.7k·T + 35.5k·M; at T = 32k, M = 16k, B·H = 256 that is 0.83 TFLOP."""
+    So the JRT paper's throughput shape (Table 5) costs ≈ 81.7k·T + 35.5k·M; at T = 32k, M = 16k, B·H = 256 that is 0.83 TFLOP."""
     D = 1 + f + f * f
     return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M
