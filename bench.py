@@ -43,7 +43,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels import pla, pla_flop, pla_reference
-from model import Config, Model
+from model import Config, Model, resolve_device
 
 SIZES = {
     "gpu": dict(
@@ -54,11 +54,14 @@ SIZES = {
         runs=(3, 10, 1.0),                             # warm-up calls; at least 10 timed; more while < 1 s
         decode=("jrt-360m", "transformer-360m"), decode_T=(1024, 2048, 4096, 8192, 16384, 32768),
         decode_B=(1, 2, 4, 8, 16, 32, 64), decode_steps=16,
-        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048),  # T, M = 2048, 1024 (§4)
+        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048,   # T, M = 2048, 1024 (§4)
+        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv) against the reference
+        quick_T=(8192,), quick_B=(1, 16)),                       # gpu suite: decode at one context
     "tiny": dict(
         H=2, f=16, dv=64, T=(128, 256), B=2, B_sweep=(1, 2), T_at=128, check_T=256, runs=(1, 2, 0.0),
         decode=("jrt-tiny", "transformer-tiny"), decode_T=(64, 128), decode_B=(1, 2), decode_steps=4,
-        train=("jrt-tiny", "based-tiny", "transformer-tiny"), train_B=2, train_T=128),
+        train=("jrt-tiny", "based-tiny", "transformer-tiny"), train_B=2, train_T=128,
+        checks=[(1, 2, 100, 37, 64), (1, 1, 70, 21, 112)], quick_T=(64,), quick_B=(1, 2)),
 }
 PEAK = [  # (device name contains, dense bf16 FLOP/s, memory bytes/s): datasheets; --peak overrides.
     ("H100 PCIe", 756e12, 2.0e12),  # SPEC §9 rounds the H100 to 800 TFLOP/s and 3 TB/s (floor ≈ 1.1 ms);
@@ -351,9 +354,10 @@ def kernel_launches(dtype, dv, T=256, M=128):
         def __getitem__(self, grid):
             return lambda *a, **kw: calls.append((self.name, self.kernel, a, kw))
     props, real = types.SimpleNamespace(multi_processor_count=132), torch.cuda.get_device_properties
-    saved = {n: getattr(kernels, n) for n in names}
+    saved, interpret = {n: getattr(kernels, n) for n in names}, kernels.INTERPRET
     try:
         torch.cuda.get_device_properties = lambda *a: props
+        kernels.INTERPRET = False  # the launches a GPU gets (bf16 products), even where tests interpret
         for n in names:
             setattr(kernels, n, Rec(n))
         g = lambda *s: torch.randn(*s).to(dtype).requires_grad_()  # noqa: E731
@@ -362,7 +366,7 @@ def kernel_launches(dtype, dv, T=256, M=128):
         y, S, z = kernels._PLA.apply(q, k, v, ke, ve, None, None, keep, keep_enc)
         (y.float().sum() + S.sum() + z.sum()).backward()
     finally:
-        torch.cuda.get_device_properties = real
+        torch.cuda.get_device_properties, kernels.INTERPRET = real, interpret
         for n, kern in saved.items():
             setattr(kernels, n, kern)
     return calls
@@ -473,6 +477,71 @@ def compile_table(recs):
     return "\n".join(lines)
 
 
+# ----------------------------------------------------------------------------- gpu (bash bench/gpu.sh)
+
+def kernel_checks(S, dev, dtype, backend):
+    """Forward, final state and every gradient of pla(backend) against the float64 reference on the same
+    device and the same (rounded) inputs, with a starting state and pads; unit scale (the s² term)."""
+    recs, g = [], torch.Generator().manual_seed(0)
+    for B, H, T, M, dv in S["checks"]:
+        r = lambda *shape: torch.randn(*shape, generator=g).to(dtype).double()  # noqa: E731   (rounded once)
+        x = dict(q=r(B, H, T, 16), k=r(B, H, T, 16), v=r(B, H, T, dv), k_enc=r(B, H, M, 16), v_enc=r(B, H, M, dv))
+        x["S"], x["z"] = pla_reference(r(B, H, 20, 16), r(B, H, 20, 16), r(B, H, 20, dv))[1]
+        pads = dict(pad_mask=(torch.rand(B, T, generator=g) < 0.2).to(dev), enc_pad_mask=(torch.rand(B, M, generator=g) < 0.2).to(dev))
+        w = [torch.randn(n, generator=g, dtype=torch.float64).to(dev) for n in ((B, H, T, dv), (B, H, 273, dv), (B, H, 273))]
+        out = {}
+        for name in ("ours", "reference"):
+            t = {n: a.to(dev, torch.float64 if name == "reference" else torch.float32 if n in ("S", "z") else dtype)
+                 .requires_grad_() for n, a in x.items()}
+            args, state = [t[n] for n in ("q", "k", "v", "k_enc", "v_enc")], (t["S"], t["z"])
+            try:
+                y, st = (pla(*args, state=state, return_state=True, backend=backend, **pads) if name == "ours"
+                         else pla_reference(*args, state=state, **pads))
+                sum((a.double() * b).sum() for a, b in zip((y, *st), w)).backward()
+            except Exception as e:  # noqa: BLE001
+                out = failure(e)
+                break
+            out[name] = {"y": y, "S": st[0], "z": st[1], **{f"d{n}": a.grad for n, a in t.items()}}
+        rec = dict(B=B, H=H, T=T, M=M, dv=dv, dtype=str(dtype), backend=backend)
+        if "status" in out:
+            recs.append(dict(rec, **out))
+            continue
+        err = {n: float((a.double() - out["reference"][n]).abs().max() / out["reference"][n].abs().max())
+               for n, a in out["ours"].items()}
+        worst = max(err.values())
+        recs.append(dict(rec, err=err, max_err=worst, status="ok" if worst <= TOL[dtype] else "wrong"))
+        free()
+    return recs
+
+
+def fwd_bwd(fn):
+    """fn's forward and backward (a gradient of ones on y), returning y: a prefill row's fn, timed whole."""
+    def run(*x):
+        x = [a.detach().requires_grad_() for a in x]
+        y = fn(*x)
+        y.backward(torch.ones_like(y))
+        return y.detach()
+    return run
+
+
+def gpu_suite(S, dev, dtype, backend, peak):
+    """The first run on a GPU: kernel checks, the JRT paper's Table-5 row (T 32768, B 16) with speed-ups
+    over FA2 from the same run and the forward + backward of JRT-RNN, decode and a training step."""
+    res = dict(checks=kernel_checks(S, dev, dtype, backend))
+    print(tables("checks", res["checks"], S), flush=True)
+    rows = [r for r in default_rows(backend) if r.name == FA2 or f"ours ({backend}" in r.name or "fused_chunk" in r.name]
+    jrt = next(r for r in rows if r.kind == "pla")
+    rows.append(Row(jrt.name + ", forward + backward", "pla", fwd_bwd(jrt.fn)))
+    S5 = dict(S, T=(S["T"][-1],), B_sweep=())  # the longest T of the table, at its B
+    res["prefill"] = prefill_suite(S5, dev, dtype, backend, peak, rows)
+    print(tables("prefill", res["prefill"], S5), flush=True)
+    res["decode"] = decode_suite(dict(S, decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype, "auto", peak)
+    print(tables("decode", res["decode"], S), flush=True)
+    res["train"] = train_suite(dict(S, runs=(2, 5, 0.5)), dev, dtype, "auto", peak)
+    print(tables("train", res["train"], S), flush=True)
+    return res
+
+
 # ----------------------------------------------------------------------------- output
 
 def pivot(recs, keys, col, cell, extra=None):
@@ -498,13 +567,23 @@ def verdict(mine):
 
 def tables(suite, recs, S):
     out = []
-    if suite == "prefill":
+    if suite == "checks":
+        out += ["\n### forward and backward against the float64 reference (max |got - ref| / max |ref|)\n",
+                "| B, H, T, M, dv | dtype | backend | y | S, z | worst gradient | check |", "|---|---|---|---|---|---|---|"]
+        for r in recs:
+            e = r.get("err", {})
+            cells = ([f"{e['y']:.1e}", f"{max(e['S'], e['z']):.1e}", f"{max(v for n, v in e.items() if n[0] == 'd'):.1e}"]
+                     if e else ["", "", ""])
+            out.append("| " + " | ".join([", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv")), r["dtype"],
+                                          r["backend"], *cells, r["status"]]) + " |")
+    elif suite == "prefill":
         for sweep, col, fixed in (("T", "T", f"B = {S['B']}"), ("B", "B", f"T = {S['T_at']}")):
             rs = [r for r in recs if r["sweep"] == sweep]
+            if not rs:  # the gpu suite has no sweep over B
+                continue
             x = lambda r: f" ({r['speedup_vs_fa2']:.1f}×)" if r.get("speedup_vs_fa2") else ""  # noqa: E731
             out += [f"\n### prefill latency, ms ({fixed}, H = {S['H']}; × = speed-up vs FlashAttention-2)\n"]
-            out += pivot(rs, ["implementation"], col, lambda r: f"{r['ms']:.3f}{x(r)}",
-                         ("check", verdict)) if rs else []
+            out += pivot(rs, ["implementation"], col, lambda r: f"{r['ms']:.3f}{x(r)}", ("check", verdict))
             fl = lambda r: f" ({r['x_floor']:.1f}× floor)" if r.get("x_floor") else ""  # noqa: E731
             out += [f"\n### prefill TFLOP/s by the work model ({fixed}; × floor = latency / roofline floor)\n"]
             out += pivot(rs, ["implementation"], col, lambda r: f"{r['tflops']:.3g}{fl(r)}")
@@ -526,7 +605,8 @@ def tables(suite, recs, S):
                       f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3g}", mfu]
                      if r["status"] == "ok" else ["", f"{r['B']} × {r['T']}", r["status"], "", "", ""])
             out.append("| " + " | ".join([r["model"], *cells]) + " |")
-    errors = {(r.get("implementation") or r["model"]): r["error"] for r in recs if r["status"] == "error"}
+    errors = {(r.get("implementation") or r.get("model") or f"T = {r.get('T')}, dv = {r.get('dv')}"): r["error"]
+              for r in recs if r["status"] == "error"}
     out += [f"\n- {k}: error: {v}" for k, v in errors.items()]  # one line per row that could not run
     return "\n".join(out)
 
@@ -588,9 +668,11 @@ def git_commit():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="JRT-RNN benchmarks (SPEC §9); see the docstring of bench.py")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "compile"), default="prefill")
+    p = argparse.ArgumentParser(description="JRT-RNN benchmarks (JRT paper, throughput table (Table 5)); "
+                                            "see the docstring of bench.py")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "gpu", "compile"), default="prefill")
     p.add_argument("--tiny", action="store_true", help="the tiny sizes (automatic without CUDA)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
                    help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; torch on CPU)")
     p.add_argument("--out", default=None, help="JSON file (default bench/<suite>-<device>.json)")
@@ -601,12 +683,23 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.suite == "compile":
         return compile_main(args)
+    try:
+        dev = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"bench.py --device: {e}")
+    if args.plot:  # before the long runs, not after them
+        if args.suite == "gpu":
+            sys.exit("bench.py --plot: the gpu suite writes tables only; use --suite prefill, decode, train or all")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            sys.exit("bench.py --plot needs matplotlib, which is not installed (pip install matplotlib)")
 
-    cuda = torch.cuda.is_available()
-    dev, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
     tiny = args.tiny or not cuda
     S = SIZES["tiny" if tiny else "gpu"]
-    device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
+    device = torch.cuda.get_device_name(dev) if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
     peak = tuple(x * 1e12 for x in args.peak) if args.peak else next(
         ((fl, bw) for key, fl, bw in PEAK if cuda and key in device), None)
     try:
@@ -616,25 +709,36 @@ def main(argv=None):
         triton_version = None
     commit = git_commit()
     suites = ("prefill", "decode", "train") if args.suite == "all" else (args.suite,)
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
-    out = args.out or f"bench/{args.suite}-{slug}{'-tiny' if tiny else ''}.json"
+    slug = (re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu") + ("-tiny" if tiny else "")
+    date = datetime.now(timezone.utc)
+    out = args.out or (f"bench/gpu-{slug}-{date:%Y-%m-%d}.json" if args.suite == "gpu" else f"bench/{args.suite}-{slug}.json")
     meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda, commit=commit,
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
+                date=date.isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
                 sizes="tiny" if tiny else "gpu", size_table=S, dtype=str(dtype),
                 peak_flops=peak and peak[0], peak_bytes_per_s=peak and peak[1])
-    print(f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · {meta['date']} · "
-          f"{meta['sizes']} sizes, {dtype}")
+    head = (f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · {meta['date']} · "
+            f"{meta['sizes']} sizes, {dtype}")
+    print(head)
     results = dict(meta=meta)
     for suite in suites:
         torch.manual_seed(0)
-        backend = args.backend or (("triton" if suite == "prefill" else "auto") if cuda else "torch")
-        results[suite] = {"prefill": prefill_suite, "decode": decode_suite, "train": train_suite}[suite](
-            S, dev, dtype, backend, peak)
-        print(tables(suite, results[suite], S))
+        backend = args.backend or (("triton" if suite in ("prefill", "gpu") else "auto") if cuda else "torch")
+        fn = {"prefill": prefill_suite, "decode": decode_suite, "train": train_suite, "gpu": gpu_suite}[suite]
+        results[suite] = fn(S, dev, dtype, backend, peak)
+        if suite != "gpu":  # the gpu suite prints its tables as it goes
+            print(tables(suite, results[suite], S))
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out, "w") as fh:  # after every suite, so a run cut short keeps what it measured
             json.dump(results, fh, indent=1)
     print(f"\nwrote {out}")
+    if args.suite == "gpu":  # and the tables as markdown, named after the device and the date
+        md = (f"results/gpu-{slug}-{date:%Y-%m-%d}.md" if args.out is None else os.path.splitext(out)[0] + ".md")
+        S5 = dict(S, T=(S["T"][-1],), B_sweep=())
+        body = [tables(k, v, S5 if k == "prefill" else S) for k, v in results["gpu"].items()]
+        os.makedirs(os.path.dirname(md) or ".", exist_ok=True)
+        with open(md, "w") as fh:
+            fh.write("\n".join([f"# bash bench/gpu.sh on {device}\n", f"`{meta['command']}`\n", head, *body]) + "\n")
+        print(f"wrote {md}")
     if args.plot:
         plot(results, os.path.splitext(out)[0])
     return results
