@@ -1,5 +1,5 @@
 """
-Benchmarks (SPEC §9): a markdown table on stdout and every number in a JSON file, per suite.
+Benchmarks (JRT paper, throughput table (Table 5)): markdown tables on stdout, every number in a JSON file.
 
   prefill  latency of the mixing operator alone on random inputs, as in the paper's Table 5:
            FlashAttention-2 vs our Based kernel at T, JRT-Prompt (Based at 2T) and JRT-RNN (PLA with
@@ -9,14 +9,20 @@ Benchmarks (SPEC §9): a markdown table on stdout and every number in a JSON fil
   decode   tokens/s of Model.step and the cache memory per sequence at growing context: constant
            state (jrt-360m) vs growing KV cache (transformer-360m).
   train    tokens/s and MFU of one training step (forward, backward, AdamW) of the 360M presets.
+  gpu      the first run on a GPU (`bash bench/gpu.sh`, a few minutes): the kernels' forward and backward
+           against the reference on the device, the Table-5 row at T = 32768, B = 16 (with JRT-RNN's
+           forward + backward), decode at one context and the train step; also a markdown file in results/.
+  compile  no GPU needed: every Triton kernel compiled for sm_90 and sm_80 (bf16 and fp32, dv 64 and
+           112), with its registers, stack (spill) bytes, shared memory and MMA instruction kinds.
 
 TFLOP/s are those of the work model below (pla_flop, causal attention 2·T²·d per head), i.e. useful
 work per second, whatever the kernel really computes (fla's parallel_based is quadratic). "× floor" is
 latency over max(FLOP / peak, least bytes / bandwidth) on the devices of PEAK. Our kernels compute the
-normaliser too; the paper's CUDA kernels did not (SPEC §9). Decode is eager PyTorch (no CUDA graphs).
+normaliser too; the paper's CUDA kernels did not. Decode is eager PyTorch (no CUDA graphs).
 
-On a GPU (bf16; the commands that produce the committed results, a few minutes each):
+On a GPU (bf16), a few minutes each:
 
+    bash bench/gpu.sh                                             # first: all of it, at one size each
     python bench.py --suite prefill --out bench/h100-prefill.json
     python bench.py --suite decode  --out bench/h100-decode.json
     python bench.py --suite train   --out bench/h100-train.json
@@ -24,6 +30,7 @@ On a GPU (bf16; the commands that produce the committed results, a few minutes e
 
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test.
+`python bench.py --suite compile [--jobs N]` writes bench/compile.json (about 2 minutes on 2 cores).
 """
 import argparse
 import gc
@@ -47,14 +54,14 @@ from model import Config, Model, resolve_device
 
 SIZES = {
     "gpu": dict(
-        H=16, f=16, dv=64,                             # SPEC §9: 16 heads, f = 16, dv = 64 (FA2: 16 heads of 64)
+        H=16, f=16, dv=64,                             # JRT paper, Table 5: 16 heads, f = 16, dv = 64 (FA2: 16 of 64)
         T=(2048, 4096, 8192, 16384, 32768), B=16,      # prefill sweep over T at B = 16: the paper's table
         B_sweep=(2, 4, 8, 16, 32, 64), T_at=16384,     # prefill sweep over B at T = 16k
         check_T=512,                                   # queries per row checked against the reference (8 chunks)
         runs=(3, 10, 1.0),                             # warm-up calls; at least 10 timed; more while < 1 s
         decode=("jrt-360m", "transformer-360m"), decode_T=(1024, 2048, 4096, 8192, 16384, 32768),
         decode_B=(1, 2, 4, 8, 16, 32, 64), decode_steps=16,
-        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048,   # T, M = 2048, 1024 (§4)
+        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048,   # T, M = 2048, 1024 (JRT paper)
         checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv) against the reference
         quick_T=(8192,), quick_B=(1, 16)),                       # gpu suite: decode at one context
     "tiny": dict(
@@ -64,7 +71,7 @@ SIZES = {
         checks=[(1, 2, 100, 37, 64), (1, 1, 70, 21, 112)], quick_T=(64,), quick_B=(1, 2)),
 }
 PEAK = [  # (device name contains, dense bf16 FLOP/s, memory bytes/s): datasheets; --peak overrides.
-    ("H100 PCIe", 756e12, 2.0e12),  # SPEC §9 rounds the H100 to 800 TFLOP/s and 3 TB/s (floor ≈ 1.1 ms);
+    ("H100 PCIe", 756e12, 2.0e12),  # rounded to 800 TFLOP/s and 3 TB/s the floor is ≈ 1.1 ms;
     ("H100", 989e12, 3.35e12),      # with the SXM datasheet the JRT-RNN floor at 32k/16 is ≈ 1.0 ms
     ("H200", 989e12, 4.8e12),
     ("A100", 312e12, 2.0e12),
@@ -172,7 +179,7 @@ def default_rows(backend):
 
 
 def make_inputs(row, B, T, S, dev, dtype):
-    def r(n, t=T):  # unit scale: randn/16 would hide errors in the s² term (SPEC §10)
+    def r(n, t=T):  # unit scale: randn/16 would hide errors in the s² term
         if row.bthd:
             return torch.randn(B, t, S["H"], n, device=dev, dtype=dtype).transpose(1, 2)
         return torch.randn(B, S["H"], t, n, device=dev, dtype=dtype)

@@ -70,13 +70,9 @@ except ImportError as err:  # Triton is optional: without it pla runs on the tor
 # ----------------------------------------------------------------------------- Triton kernels
 #
 # Inside the kernels (f = 16): x̃ = x·f^-¼ (exact in bf16: f^-¼ = 1/2), so s = q̃·k̃ and φ(x) = [1, x̃, P(x)]
-# with P(x) = vec(x̃ ⊗ x̃)/√2. The state's rows [1, x̃, P(x)] are S₀, S₁, S₂; the denominator is the
-# numerator of the ones column (JRT paper: den = φ(q)·z). A program owns BV columns of the state; the
-# block that holds the ones column (NORM) runs first in the forward, so that the other blocks can divide
-# by its result. S₂'s f² rows are carried in NS slices of f²/NS rows, and P(x) is built slice by slice
-# where it is used, so no tile is larger than BT × f²/NS. For 16-bit inputs the products' operands are
-# bf16 (q̃, k̃, v, the chunk's scores, P(x), and the fp32 state rounded to bf16 where it is read), summed
-# in fp32; fp32 inputs multiply in fp32.
+# with P(x) = vec(x̃ ⊗ x̃)/√2; the state's rows [1, x̃, P(x)] are S₀, S₁, S₂. A program owns BV columns of
+# the state, S₂ as NS slices of f²/NS rows; no tile is larger than BT × f²/NS. With 16-bit inputs the
+# products' operands are bf16 (q̃, k̃, v, the chunk's scores, P(x), the fp32 state where it is read).
 
 def _tiles(low):
     """Chunk length BT, the f² rows' slice count NS and warps, for bf16 (low) or fp32 products: tiles that
@@ -150,6 +146,12 @@ def _grads(DY, RDEN, DDEN, t, T, e, DV, DT: tl.constexpr):
     """The output gradient of [num, den] at rows t, columns e: [dy/den, dden] (BT, BV) in DT."""
     dnum = _load(DY, t, T, e, DV).to(tl.float32) * tl.load(RDEN + t, mask=t < T, other=0.)[:, None]
     return tl.where((e == DV)[None, :], tl.load(DDEN + t, mask=t < T, other=0.)[:, None], dnum).to(DT)
+
+
+@triton.jit
+def _atomic_add(P, t, T, x, F: tl.constexpr):
+    """P[t] += x for the (BT, f) rows t < T: fp32 sums that several programs add to (see the backward)."""
+    tl.atomic_add(P + t[:, None] * F + tl.arange(0, F)[None, :], x, mask=(t < T)[:, None], sem="relaxed")
 
 
 @triton.jit
@@ -309,8 +311,7 @@ def _bwd_dq_kernel(Q, K, V, W, S_in, DY, RDEN, DDEN, DQ, T, H, DV, scale, F: tl.
         w = _weight(W, t, T, HAS_W)
         g = _vals(V, w, t, T, e, DV, DT)
         dq = _grad_read(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), s2, s1, F, DT)
-        c = tl.arange(0, F)
-        tl.atomic_add(DQ + t[:, None] * F + c[None, :], dq * scale, mask=(t < T)[:, None], sem="relaxed")
+        _atomic_add(DQ, t, T, dq * scale, F)
         s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
 
 
@@ -334,8 +335,7 @@ def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, DK, DVAL, dS_out, T, H, D
         dg = _read(K, t, T, scale, k, d2, d1, d0, F, DT)                        # φ(k_j)·dS: (BT, BV)
         _put(DVAL, t, T, e, DV, _load(DVAL, t, T, e, DV).to(tl.float32) + dg * w[:, None])  # the chunk's part
         dk = _grad_read(K, t, T, scale, k, g, d2, d1, F, DT)                          # (BT, f)
-        c = tl.arange(0, F)
-        tl.atomic_add(DK + t[:, None] * F + c[None, :], dk * scale, mask=(t < T)[:, None], sem="relaxed")
+        _atomic_add(DK, t, T, dk * scale, F)
         d2, d1, d0 = _add(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), d2, d1, d0, F, DT)
     _store_state(dS_out + bh * D * (DV + 1), d2, d1, d0, e, DV, F)
 
@@ -354,8 +354,7 @@ def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constex
         w = _weight(W, t, M, HAS_W)
         g = _vals(VE, w, t, M, e, DV, DT)
         dk = _grad_read(KE, t, M, scale, k, g, d2, d1, F, DT)
-        c = tl.arange(0, F)
-        tl.atomic_add(DKE + t[:, None] * F + c[None, :], dk * scale, mask=(t < M)[:, None], sem="relaxed")
+        _atomic_add(DKE, t, M, dk * scale, F)
         _put(DVE, t, M, e, DV, _read(KE, t, M, scale, k, d2, d1, d0, F, DT) * w[:, None])
 
 
@@ -607,10 +606,8 @@ def pla_step(q, k, v, state):
     Decoding is plain causal linear attention with the decoder projections (the prefix is already
     inside S, z). The new key is added before reading, as in the parallel form (j ≤ i).
 
-    This stays PyTorch on CUDA too (issue 3: a fused kernel only if it measurably beats PyTorch). A
-    fused step would read and write S once where this moves it about five times (the outer-product
-    temporary included): worth trying where decode is memory-bound (large batch), but no GPU was at
-    hand to measure it when the kernels were written.
+    This stays PyTorch on CUDA too: a fused step would move S once where this moves it about five times,
+    worth trying where decode is memory-bound (large batch), once a GPU can measure it.
     """
     if q.dim() != 3 or k.shape != q.shape:
         raise ValueError(f"q and k must both be (B, H, f), one token; got q {tuple(q.shape)}, k {tuple(k.shape)}")

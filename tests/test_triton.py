@@ -163,3 +163,26 @@ def test_without_triton_everything_runs_on_torch():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_empty_batch_or_sequence_gives_the_empty_result():
+    """B = 0 or T = 0 launches nothing: y is empty and the state is the starting state (or zeros)."""
+    S0, z0 = torch.randn(1, 2, 273, 24, device=DEV), torch.randn(1, 2, 273, device=DEV)
+    for B, T, state in ((0, 8, None), (1, 0, None), (1, 0, (S0, z0))):
+        q, v = torch.randn(B, 2, T, F, device=DEV), torch.randn(B, 2, T, 24, device=DEV)
+        y, (S, z) = pla(q, q, v, state=state, return_state=True, backend="triton")
+        assert y.shape == (B, 2, T, 24) and S.shape == (B, 2, 273, 24) and z.shape == (B, 2, 273)
+        assert torch.equal(S, S0 if state else torch.zeros_like(S)) and torch.equal(z, z0 if state else torch.zeros_like(z))
+
+
+def test_bad_masks_and_step_shapes_say_which_parameter():
+    q, v = torch.randn(2, 1, 8, F), torch.randn(2, 1, 8, 24)
+    with pytest.raises(ValueError, match=r"^pad_mask must be a bool tensor .*got dtype torch.float32$"):
+        pla(q, q, v, pad_mask=torch.zeros(2, 8))
+    with pytest.raises(ValueError, match=r"^enc_pad_mask must be a bool tensor .*got dtype torch.int64$"):
+        pla(q, q, v, q[:, :, :3], v[:, :, :3], enc_pad_mask=torch.zeros(2, 3, dtype=torch.long))
+    state = (torch.zeros(1, 1, 273, 24), torch.zeros(1, 1, 273))  # a batch-1 state for a batch-2 token
+    with pytest.raises(ValueError, match=r"^state must be .*got S \(1, 1, 273, 24\)"):
+        kernels.pla_step(q[:, :, 0], q[:, :, 0], v[:, :, 0], state)
+    with pytest.raises(ValueError, match=r"^q and k must both be \(B, H, f\), one token; got q \(2, 1, 8, 16\)"):
+        kernels.pla_step(q, q, v, state)
