@@ -658,6 +658,7 @@ def pla_flop(T, M, f=16, dv=64, C=64):
          2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
          2·f²               the outer products of φ(q) and φ(k)
        per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
-    So the JRT paper's throughput shape (Table 5) costs ≈ 81.7k·T + 35.5k·M; at T = 32k, M = 16k, B·H = 256 that is 0.83 TFLOP."""
+    So ≈ 81.7k·T + 35.5k·M; at the JRT paper's throughput shape (Table 5: T = 32k, M = 16k, B·H = 256)
+    that is 0.83 TFLOP."""
     D = 1 + f + f * f
     return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M

@@ -85,7 +85,7 @@ def test_wrong_failing_and_oom_rows_are_reported_not_timed():
 def test_flop_model_is_the_jrt_papers_table_5_shape():
     assert pla_flop(1, 0) == 81715 and pla_flop(0, 1) == 35473  # ≈ 81.7k·T + 35.5k·M per head
     flop, nbytes = (x * 16 * 16 for x in bench.work("pla", 32768, bench.SIZES["gpu"], 2))  # 32k, B = H = 16
-    assert abs(flop / 0.83e12 - 1) < 0.01 and abs(nbytes / 3.4e9 - 1) < 0.02  # JRT paper, Table 5 shape: 0.83 TFLOP, 3.4 GB
+    assert abs(flop / 0.83e12 - 1) < 0.01 and abs(nbytes / 3.4e9 - 1) < 0.02  # Table 5: 0.83 TFLOP, 3.4 GB
     assert abs(bench.work("attn", 32768, bench.SIZES["gpu"], 2)[0] * 256 / 35e12 - 1) < 0.01  # FA2: 35 TFLOP
 
 

@@ -172,7 +172,8 @@ def test_empty_batch_or_sequence_gives_the_empty_result():
         q, v = torch.randn(B, 2, T, F, device=DEV), torch.randn(B, 2, T, 24, device=DEV)
         y, (S, z) = pla(q, q, v, state=state, return_state=True, backend="triton")
         assert y.shape == (B, 2, T, 24) and S.shape == (B, 2, 273, 24) and z.shape == (B, 2, 273)
-        assert torch.equal(S, S0 if state else torch.zeros_like(S)) and torch.equal(z, z0 if state else torch.zeros_like(z))
+        want = state or (torch.zeros_like(S), torch.zeros_like(z))
+        assert torch.equal(S, want[0]) and torch.equal(z, want[1])
 
 
 def test_bad_masks_and_step_shapes_say_which_parameter():
