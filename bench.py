@@ -513,7 +513,8 @@ def kernel_checks(S, dev, dtype, backend):
             except Exception as e:  # noqa: BLE001
                 out = failure(e)
                 break
-            out[name] = {"y": y, "S": st[0], "z": st[1], **{f"d{n}": a.grad for n, a in t.items()}}
+            out[name] = dict(zip(("y", "S", "z"), (y.detach(), *(a.detach() for a in st))),
+                             **{f"d{n}": a.grad for n, a in t.items()})
         rec = dict(B=B, H=H, T=T, M=M, dv=dv, dtype=str(dtype), backend=backend)
         if "status" in out:
             recs.append(dict(rec, **out))
