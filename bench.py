@@ -1,5 +1,5 @@
 """
-Benchmarks (SPEC §9): a markdown table on stdout and every number in a JSON file, per suite.
+Benchmarks (JRT paper, throughput table (Table 5)): markdown tables on stdout, every number in a JSON file.
 
   prefill  latency of the mixing operator alone on random inputs, as in the paper's Table 5:
            FlashAttention-2 vs our Based kernel at T, JRT-Prompt (Based at 2T) and JRT-RNN (PLA with
@@ -9,14 +9,20 @@ Benchmarks (SPEC §9): a markdown table on stdout and every number in a JSON fil
   decode   tokens/s of Model.step and the cache memory per sequence at growing context: constant
            state (jrt-360m) vs growing KV cache (transformer-360m).
   train    tokens/s and MFU of one training step (forward, backward, AdamW) of the 360M presets.
+  gpu      the first run on a GPU (`bash bench/gpu.sh`, a few minutes): the kernels' forward and backward
+           against the reference on the device, the Table-5 row at T = 32768, B = 16 (with JRT-RNN's
+           forward + backward), decode at one context and the train step; also a markdown file in results/.
+  compile  no GPU needed: every Triton kernel compiled for sm_90 and sm_80 (bf16 and fp32, dv 64 and
+           112), with its registers, stack (spill) bytes, shared memory and MMA instruction kinds.
 
 TFLOP/s are those of the work model below (pla_flop, causal attention 2·T²·d per head), i.e. useful
 work per second, whatever the kernel really computes (fla's parallel_based is quadratic). "× floor" is
 latency over max(FLOP / peak, least bytes / bandwidth) on the devices of PEAK. Our kernels compute the
-normaliser too; the paper's CUDA kernels did not (SPEC §9). Decode is eager PyTorch (no CUDA graphs).
+normaliser too; the paper's CUDA kernels did not. Decode is eager PyTorch (no CUDA graphs).
 
-On a GPU (bf16; the commands that produce the committed results, a few minutes each):
+On a GPU (bf16), a few minutes each:
 
+    bash bench/gpu.sh                                             # first: all of it, at one size each
     python bench.py --suite prefill --out bench/h100-prefill.json
     python bench.py --suite decode  --out bench/h100-decode.json
     python bench.py --suite train   --out bench/h100-train.json
@@ -24,6 +30,7 @@ On a GPU (bf16; the commands that produce the committed results, a few minutes e
 
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test.
+`python bench.py --suite compile [--jobs N]` writes bench/compile.json (about 2 minutes on 2 cores).
 """
 import argparse
 import gc
@@ -43,25 +50,28 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels import pla, pla_flop, pla_reference
-from model import Config, Model
+from model import Config, Model, resolve_device
 
 SIZES = {
     "gpu": dict(
-        H=16, f=16, dv=64,                             # SPEC §9: 16 heads, f = 16, dv = 64 (FA2: 16 heads of 64)
+        H=16, f=16, dv=64,                             # JRT paper, Table 5: 16 heads, f = 16, dv = 64 (FA2: 16 of 64)
         T=(2048, 4096, 8192, 16384, 32768), B=16,      # prefill sweep over T at B = 16: the paper's table
         B_sweep=(2, 4, 8, 16, 32, 64), T_at=16384,     # prefill sweep over B at T = 16k
         check_T=512,                                   # queries per row checked against the reference (8 chunks)
         runs=(3, 10, 1.0),                             # warm-up calls; at least 10 timed; more while < 1 s
         decode=("jrt-360m", "transformer-360m"), decode_T=(1024, 2048, 4096, 8192, 16384, 32768),
         decode_B=(1, 2, 4, 8, 16, 32, 64), decode_steps=16,
-        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048),  # T, M = 2048, 1024 (§4)
+        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048,   # T, M = 2048, 1024 (JRT paper)
+        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv) against the reference
+        quick_T=(8192,), quick_B=(1, 16)),                       # gpu suite: decode at one context
     "tiny": dict(
         H=2, f=16, dv=64, T=(128, 256), B=2, B_sweep=(1, 2), T_at=128, check_T=256, runs=(1, 2, 0.0),
         decode=("jrt-tiny", "transformer-tiny"), decode_T=(64, 128), decode_B=(1, 2), decode_steps=4,
-        train=("jrt-tiny", "based-tiny", "transformer-tiny"), train_B=2, train_T=128),
+        train=("jrt-tiny", "based-tiny", "transformer-tiny"), train_B=2, train_T=128,
+        checks=[(1, 2, 100, 37, 64), (1, 1, 70, 21, 112)], quick_T=(64,), quick_B=(1, 2)),
 }
 PEAK = [  # (device name contains, dense bf16 FLOP/s, memory bytes/s): datasheets; --peak overrides.
-    ("H100 PCIe", 756e12, 2.0e12),  # SPEC §9 rounds the H100 to 800 TFLOP/s and 3 TB/s (floor ≈ 1.1 ms);
+    ("H100 PCIe", 756e12, 2.0e12),  # rounded to 800 TFLOP/s and 3 TB/s the floor is ≈ 1.1 ms;
     ("H100", 989e12, 3.35e12),      # with the SXM datasheet the JRT-RNN floor at 32k/16 is ≈ 1.0 ms
     ("H200", 989e12, 4.8e12),
     ("A100", 312e12, 2.0e12),
@@ -169,7 +179,7 @@ def default_rows(backend):
 
 
 def make_inputs(row, B, T, S, dev, dtype):
-    def r(n, t=T):  # unit scale: randn/16 would hide errors in the s² term (SPEC §10)
+    def r(n, t=T):  # unit scale: randn/16 would hide errors in the s² term
         if row.bthd:
             return torch.randn(B, t, S["H"], n, device=dev, dtype=dtype).transpose(1, 2)
         return torch.randn(B, S["H"], t, n, device=dev, dtype=dtype)
@@ -331,6 +341,221 @@ def train_suite(S, dev, dtype, backend, peak):
     return recs
 
 
+# ----------------------------------------------------------------------------- compile (no GPU needed)
+
+def kernel_launches(dtype, dv, T=256, M=128):
+    """Every Triton launch a forward + backward of kernels.pla makes at these sizes, as (name, kernel, args,
+    kwargs), recorded instead of run: nothing is computed, the outputs are garbage. The block choice is the
+    one for a 132-SM H100, so that the compile report shows what an H100 would run."""
+    import types
+    import kernels
+    calls, names = [], [n for n in vars(kernels) if n.endswith("_kernel")]
+
+    class Rec:
+        def __init__(self, name):
+            self.name, self.kernel = name, getattr(kernels, name)
+
+        def __getattr__(self, attr):  # arg_names and the like: the kernel's own
+            return getattr(self.kernel, attr)
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: calls.append((self.name, self.kernel, a, kw))
+    props, real = types.SimpleNamespace(multi_processor_count=132), torch.cuda.get_device_properties
+    saved, interpret = {n: getattr(kernels, n) for n in names}, kernels.INTERPRET
+    try:
+        torch.cuda.get_device_properties = lambda *a: props
+        kernels.INTERPRET = False  # the launches a GPU gets (bf16 products), even where tests interpret
+        for n in names:
+            setattr(kernels, n, Rec(n))
+        g = lambda *s: torch.randn(*s).to(dtype).requires_grad_()  # noqa: E731
+        q, k, v, ke, ve = g(2, 2, T, 16), g(2, 2, T, 16), g(2, 2, T, dv), g(2, 2, M, 16), g(2, 2, M, dv)
+        keep, keep_enc = torch.ones(2, T), torch.ones(2, M)
+        y, S, z = kernels._PLA.apply(q, k, v, ke, ve, None, None, keep, keep_enc)
+        (y.float().sum() + S.sum() + z.sum()).backward()
+    finally:
+        torch.cuda.get_device_properties, kernels.INTERPRET = real, interpret
+        for n, kern in saved.items():
+            setattr(kernels, n, kern)
+    return calls
+
+
+def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(90, 80)):
+    """One job per (kernel, launch variant, arch, dtype, dv): what triton.compile needs, as plain values."""
+    tname = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+    jobs = []
+    for dtype in dtypes:
+        for dv in dvs:
+            seen = set()
+            for name, fn, args, kw in kernel_launches(dtype, dv):
+                variant = tuple((k, str(kw[k])) for k, p in zip(fn.arg_names, fn.params) if p.is_constexpr and k in kw)
+                if (name, variant) in seen:  # the same compiled kernel launched again
+                    continue
+                seen.add((name, variant))
+                if kw.get("NORM"):  # the kernel's launch for the normaliser's ones column
+                    name += " (ones)"
+                vals = dict(zip(fn.arg_names, args), **kw)
+                sig, const, attrs = {}, {}, {}
+                for i, (a, p) in enumerate(zip(fn.arg_names, fn.params)):
+                    if p.is_constexpr:
+                        sig[a] = "constexpr"
+                        if a in vals:
+                            const[a] = vals[a]
+                        continue
+                    x = vals[a]
+                    if torch.is_tensor(x):
+                        sig[a], attrs[(i,)] = "*" + tname[x.dtype], [["tt.divisibility", 16]]  # torch aligns to 16 B
+                    elif isinstance(x, float):
+                        sig[a] = "fp32"
+                    else:  # ints: Triton specialises multiples of 16 (T, dv here), as at run time
+                        sig[a] = "i32"
+                        if x % 16 == 0:
+                            attrs[(i,)] = [["tt.divisibility", 16]]
+                opts = dict(num_warps=kw.get("num_warps", 4), num_stages=kw.get("num_stages", 3))
+                config = " ".join([*(f"{k} {const[k]}" for k in ("BT", "BV", "NS") if k in const),
+                                   f"{opts['num_warps']} warps"])
+                for arch in archs:
+                    jobs.append(dict(kernel=name, config=config, arch=f"sm_{arch}", dtype=tname[dtype], dv=dv,
+                                     cc=arch, sig=sig, const=const, attrs=attrs, opts=opts))
+    return jobs
+
+
+def compile_one(job):
+    """Compile one job for its arch (no GPU needed) and read the machine code: registers and stack frame
+    (cuobjdump -res-usage), local loads/stores and the kinds of MMA instruction (cuobjdump -sass)."""
+    import tempfile
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default, said out loud (3.9 warns otherwise)
+    import kernels
+    fn = getattr(kernels, job["kernel"].split()[0])  # a triton.JITFunction
+    rec = {k: job[k] for k in ("kernel", "config", "arch", "dtype", "dv")}
+    t0 = time.perf_counter()
+    try:
+        ck = triton.compile(ASTSource(fn, job["sig"], job["const"], job["attrs"]),
+                            target=GPUTarget("cuda", job["cc"], 32), options=job["opts"])
+    except Exception as e:  # noqa: BLE001  (a kernel that does not compile is a row, not the end of the report)
+        return dict(rec, status="error", error=f"{type(e).__name__}: {e}".strip().splitlines()[0][:300])
+    tool = triton.knobs.nvidia.cuobjdump.path
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as fh:
+        fh.write(ck.asm["cubin"])
+        fh.flush()
+        res = subprocess.run([tool, "-res-usage", fh.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([tool, "-sass", fh.name], capture_output=True, text=True).stdout
+    use = dict(re.findall(r"\b(REG|STACK|SHARED|LOCAL):(\d+)", res))
+    ops = [line.split()[1] for line in sass.splitlines() if re.search(r"\b[HIQ]G?MMA\.", line)]
+    kinds = {}
+    for op in ops:  # HGMMA.64x64x16.F32.BF16 -> HGMMA.F32.BF16: the instruction and its types, not its shape
+        kind = ".".join(p for p in op.split(".") if not re.match(r"^\d", p))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return dict(rec, status="ok", regs=int(use["REG"]), stack=int(use["STACK"]),
+                local_ops=len(re.findall(r"\b(LDL|STL)\b", sass)), smem=ck.metadata.shared + int(use["SHARED"]),
+                mma=kinds, compile_s=round(time.perf_counter() - t0, 1))
+
+
+def compile_tools():
+    """None if triton can compile for an NVIDIA target and read the result here, else why not."""
+    try:
+        import triton
+        from triton.compiler import ASTSource  # noqa: F401
+        tools = [triton.knobs.nvidia.ptxas.path, triton.knobs.nvidia.cuobjdump.path]
+    except Exception as e:  # noqa: BLE001
+        return f"triton cannot compile here ({type(e).__name__}: {e})"
+    missing = [t for t in tools if not (t and os.path.exists(t))]
+    if missing:
+        return f"triton {triton.__version__} has no {' or '.join(missing)} (its NVIDIA backend ships both)"
+    return None
+
+
+def compile_suite(jobs, n_proc):
+    import multiprocessing
+    if n_proc <= 1:
+        return [compile_one(j) for j in jobs]
+    with multiprocessing.get_context("spawn").Pool(n_proc) as pool:  # spawn: a fresh interpreter, no forked torch
+        return pool.map(compile_one, jobs, chunksize=1)
+
+
+def compile_table(recs):
+    lines = ["| kernel | config | arch | dtype | dv | registers | stack B/thread | LDL+STL | shared B | MMA kinds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in recs:
+        cells = ([r["regs"], r["stack"], r["local_ops"], r["smem"],
+                  ", ".join(f"{k} ×{n}" for k, n in sorted(r["mma"].items())) or "none"]
+                 if r["status"] == "ok" else ["error: " + r["error"], "", "", "", ""])
+        lines.append("| " + " | ".join(map(str, [*(r[k] for k in ("kernel", "config", "arch", "dtype", "dv")), *cells]))
+                     + " |")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- gpu (bash bench/gpu.sh)
+
+def kernel_checks(S, dev, dtype, backend):
+    """Forward, final state and every gradient of pla(backend) against the float64 reference on the same
+    device and the same (rounded) inputs, with a starting state and pads; unit scale (the s² term)."""
+    recs, g, f = [], torch.Generator().manual_seed(0), S["f"]
+    D = 1 + f + f * f
+    for B, H, T, M, dv in S["checks"]:
+        r = lambda *shape: torch.randn(*shape, generator=g).to(dtype).double()  # noqa: E731   (rounded once)
+        x = dict(q=r(B, H, T, f), k=r(B, H, T, f), v=r(B, H, T, dv), k_enc=r(B, H, M, f), v_enc=r(B, H, M, dv))
+        x["S"], x["z"] = pla_reference(r(B, H, 20, f), r(B, H, 20, f), r(B, H, 20, dv))[1]  # an earlier prefill's
+        pads = {n: (torch.rand(B, L, generator=g) < 0.2).to(dev) for n, L in (("pad_mask", T), ("enc_pad_mask", M))}
+        w = [torch.randn(n, generator=g, dtype=torch.float64).to(dev)  # the loss's weights on y, S, z
+             for n in ((B, H, T, dv), (B, H, D, dv), (B, H, D))]
+        out = {}
+        for name in ("ours", "reference"):
+            t = {n: a.to(dev, torch.float64 if name == "reference" else torch.float32 if n in ("S", "z") else dtype)
+                 .requires_grad_() for n, a in x.items()}
+            args, state = [t[n] for n in ("q", "k", "v", "k_enc", "v_enc")], (t["S"], t["z"])
+            try:
+                y, st = (pla(*args, state=state, return_state=True, backend=backend, **pads) if name == "ours"
+                         else pla_reference(*args, state=state, **pads))
+                sum((a.double() * b).sum() for a, b in zip((y, *st), w)).backward()
+            except Exception as e:  # noqa: BLE001
+                out = failure(e)
+                break
+            out[name] = dict(zip(("y", "S", "z"), (y.detach(), *(a.detach() for a in st))),
+                             **{f"d{n}": a.grad for n, a in t.items()})
+        rec = dict(B=B, H=H, T=T, M=M, dv=dv, dtype=str(dtype), backend=backend)
+        if "status" in out:
+            recs.append(dict(rec, **out))
+            continue
+        err = {n: float((a.double() - out["reference"][n]).abs().max() / out["reference"][n].abs().max())
+               for n, a in out["ours"].items()}
+        ok = all(e <= TOL[dtype] for e in err.values())  # NaN is wrong too
+        recs.append(dict(rec, err=err, status="ok" if ok else "wrong"))
+        free()
+    return recs
+
+
+def fwd_bwd(fn):
+    """fn's forward and backward (a gradient of ones on y), returning y: a prefill row's fn, timed whole."""
+    def run(*x):
+        x = [a.detach().requires_grad_() for a in x]
+        y = fn(*x)
+        y.backward(torch.ones_like(y))
+        return y.detach()
+    return run
+
+
+def gpu_suite(S, dev, dtype, backend, peak):
+    """The first run on a GPU: kernel checks, the JRT paper's Table-5 row (T 32768, B 16) with speed-ups
+    over FA2 from the same run and the forward + backward of JRT-RNN, decode and a training step."""
+    res = dict(checks=kernel_checks(S, dev, dtype, backend))
+    print(tables("checks", res["checks"], S), flush=True)
+    rows = [r for r in default_rows(backend)
+            if r.name == FA2 or f"ours ({backend}" in r.name or "fused_chunk" in r.name]
+    jrt = next(r for r in rows if r.kind == "pla")
+    rows.append(Row(jrt.name + ", forward + backward", "pla", fwd_bwd(jrt.fn)))
+    S5 = dict(S, T=(S["T"][-1],), B_sweep=())  # the longest T of the table, at its B
+    res["prefill"] = prefill_suite(S5, dev, dtype, backend, peak, rows)
+    print(tables("prefill", res["prefill"], S5), flush=True)
+    res["decode"] = decode_suite(dict(S, decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype, "auto", peak)
+    print(tables("decode", res["decode"], S), flush=True)
+    res["train"] = train_suite(dict(S, runs=(2, 5, 0.5)), dev, dtype, "auto", peak)
+    print(tables("train", res["train"], S), flush=True)
+    return res
+
+
 # ----------------------------------------------------------------------------- output
 
 def pivot(recs, keys, col, cell, extra=None):
@@ -356,13 +581,23 @@ def verdict(mine):
 
 def tables(suite, recs, S):
     out = []
-    if suite == "prefill":
+    if suite == "checks":
+        out += ["\n### forward and backward against the float64 reference (max |got - ref| / max |ref|)\n",
+                "| B, H, T, M, dv | dtype | backend | y | S, z | worst gradient | check |", "|" + "---|" * 7]
+        for r in recs:
+            e = r.get("err", {})
+            grads = [v for n, v in e.items() if n[0] == "d"]
+            cells = [f"{e['y']:.1e}", f"{max(e['S'], e['z']):.1e}", f"{max(grads):.1e}"] if e else ["", "", ""]
+            out.append("| " + " | ".join([", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv")), r["dtype"],
+                                          r["backend"], *cells, r["status"]]) + " |")
+    elif suite == "prefill":
         for sweep, col, fixed in (("T", "T", f"B = {S['B']}"), ("B", "B", f"T = {S['T_at']}")):
             rs = [r for r in recs if r["sweep"] == sweep]
+            if not rs:  # the gpu suite has no sweep over B
+                continue
             x = lambda r: f" ({r['speedup_vs_fa2']:.1f}×)" if r.get("speedup_vs_fa2") else ""  # noqa: E731
             out += [f"\n### prefill latency, ms ({fixed}, H = {S['H']}; × = speed-up vs FlashAttention-2)\n"]
-            out += pivot(rs, ["implementation"], col, lambda r: f"{r['ms']:.3f}{x(r)}",
-                         ("check", verdict)) if rs else []
+            out += pivot(rs, ["implementation"], col, lambda r: f"{r['ms']:.3f}{x(r)}", ("check", verdict))
             fl = lambda r: f" ({r['x_floor']:.1f}× floor)" if r.get("x_floor") else ""  # noqa: E731
             out += [f"\n### prefill TFLOP/s by the work model ({fixed}; × floor = latency / roofline floor)\n"]
             out += pivot(rs, ["implementation"], col, lambda r: f"{r['tflops']:.3g}{fl(r)}")
@@ -384,7 +619,8 @@ def tables(suite, recs, S):
                       f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3g}", mfu]
                      if r["status"] == "ok" else ["", f"{r['B']} × {r['T']}", r["status"], "", "", ""])
             out.append("| " + " | ".join([r["model"], *cells]) + " |")
-    errors = {(r.get("implementation") or r["model"]): r["error"] for r in recs if r["status"] == "error"}
+    errors = {(r.get("implementation") or r.get("model") or f"T = {r.get('T')}, dv = {r.get('dv')}"): r["error"]
+              for r in recs if r["status"] == "error"}
     out += [f"\n- {k}: error: {v}" for k, v in errors.items()]  # one line per row that could not run
     return "\n".join(out)
 
@@ -417,23 +653,67 @@ def plot(results, base):
         print(f"wrote {base}-{name}.png")
 
 
+def compile_main(args):
+    why = compile_tools()
+    if why:
+        sys.exit(f"bench.py --suite compile: {why}")
+    import triton
+    out = args.out or "bench/compile.json"
+    t0 = time.perf_counter()
+    recs = compile_suite(compile_jobs(), args.jobs)
+    meta = dict(triton=triton.__version__, torch=torch.__version__, commit=git_commit(),
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
+                wall_s=round(time.perf_counter() - t0, 1))
+    print(f"triton {meta['triton']} · commit {meta['commit']} · {meta['date']} · {meta['wall_s']} s\n")
+    print(compile_table(recs))
+    os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(dict(meta=meta, compile=recs), fh, indent=1)
+    print(f"\nwrote {out}")
+    return recs
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except OSError:
+        return None
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(description="JRT-RNN benchmarks (SPEC §9); see the docstring of bench.py")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all"), default="prefill")
+    p = argparse.ArgumentParser(description="JRT-RNN benchmarks (JRT paper, throughput table (Table 5)); "
+                                            "see the docstring of bench.py")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "gpu", "compile"), default="prefill")
     p.add_argument("--tiny", action="store_true", help="the tiny sizes (automatic without CUDA)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
                    help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; torch on CPU)")
     p.add_argument("--out", default=None, help="JSON file (default bench/<suite>-<device>.json)")
     p.add_argument("--plot", action="store_true", help="also write PNG figures beside the JSON (needs matplotlib)")
     p.add_argument("--peak", type=float, nargs=2, metavar=("TFLOPS", "TBPS"),
                    help="the device's dense bf16 TFLOP/s and memory TB/s, for the floor and MFU")
+    p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compile suite: parallel compiles")
     args = p.parse_args(argv)
+    if args.suite == "compile":
+        return compile_main(args)
+    try:
+        dev = resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"bench.py --device: {e}")
+    if args.plot:  # before the long runs, not after them
+        if args.suite == "gpu":
+            sys.exit("bench.py --plot: the gpu suite writes tables only; use --suite prefill, decode, train or all")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            sys.exit("bench.py --plot needs matplotlib, which is not installed (pip install matplotlib)")
 
-    cuda = torch.cuda.is_available()
-    dev, dtype = torch.device("cuda" if cuda else "cpu"), torch.bfloat16 if cuda else torch.float32
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
     tiny = args.tiny or not cuda
     S = SIZES["tiny" if tiny else "gpu"]
-    device = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
+    device = torch.cuda.get_device_name(dev) if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
     peak = tuple(x * 1e12 for x in args.peak) if args.peak else next(
         ((fl, bw) for key, fl, bw in PEAK if cuda and key in device), None)
     try:
@@ -441,31 +721,39 @@ def main(argv=None):
         triton_version = triton.__version__
     except ImportError:
         triton_version = None
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except OSError:
-        commit = None
+    commit = git_commit()
     suites = ("prefill", "decode", "train") if args.suite == "all" else (args.suite,)
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
-    out = args.out or f"bench/{args.suite}-{slug}{'-tiny' if tiny else ''}.json"
+    slug = (re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu") + ("-tiny" if tiny else "")
+    date = datetime.now(timezone.utc)
+    out = args.out or (f"bench/gpu-{slug}-{date:%Y-%m-%d}.json" if args.suite == "gpu"
+                       else f"bench/{args.suite}-{slug}.json")
     meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda, commit=commit,
-                date=datetime.now(timezone.utc).isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
+                date=date.isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
                 sizes="tiny" if tiny else "gpu", size_table=S, dtype=str(dtype),
                 peak_flops=peak and peak[0], peak_bytes_per_s=peak and peak[1])
-    print(f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · {meta['date']} · "
-          f"{meta['sizes']} sizes, {dtype}")
+    head = (f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · {meta['date']} · "
+            f"{meta['sizes']} sizes, {dtype}")
+    print(head)
     results = dict(meta=meta)
     for suite in suites:
         torch.manual_seed(0)
-        backend = args.backend or (("triton" if suite == "prefill" else "auto") if cuda else "torch")
-        results[suite] = {"prefill": prefill_suite, "decode": decode_suite, "train": train_suite}[suite](
-            S, dev, dtype, backend, peak)
-        print(tables(suite, results[suite], S))
+        backend = args.backend or (("triton" if suite in ("prefill", "gpu") else "auto") if cuda else "torch")
+        fn = {"prefill": prefill_suite, "decode": decode_suite, "train": train_suite, "gpu": gpu_suite}[suite]
+        results[suite] = fn(S, dev, dtype, backend, peak)
+        if suite != "gpu":  # the gpu suite prints its tables as it goes
+            print(tables(suite, results[suite], S))
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
         with open(out, "w") as fh:  # after every suite, so a run cut short keeps what it measured
             json.dump(results, fh, indent=1)
     print(f"\nwrote {out}")
+    if args.suite == "gpu":  # and the tables as markdown, named after the device and the date
+        md = (f"results/gpu-{slug}-{date:%Y-%m-%d}.md" if args.out is None else os.path.splitext(out)[0] + ".md")
+        S5 = dict(S, T=(S["T"][-1],), B_sweep=())
+        body = [tables(k, v, S5 if k == "prefill" else S) for k, v in results["gpu"].items()]
+        os.makedirs(os.path.dirname(md) or ".", exist_ok=True)
+        with open(md, "w") as fh:
+            fh.write("\n".join([f"# bash bench/gpu.sh on {device}\n", f"`{meta['command']}`\n", head, *body]) + "\n")
+        print(f"wrote {md}")
     if args.plot:
         plot(results, os.path.splitext(out)[0])
     return results

@@ -5,7 +5,7 @@ Symbols (../README.md has the glossary): B batch, H heads, T sequence length, M 
 length, f feature dim of q and k, D = 1 + f + f² the Taylor feature dim, dv value dim per head,
 s = q·k/√f, φ the Taylor feature map, C the chunk length of the chunked forms.
 
-The math (JRT paper, eq. for PLA; SPEC §2-3):
+The math (JRT paper, PLA equations):
 
     φ(x) = [1, x / f^¼, vec(x ⊗ x) / (√2·√f)]            so  φ(q)·φ(k) = 1 + s + s²/2
 
@@ -17,19 +17,22 @@ The encoder sums (over the M prefix positions, read non-causally) are just a sta
 S_e, z_e for ordinary causal linear attention. So PLA = "reduce the prefix into a state, then run
 causal Based attention from it". With M = 0 and no starting state this is plain Based attention.
 
-The Triton algorithm (backend="triton", f = 16), per head:
-  1. encoder: S_e, z_e = Σ_j φ(ke_j)[ve_j, 1]ᵀ, a parallel reduction: the M keys are cut into
-     segments, one program per segment, and the partial states are summed.
-  2. decoder: T/C chunks in order, carrying the state as three pieces, Σ v (dv), Σ k vᵀ (f×dv) and
-     Σ (k⊗k) vᵀ (f²×dv), with φ's scalings folded into q and k, so no D-dim feature ever reaches
-     memory. Inside a chunk the scores come from s = q·kᵀ as 1 + s + s²/2 (causal); across chunks
-     from φ(q)·state. The normaliser is the same attention applied to a column of ones; a padded key
-     gets weight 0 on its value and on that ones column, so it adds nothing anywhere.
-  3. backward: the same two sweeps run again, one forward for dq (re-building the state), one in
-     reverse for dk, dv (carrying dS = Σ_{later i} φ(q_i) dnum_iᵀ), then the encoder keys read dS.
+The Triton algorithm (backend="triton", f = 16), per head, with the normaliser as one more value
+column: values g = w·[v, 1] (w = 0 for a pad), state [S, z] one (D, dv + 1) fp32 matrix:
+  1. encoder: [S_e, z_e] = Σ_j φ(ke_j) g_jᵀ, a parallel reduction: the M keys are cut into segments, one
+     program per segment, and the partial states are summed.
+  2. decoder: T/C chunks in order, carrying the state. Inside a chunk the scores come from s = q·kᵀ as
+     1 + s + s²/2 (causal); across chunks from φ(q)·state. φ is never stored: its f² piece is built
+     where it is used, f²/NS rows at a time. The ones column's block runs first and keeps 1/den.
+  3. backward: the gradient inside each chunk (chunks in parallel), then two sweeps through the state,
+     one forward for dq (re-building the state), one in reverse for dk, dv (carrying dS = Σ_{later i}
+     φ(q_i) G_iᵀ); the encoder keys then read dS.
+bf16 products (fp32 sums) for 16-bit inputs, fp32 products for fp32 inputs. The tiles are sized so that
+no kernel spills registers on an H100 or A100 (`python bench.py --suite compile` shows it, no GPU needed).
 FLOP per head: forward ≈ T·(4·D·dv + 2·C·(f + dv)) + M·2·D·dv (read and update the state for every
 decoder token, C×C scores and values inside a chunk, one state update per prefix key); backward ≈
-2.5× that. At SPEC §9's shape (B = H = 16, T = 32768, M = 16384, dv = 64, C = 64): ≈ 0.82 TFLOP.
+2.5× that. At the JRT paper's throughput shape (Table 5: B = H = 16, T = 32768, M = 16384, dv = 64,
+C = 64): ≈ 0.82 TFLOP.
 
 Public API (layout (B, H, T, ·) everywhere):
     feature_map(x)                       (..., f) -> (..., D)
@@ -39,7 +42,7 @@ Public API (layout (B, H, T, ·) everywhere):
 
 Padding: `pad_mask` (B, T) and `enc_pad_mask` (B, M) are True where a key is padding. Padded keys
 add nothing to any sum. (Zeroing k is not enough: φ(0) = [1, 0, ...] still adds 1 to the
-normaliser, which is what the official code does; SPEC §3.)
+normaliser, which is what the official code does.)
 """
 import math
 import os
@@ -59,323 +62,395 @@ except ImportError as err:  # Triton is optional: without it pla runs on the tor
 
     class triton:  # stand-ins so that the kernel definitions below still parse; they are never launched
         jit = staticmethod(lambda fn: fn)
-        autotune = staticmethod(lambda **kw: (lambda fn: fn))
 
     class tl:
         constexpr = None
 
 
 # ----------------------------------------------------------------------------- Triton kernels
+#
+# Inside the kernels (f = 16): x̃ = x·f^-¼ (exact in bf16: f^-¼ = 1/2), so s = q̃·k̃ and φ(x) = [1, x̃, P(x)]
+# with P(x) = vec(x̃ ⊗ x̃)/√2; the state's rows [1, x̃, P(x)] are S₀, S₁, S₂. A program owns BV columns of
+# the state, S₂ as NS slices of f²/NS rows; no tile is larger than BT × f²/NS. With 16-bit inputs the
+# products' operands are bf16 (q̃, k̃, v, the chunk's scores, P(x), the fp32 state where it is read).
 
-def _configs():
-    """Chunk length BT and warps. The interpreter cannot benchmark configs, so it gets one."""
-    if _NO_TRITON:
-        return []
-    if INTERPRET:
-        return [triton.Config({"BT": 64}, num_warps=4)]
-    return [triton.Config({"BT": bt}, num_warps=nw, num_stages=1) for bt, nw in ((16, 4), (32, 4), (64, 8))]
+def _tiles(low):
+    """Chunk length BT, the f² rows' slice count NS and warps, for bf16 (low) or fp32 products: tiles that
+    compile without register spills for sm_90 and sm_80 (bench.py --suite compile)."""
+    return dict(BT=64, NS=4, num_warps=8, num_stages=1) if low else dict(BT=16, NS=8, num_warps=8, num_stages=1)
 
 
 @triton.jit
-def _tile(P, t, T, col, NC):
-    """Rows t (< T), columns col (< NC) of a row-major (T, NC) matrix, as fp32; zeros outside."""
-    return tl.load(P + t[:, None] * NC + col[None, :], mask=(t[:, None] < T) & (col[None, :] < NC),
-                   other=0.).to(tl.float32)
+def _dot(a, b, acc=None):
+    """a @ b (+ acc) in fp32; fp32 operands multiply as fp32 (no TF32), 16-bit ones on the tensor cores."""
+    return tl.dot(a, b, acc, input_precision="ieee")
+
+
+@triton.jit
+def _load(P, t, T, col, NC):
+    """Rows t (< T), columns col (< NC) of a row-major (T, NC) matrix, as (BT, ·); zeros outside."""
+    return tl.load(P + t[:, None] * NC + col[None, :], mask=(t[:, None] < T) & (col[None, :] < NC), other=0.)
+
+
+@triton.jit
+def _loadT(P, t, T, col, NC):
+    """The same tile transposed, (·, BT)."""
+    return tl.load(P + t[None, :] * NC + col[:, None], mask=(t[None, :] < T) & (col[:, None] < NC), other=0.)
 
 
 @triton.jit
 def _put(P, t, T, col, NC, x):
-    tl.store(P + t[:, None] * NC + col[None, :], x.to(P.dtype.element_ty),
-             mask=(t[:, None] < T) & (col[None, :] < NC))
+    tl.store(P + t[:, None] * NC + col[None, :], x.to(P.dtype.element_ty), mask=(t[:, None] < T) & (col[None, :] < NC))
+
+
+@triton.jit
+def _x(X, t, T, scale, F: tl.constexpr, DT: tl.constexpr):
+    """x̃ = x·f^-¼ at rows t: (BT, f) in DT."""
+    return (_load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale).to(DT)
+
+
+@triton.jit
+def _P(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr, DT: tl.constexpr):
+    """Slice p of P(x) at rows t: (BT, A·f) in DT, the products x̃_a x̃_b/√2 for a in [pA, pA + A)."""
+    xa = _load(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)  # (BT, A)
+    xb = _load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale                                  # (BT, f)
+    return tl.reshape(xa[:, :, None] * xb[:, None, :], (t.shape[0], A * F)).to(DT)
+
+
+@triton.jit
+def _PT(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr, DT: tl.constexpr):
+    """The same slice transposed, (A·f, BT): loaded transposed, so that no tile is transposed in registers."""
+    xa = _loadT(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)  # (A, BT)
+    xb = _loadT(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale                                  # (f, BT)
+    return tl.reshape(xa[:, None, :] * xb[None, :, :], (A * F, t.shape[0])).to(DT)
 
 
 @triton.jit
 def _weight(W, t, T, HAS_W: tl.constexpr):
-    """Per-key weight (BT,): 1 for a real key, 0 for padding and for rows past the end."""
+    """Per-key weight w (BT,): 1 for a real key, 0 for a pad or a row past the end."""
     if HAS_W:
         return tl.load(W + t, mask=t < T, other=0.)
     return (t < T).to(tl.float32)
 
 
 @triton.jit
-def _sq(x, BT: tl.constexpr, F: tl.constexpr):
-    """(BT, f) -> (BT, f²): vec(x ⊗ x)/√2, the quadratic piece of φ (x is pre-scaled by f^-¼)."""
-    return tl.reshape(x[:, :, None] * x[:, None, :], (BT, F * F)) * 0.7071067811865476
+def _vals(V, w, t, T, e, DV, DT: tl.constexpr):
+    """g = w·[v, 1] at rows t, columns e: (BT, BV) in DT. A pad adds nothing to the state, the normaliser
+    included."""
+    v = tl.where((e == DV)[None, :], 1., _load(V, t, T, e, DV).to(tl.float32))
+    return (v * w[:, None]).to(DT)
 
 
 @triton.jit
-def _load_state(S, Z, e, DV, F: tl.constexpr, zw):
-    """One head's state in the D layout [1, x (f), vec(x⊗x) (f²)] -> its three pieces, columns e
-    (and z times zw: 1, or 0 where this block of columns must not count the normaliser again)."""
-    c, cc = tl.arange(0, F), tl.arange(0, F * F)
-    m = e < DV
-    s0 = tl.load(S + e, mask=m, other=0.)                                                   # (BV,)
-    s1 = tl.load(S + (1 + c)[:, None] * DV + e[None, :], mask=m[None, :], other=0.)          # (f, BV)
-    s2 = tl.load(S + (1 + F + cc)[:, None] * DV + e[None, :], mask=m[None, :], other=0.)     # (f², BV)
-    return s0, s1, s2, tl.load(Z) * zw, tl.load(Z + 1 + c) * zw, tl.load(Z + 1 + F + cc) * zw  # (), (f,), (f²,)
+def _grads(DY, RDEN, DDEN, t, T, e, DV, DT: tl.constexpr):
+    """The output gradient of [num, den] at rows t, columns e: [dy/den, dden] (BT, BV) in DT."""
+    dnum = _load(DY, t, T, e, DV).to(tl.float32) * tl.load(RDEN + t, mask=t < T, other=0.)[:, None]
+    return tl.where((e == DV)[None, :], tl.load(DDEN + t, mask=t < T, other=0.)[:, None], dnum).to(DT)
 
 
 @triton.jit
-def _store_state(S, Z, s0, s1, s2, z0, z1, z2, e, DV, F: tl.constexpr, has_z):
-    c, cc = tl.arange(0, F), tl.arange(0, F * F)
-    m = e < DV
+def _atomic_add(P, t, T, x, F: tl.constexpr):
+    """P[t] += x for the (BT, f) rows t < T: fp32 sums that several programs add to (see the backward)."""
+    tl.atomic_add(P + t[:, None] * F + tl.arange(0, F)[None, :], x, mask=(t < T)[:, None], sem="relaxed")
+
+
+@triton.jit
+def _load_state(S, e, DV, F: tl.constexpr, NS: tl.constexpr):
+    """One head's (D, dv + 1) state at columns e -> (S₂ as NS slices (f²/NS, BV), S₁ (f, BV), S₀ (BV,))."""
+    R: tl.constexpr = F * F // NS
+    m = e < DV + 1
+    s2 = ()
+    for p in tl.static_range(NS):
+        rows = 1 + F + p * R + tl.arange(0, R)
+        s2 = s2 + (tl.load(S + rows[:, None] * (DV + 1) + e[None, :], mask=m[None, :], other=0.),)
+    s1 = tl.load(S + (1 + tl.arange(0, F))[None, :] * (DV + 1) + e[:, None], mask=m[:, None], other=0.)
+    return s2, s1, tl.load(S + e, mask=m, other=0.)
+
+
+@triton.jit
+def _store_state(S, s2, s1, s0, e, DV, F: tl.constexpr):
+    R: tl.constexpr = F * F // len(s2)
+    m = e < DV + 1
+    for p in tl.static_range(len(s2)):
+        rows = 1 + F + p * R + tl.arange(0, R)
+        tl.store(S + rows[:, None] * (DV + 1) + e[None, :], s2[p], mask=m[None, :])
+    tl.store(S + (1 + tl.arange(0, F))[None, :] * (DV + 1) + e[:, None], s1, mask=m[:, None])
     tl.store(S + e, s0, mask=m)
-    tl.store(S + (1 + c)[:, None] * DV + e[None, :], s1, mask=m[None, :])
-    tl.store(S + (1 + F + cc)[:, None] * DV + e[None, :], s2, mask=m[None, :])
-    if has_z:
-        tl.store(Z, z0)
-        tl.store(Z + 1 + c, z1)
-        tl.store(Z + 1 + F + cc, z2)
 
 
 @triton.jit
-def _add(s0, s1, s2, z0, z1, z2, x, x2, g, h, PREC: tl.constexpr):
-    """state += φ(x)ᵀ [g, h], piece by piece: x (BT, f), x2 = _sq(x), g (BT, BV), h (BT,).
-
-    Forward: x = k, g = w·v, h = w (the ones column). Backward: x = q, g = dnum, h = dden.
-    """
-    s1 += tl.dot(tl.trans(x), g, input_precision=PREC)
-    s2 += tl.dot(tl.trans(x2), g, input_precision=PREC)
-    return (s0 + tl.sum(g, 0), s1, s2,
-            z0 + tl.sum(h, 0), z1 + tl.sum(x * h[:, None], 0), z2 + tl.sum(x2 * h[:, None], 0))
-
-
-@triton.jit
-def _read(x, x2, s0, s1, s2, PREC: tl.constexpr):
-    """φ(x)·S for every row: (BT, BV)."""
-    return s0[None, :] + tl.dot(x, s1, input_precision=PREC) + tl.dot(x2, s2, input_precision=PREC)
+def _add(X, t, T, scale, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
+    """S += φ(x)ᵀ g, slice by slice; x = x̃ (BT, f) at rows t of X, g (BT, BV), both in DT.
+    Forward: x = k, g = w·[v, 1]. Backward: x = q, g = [dnum, dden]."""
+    A: tl.constexpr = F // len(s2)
+    out = ()
+    for p in tl.static_range(len(s2)):
+        out = out + (_dot(_PT(X, t, T, scale, p, A, F, DT), g, s2[p]),)
+    return out, _dot(tl.trans(g), x, s1), s0 + tl.sum(g.to(tl.float32), 0)
 
 
 @triton.jit
-def _grad_phi(x, g, h, s1, s2, z1, z2, BT: tl.constexpr, F: tl.constexpr, PREC: tl.constexpr):
-    """∂/∂x of φ(x)·(S g + z h) for every row (x pre-scaled): the across-chunk part of dq and dk.
-
-    φ(x)·r = r0 + x·r1 + vec(x⊗x)·r2/√2, whose gradient is r1 + (R2 + R2ᵀ) x/√2 with R2 = r2 as f×f.
-    """
-    r1 = tl.dot(g, tl.trans(s1), input_precision=PREC) + h[:, None] * z1[None, :]          # (BT, f)
-    r2 = tl.dot(g, tl.trans(s2), input_precision=PREC) + h[:, None] * z2[None, :]          # (BT, f²)
-    r2 = tl.reshape(r2, (BT, F, F))
-    return r1 + (tl.sum(r2 * x[:, None, :], 2) + tl.sum(r2 * x[:, :, None], 1)) * 0.7071067811865476
+def _read(X, t, T, scale, x, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
+    """φ(x)·S for every row: (BT, BV) fp32 = S₀ + x̃·S₁ + Σ_slices P(x)·S₂."""
+    A: tl.constexpr = F // len(s2)
+    r = _dot(x, tl.trans(s1.to(DT)))
+    for p in tl.static_range(len(s2)):
+        r = _dot(_P(X, t, T, scale, p, A, F, DT), s2[p].to(DT), r)
+    return r + s0[None, :]
 
 
-@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
 @triton.jit
-def _enc_fwd_kernel(KE, VE, W, S_part, Z_part, M, H, DV, SEG, scale,
-                    F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
-                    BT: tl.constexpr):
-    """Step 1: the state of one segment of prefix keys, for one (b, h) and one block of BV columns."""
-    iv, sg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    D = 1 + F + F * F
-    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
+def _grad_read(X, t, T, scale, x, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
+    """∂/∂x̃ of Σ_e g_e (φ(x)·S)_e for every row (BT, f) fp32, for S₂ symmetric in its f×f row index
+    (see _sym): r = S g, then ∂/∂x̃_c = r₁_c + √2 Σ_b x̃_b r₂[(b, c)], one contraction per slice of b."""
+    A: tl.constexpr = F // len(s2)
+    d = _dot(g, s1.to(DT))                                              # (BT, f)
+    for p in tl.static_range(len(s2)):
+        r = _dot(g, tl.trans(s2[p].to(DT)))                           # (BT, A·f)
+        xb = _load(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 1.4142135623730951)
+        xb = tl.reshape(tl.broadcast_to(xb[:, :, None], (t.shape[0], A, F)), (t.shape[0], A * F))
+        E = ((tl.arange(0, A * F) % F)[:, None] == tl.arange(0, F)[None, :]).to(DT)          # (A·f, f)
+        d = _dot((r * xb).to(DT), E, d)
+    return d
+
+
+@triton.jit
+def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, C0, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
+                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
+    """Step 1: the state of one segment of prefix keys, for one (b, h) and one block of columns."""
+    sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
+    e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
     KE, VE, W = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M
-    s0, s1, s2 = tl.zeros([BV], tl.float32), tl.zeros([F, BV], tl.float32), tl.zeros([F * F, BV], tl.float32)
-    z0 = tl.sum(tl.zeros([BT], tl.float32), 0)             # a 0-d fp32 zero: loop-carried values keep their type
-    z1, z2 = tl.zeros([F], tl.float32), tl.zeros([F * F], tl.float32)
+    s2 = ()
+    for p in tl.static_range(NS):
+        s2 = s2 + (tl.zeros([F * F // NS, BV], tl.float32),)
+    s1, s0 = tl.zeros([BV, F], tl.float32), tl.zeros([BV], tl.float32)
     for m0 in range(0, SEG, BT):  # rows past M are masked
-        tt = sg * SEG + m0 + t
-        k = _tile(KE, tt, M, c, F) * scale                  # (BT, f), scaled so that q·k = s
-        w = _weight(W, tt, M, HAS_W)                        # (BT,)
-        v = _tile(VE, tt, M, e, DV) * w[:, None]            # (BT, BV): a padded key carries nothing
-        s0, s1, s2, z0, z1, z2 = _add(s0, s1, s2, z0, z1, z2, k, _sq(k, BT, F), v, w, PREC)
-    part = bh * tl.num_programs(1) + sg                     # partial states (B·H, nseg, D, dv), summed by torch
-    _store_state(S_part + part * D * DV, Z_part + part * D, s0, s1, s2, z0, z1, z2, e, DV, F, iv == 0)
+        t = sg * SEG + m0 + tl.arange(0, BT)
+        w = _weight(W, t, M, HAS_W)
+        g = _vals(VE, w, t, M, e, DV, DT)
+        s2, s1, s0 = _add(KE, t, M, scale, _x(KE, t, M, scale, F, DT), g, s2, s1, s0, F, DT)
+    _store_state(S_part + (bh * tl.num_programs(1) + sg) * D * (DV + 1), s2, s1, s0, e, DV, F)  # summed by torch
 
 
-@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
 @triton.jit
-def _fwd_kernel(Q, K, V, W, S_in, Z_in, Y, RDEN, S_out, Z_out, T, H, DV, scale, eps,
-                F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: tl.constexpr, NS: tl.constexpr,
+                BV: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr,
                 BT: tl.constexpr):
-    """Step 2: causal Based attention from the starting state, for one (b, h) and BV value columns."""
-    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    D = 1 + F + F * F
-    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
-    causal = t[:, None] >= t[None, :]
+    """Step 2: causal Based attention from the starting state, for one (b, h) and one block of columns.
+    NORM: this block holds the ones column; it stores 1/den in RDEN for the other blocks."""
+    bh = tl.program_id(1).to(tl.int64)
+    e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T    # this head's rows (pads: its batch row)
     V, Y, RDEN = V + bh * T * DV, Y + bh * T * DV, RDEN + bh * T
-    s0, s1, s2, z0, z1, z2 = _load_state(S_in + bh * D * DV, Z_in + bh * D, e, DV, F, 1.)
+    s2, s1, s0 = _load_state(S_in + bh * D * (DV + 1), e, DV, F, NS)
     for t0 in range(0, T, BT):
-        tt = t0 + t
-        q, k = _tile(Q, tt, T, c, F) * scale, _tile(K, tt, T, c, F) * scale    # (BT, f)
-        w = _weight(W, tt, T, HAS_W)                                            # (BT,)
-        v = _tile(V, tt, T, e, DV) * w[:, None]                                 # (BT, BV)
-        q2, k2 = _sq(q, BT, F), _sq(k, BT, F)                                   # (BT, f²)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)                       # (BT, BT) = q·k/√f
-        a = tl.where(causal, 1 + s + 0.5 * s * s, 0.) * w[None, :]              # φ(q_i)·φ(k_j), j ≤ i
-        num = tl.dot(a, v, input_precision=PREC) + _read(q, q2, s0, s1, s2, PREC)               # (BT, BV)
-        den = tl.sum(a, 1) + z0 + tl.sum(q * z1[None, :], 1) + tl.sum(q2 * z2[None, :], 1)     # (BT,)
-        rden = 1 / (den + eps)
-        _put(Y, tt, T, e, DV, num * rden[:, None])
-        if iv == 0:
-            tl.store(RDEN + tt, rden, mask=tt < T)  # kept for the backward
-        s0, s1, s2, z0, z1, z2 = _add(s0, s1, s2, z0, z1, z2, k, k2, v, w, PREC)
-    _store_state(S_out + bh * D * DV, Z_out + bh * D, s0, s1, s2, z0, z1, z2, e, DV, F, iv == 0)
+        t = t0 + tl.arange(0, BT)
+        q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)                 # (BT, f)
+        w = _weight(W, t, T, HAS_W)
+        g = _vals(V, w, t, T, e, DV, DT)                                   # (BT, BV)
+        num = _read(Q, t, T, scale, q, s2, s1, s0, F, DT)                     # (BT, BV): the chunks before
+        s = _dot(q, tl.trans(k))                             # (BT, BT) = q·k/√f
+        a = tl.where(t[:, None] >= t[None, :], 1 + s + 0.5 * s * s, 0.)              # φ(q_i)·φ(k_j), j ≤ i
+        num = _dot(a.to(DT), g, num)                         # + this chunk
+        if NORM:
+            rden = 1 / (tl.sum(tl.where((e == DV)[None, :], num, 0.), 1) + eps)
+            tl.store(RDEN + t, rden, mask=t < T)
+        else:
+            rden = tl.load(RDEN + t, mask=t < T, other=0.)
+        _put(Y, t, T, e, DV, num * rden[:, None])
+        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
+    _store_state(S_out + bh * D * (DV + 1), s2, s1, s0, e, DV, F)
 
 
 # The backward. With dnum_i = dy_i/den_i and dden_i = -(dy_i·y_i)/den_i, PLA's gradient is that of
-# unnormalised linear attention on values [w·v, w] with output gradient [dnum, dden]. The dden
-# column is the same for every block of value columns: only block 0 adds it (the others load zeros).
+# unnormalised linear attention on values g = w·[v, 1] with output gradient G = [dnum, dden]. It is cut in
+# two: inside each chunk (_bwd_chunk_kernel, chunks in parallel: it writes dq, dk, dv first), and through
+# the state (two sweeps, one program per block of columns, which add to them). A sweep carries the f²×BV
+# state but no BT×BT tile. dq and dk get a term from every block of columns: they are fp32 sums, added to
+# atomically (in an order that may differ between runs, by fp32 rounding).
 
-@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, W, S_in, Z_in, DY, RDEN, DDEN, DQ, T, H, DV, scale,
-                   F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
-                   BT: tl.constexpr):
-    """dq: chunks in order, re-building the state; partial over BV columns (summed by torch)."""
-    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    first = (iv == 0).to(tl.float32)  # 1 for the block of columns that adds the normaliser's gradient
-    D = 1 + F + F * F
-    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
-    causal = t[:, None] >= t[None, :]
+def _bwd_chunk_kernel(Q, K, V, W, DY, RDEN, DDEN, DQ, DK, DVAL, T, H, DV, scale, F: tl.constexpr,
+                      BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
+    """The gradient through the scores inside one chunk: a_ij = 1 + s + s²/2 for j ≤ i, s = q̃_i·k̃_j."""
+    bh = tl.program_id(1).to(tl.int64)
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
+    V, DY, RDEN, DDEN, DVAL = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
+    t = tl.program_id(0) * BT + tl.arange(0, BT)
+    q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)                         # (BT, f)
+    s = _dot(q, tl.trans(k))                                     # (BT, BT)
+    causal, w = t[:, None] >= t[None, :], _weight(W, t, T, HAS_W)
+    da = tl.zeros([BT, BT], tl.float32)
+    for c0 in range(0, DV + 1, BV):  # ∂L/∂a_ij = G_i·g_j, over all dv + 1 columns
+        e = c0 + tl.arange(0, BV)
+        g = _vals(V, w, t, T, e, DV, DT)
+        da = _dot(_grads(DY, RDEN, DDEN, t, T, e, DV, DT), tl.trans(g), da)
+    ds = tl.where(causal, da * (1 + s), 0.).to(DT)                                        # ∂L/∂s_ij
+    _put(DQ + bh * T * F, t, T, tl.arange(0, F), F, _dot(ds, k) * scale)
+    _put(DK + bh * T * F, t, T, tl.arange(0, F), F, _dot(tl.trans(ds), q) * scale)
+    at = tl.trans(tl.where(causal, 1 + s + 0.5 * s * s, 0.)).to(DT)                      # a_ij at [j, i]
+    for c0 in range(0, DV, BV):  # dg_j = Σ_i a_ij G_i; dv = w·dg
+        e = c0 + tl.arange(0, BV)
+        dg = _dot(at, _grads(DY, RDEN, DDEN, t, T, e, DV, DT))
+        _put(DVAL, t, T, e, DV, dg * w[:, None])
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, W, S_in, DY, RDEN, DDEN, DQ, T, H, DV, scale, F: tl.constexpr, NS: tl.constexpr,
+                   BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
+    """dq += ∂/∂q of φ(q_i)·S_i G_i: chunks in order, re-building the state (symmetrised, _sym)."""
+    bh = tl.program_id(1).to(tl.int64)
+    e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    Q, K, W, DQ = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T, DQ + bh * T * F
     V, DY, RDEN, DDEN = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T
-    DQ += (iv * tl.num_programs(1) + bh) * T * F
-    s0, s1, s2, z0, z1, z2 = _load_state(S_in + bh * D * DV, Z_in + bh * D, e, DV, F, first)
+    s2, s1, s0 = _load_state(S_in + bh * D * (DV + 1), e, DV, F, NS)
     for t0 in range(0, T, BT):
-        tt = t0 + t
-        q, k = _tile(Q, tt, T, c, F) * scale, _tile(K, tt, T, c, F) * scale
-        w = _weight(W, tt, T, HAS_W)
-        v = _tile(V, tt, T, e, DV) * w[:, None]
-        dnum = _tile(DY, tt, T, e, DV) * tl.load(RDEN + tt, mask=tt < T, other=0.)[:, None]  # (BT, BV)
-        dden = tl.load(DDEN + tt, mask=tt < T, other=0.) * first                                # (BT,)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        ds = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dden[:, None] * w[None, :]     # ∂L/∂a_ij
-        ds = tl.where(causal, ds * (1 + s), 0.)                                                # ∂L/∂s_ij
-        dq = tl.dot(ds, k, input_precision=PREC) + _grad_phi(q, dnum, dden, s1, s2, z1, z2, BT, F, PREC)
-        _put(DQ, tt, T, c, F, dq * scale)
-        s0, s1, s2, z0, z1, z2 = _add(s0, s1, s2, z0, z1, z2, k, _sq(k, BT, F), v, w, PREC)
+        t = t0 + tl.arange(0, BT)
+        q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)
+        w = _weight(W, t, T, HAS_W)
+        g = _vals(V, w, t, T, e, DV, DT)
+        dq = _grad_read(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), s2, s1, F, DT)
+        _atomic_add(DQ, t, T, dq * scale, F)
+        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
 
 
-@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
 @triton.jit
-def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, dZ_in, DK, DVAL, dS_out, dZ_out, T, H, DV, scale,
-                    F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
+def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, DK, DVAL, dS_out, T, H, DV, scale, F: tl.constexpr,
+                    NS: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr,
                     BT: tl.constexpr):
-    """dk (partial over BV columns) and dv: chunks in reverse, carrying dS = Σ_{later i} φ(q_i) dnum_iᵀ.
-
-    Starts from the gradient of the final state; ends with the gradient of the starting state.
-    """
-    iv, bh = tl.program_id(0), tl.program_id(1).to(tl.int64)
-    first = (iv == 0).to(tl.float32)  # 1 for the block of columns that adds the normaliser's gradient
-    D = 1 + F + F * F
-    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
-    causal = t[:, None] >= t[None, :]
-    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
-    V, DY, RDEN, DDEN = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T
-    DK, DVAL = DK + (iv * tl.num_programs(1) + bh) * T * F, DVAL + bh * T * DV
-    d0, d1, d2, y0, y1, y2 = _load_state(dS_in + bh * D * DV, dZ_in + bh * D, e, DV, F, first)
+    """dk, dv += the terms through dS = Σ_{later i} φ(q_i) G_iᵀ (symmetric in its f² rows): chunks in
+    reverse, from the gradient of the final state to that of the starting state (stored in dS_out)."""
+    bh = tl.program_id(1).to(tl.int64)
+    e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    Q, K, W, DK = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T, DK + bh * T * F
+    V, DY, RDEN, DDEN, DVAL = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
+    d2, d1, d0 = _load_state(dS_in + bh * D * (DV + 1), e, DV, F, NS)
     n = tl.cdiv(T, BT)
     for i in range(0, n):
-        tt = (n - 1 - i) * BT + t
-        q, k = _tile(Q, tt, T, c, F) * scale, _tile(K, tt, T, c, F) * scale
-        w = _weight(W, tt, T, HAS_W)
-        v = _tile(V, tt, T, e, DV) * w[:, None]
-        dnum = _tile(DY, tt, T, e, DV) * tl.load(RDEN + tt, mask=tt < T, other=0.)[:, None]
-        dden = tl.load(DDEN + tt, mask=tt < T, other=0.) * first
-        q2, k2 = _sq(q, BT, F), _sq(k, BT, F)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC)
-        a = tl.where(causal, 1 + s + 0.5 * s * s, 0.)
-        ds = tl.dot(dnum, tl.trans(v), input_precision=PREC) + dden[:, None] * w[None, :]
-        ds = tl.where(causal, ds * (1 + s), 0.)
-        dk = tl.dot(tl.trans(ds), q, input_precision=PREC) + _grad_phi(k, v, w, d1, d2, y1, y2, BT, F, PREC)
-        dv = tl.dot(tl.trans(a), dnum, input_precision=PREC) + _read(k, k2, d0, d1, d2, PREC)
-        _put(DK, tt, T, c, F, dk * scale)
-        _put(DVAL, tt, T, e, DV, dv * w[:, None])
-        d0, d1, d2, y0, y1, y2 = _add(d0, d1, d2, y0, y1, y2, q, q2, dnum, dden, PREC)
-    _store_state(dS_out + bh * D * DV, dZ_out + bh * D, d0, d1, d2, y0, y1, y2, e, DV, F, iv == 0)
+        t = (n - 1 - i) * BT + tl.arange(0, BT)
+        q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)
+        w = _weight(W, t, T, HAS_W)
+        g = _vals(V, w, t, T, e, DV, DT)
+        dg = _read(K, t, T, scale, k, d2, d1, d0, F, DT)                        # φ(k_j)·dS: (BT, BV)
+        _put(DVAL, t, T, e, DV, _load(DVAL, t, T, e, DV).to(tl.float32) + dg * w[:, None])  # the chunk's part
+        dk = _grad_read(K, t, T, scale, k, g, d2, d1, F, DT)                          # (BT, f)
+        _atomic_add(DK, t, T, dk * scale, F)
+        d2, d1, d0 = _add(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), d2, d1, d0, F, DT)
+    _store_state(dS_out + bh * D * (DV + 1), d2, d1, d0, e, DV, F)
 
 
-@triton.autotune(configs=_configs(), key=["DV", "HAS_W"])
 @triton.jit
-def _enc_bwd_kernel(KE, VE, W, dS, dZ, DKE, DVE, M, H, DV, SEG, scale,
-                    F: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, PREC: tl.constexpr,
-                    BT: tl.constexpr):
+def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
+                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """Step 3: the prefix keys read the gradient of the starting state; no order, segments in parallel."""
-    iv, sg, bh = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    first = (iv == 0).to(tl.float32)
-    D = 1 + F + F * F
-    t, c, e = tl.arange(0, BT), tl.arange(0, F), iv * BV + tl.arange(0, BV)
-    KE, VE, W, DVE = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M, DVE + bh * M * DV
-    DKE += (iv * tl.num_programs(2) + bh) * M * F
-    d0, d1, d2, y0, y1, y2 = _load_state(dS + bh * D * DV, dZ + bh * D, e, DV, F, first)
+    sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
+    e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    KE, VE, W, DVE, DKE = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M, DVE + bh * M * DV, DKE + bh * M * F
+    d2, d1, d0 = _load_state(dS + bh * D * (DV + 1), e, DV, F, NS)
     for m0 in range(0, SEG, BT):  # rows past M are masked
-        tt = sg * SEG + m0 + t
-        k = _tile(KE, tt, M, c, F) * scale
-        w = _weight(W, tt, M, HAS_W)
-        v = _tile(VE, tt, M, e, DV) * w[:, None]
-        _put(DKE, tt, M, c, F, _grad_phi(k, v, w, d1, d2, y1, y2, BT, F, PREC) * scale)
-        _put(DVE, tt, M, e, DV, _read(k, _sq(k, BT, F), d0, d1, d2, PREC) * w[:, None])
+        t = sg * SEG + m0 + tl.arange(0, BT)
+        k = _x(KE, t, M, scale, F, DT)
+        w = _weight(W, t, M, HAS_W)
+        g = _vals(VE, w, t, M, e, DV, DT)
+        dk = _grad_read(KE, t, M, scale, k, g, d2, d1, F, DT)
+        _atomic_add(DKE, t, M, dk * scale, F)
+        _put(DVE, t, M, e, DV, _read(KE, t, M, scale, k, d2, d1, d0, F, DT) * w[:, None])
 
 
 # ----------------------------------------------------------------------------- autograd and dispatch
 
-def _blocks(dv, M, BH, device):
-    """BV value columns per program (the f²×BV fp32 state piece must fit in registers: 32 KB at 32, as
-    in fla's fused_chunk_based), and the prefix segment per program: enough programs to fill the GPU,
-    no more, since each one writes a D×dv partial state."""
-    BV = 16 if dv <= 16 else 32
-    NV = triton.cdiv(dv, BV)
-    want = 8 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    nseg = max(1, min(triton.cdiv(M, 64), want // (BH * NV)))
-    seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT in _configs
-    return BV, NV, seg, triton.cdiv(M, seg)
+def _blocks(dv, M, BH, low, device):
+    """Column blocks and prefix segments. The forward cuts the dv + 1 columns [v, 1] into NV blocks of BV
+    value columns and the block that holds the rest and the ones column (BVL wide: the narrowest power of
+    two ≥ 16 that fits); the backward's sweeps into NB blocks of 16, so that the f²×16 fp32 state leaves
+    registers for the gradient's tiles. The prefix is cut into segments, enough programs to fill the GPU,
+    no more, since each one writes a partial state."""
+    BV = 32 if low and dv >= 32 else 16  # fp32: BV 16, a smaller f²×BV state (_tiles)
+    NV = dv // BV
+    BVL = max(16, triton.next_power_of_2(dv + 1 - NV * BV))
+    want = 16 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
+    nseg = max(1, min(triton.cdiv(M, 64), want // max(1, BH * (NV + 1))))
+    seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT of _tiles
+    return dict(BV=BV, NV=NV, BVL=BVL, NB=triton.cdiv(dv + 1, 16), seg=seg, nseg=triton.cdiv(M, seg))
+
+
+def _launch(kernel, grid, blocks, *args, **kw):
+    """The forward's two launches: the block with the ones column first (NORM: the others divide by its
+    result), then the NV blocks of value columns. C0 is a launch's first column."""
+    norm = {"NORM": True} if "NORM" in kernel.arg_names else {}
+    kernel[(1, *grid)](*args, C0=blocks["NV"] * blocks["BV"], BV=blocks["BVL"], **norm, **kw)
+    if blocks["NV"]:
+        kernel[(blocks["NV"], *grid)](*args, C0=0, BV=blocks["BV"], **{n: False for n in norm}, **kw)
+
+
+def _sym(S, f):
+    """S (B, H, D, ·) with its f² rows symmetrised, (X + Xᵀ)/2 over the f×f index pair. φ(x)'s f² piece
+    is symmetric, so φ(x)·S and every gradient through it are unchanged, and the backward kernels need
+    one contraction where a general state needs two (_grad_read). States pla makes are symmetric already."""
+    B, H, D, n = S.shape
+    S2 = S[:, :, 1 + f:].view(B, H, f, f, n)
+    return torch.cat([S[:, :, :1 + f], ((S2 + S2.transpose(2, 3)) / 2).flatten(2, 3)], 2)
 
 
 class _PLA(torch.autograd.Function):
     """y, S, z = PLA(q, k, v, k_enc, v_enc, S0, z0) with the Triton kernels; keep / keep_enc are the
-    (B, T) / (B, M) fp32 key weights (1 real, 0 pad) or None, and get no gradient."""
+    (B, T) / (B, M) fp32 key weights (1 real, 0 pad) or None, and get no gradient. Inside, the state is
+    [S, z] as one (B, H, D, dv + 1) tensor."""
 
     @staticmethod
     def forward(ctx, q, k, v, k_enc, v_enc, S0, z0, keep, keep_enc):
         B, H, T, f = q.shape
         dv, D, M = v.shape[-1], 1 + f + f * f, 0 if k_enc is None else k_enc.shape[2]
-        BV, NV, seg, nseg = _blocks(dv, M, B * H, q.device)
-        kw = dict(F=f, BV=BV, PREC="ieee" if q.dtype == v.dtype == torch.float32 else "tf32")  # 16-bit in: TF32 dots
-        dummy = q  # pointer for an absent pad mask (HAS_W=False: never read)
-        S = q.new_zeros(B, H, D, dv, dtype=torch.float32) if S0 is None else S0.float().contiguous()
-        z = q.new_zeros(B, H, D, dtype=torch.float32) if z0 is None else z0.float().contiguous()
+        # bf16 products for 16-bit inputs (fp16 too: the state rounded to fp16 could overflow), fp32 for
+        # fp32 inputs. The interpreter computes a bf16 tl.dot wrongly: there everything is fp32.
+        low = not INTERPRET and {q.dtype, v.dtype} != {torch.float32}
+        kw = dict(F=f, DT=tl.bfloat16 if low else tl.float32, scale=f ** -0.25, **_tiles(low))
+        blocks = _blocks(dv, M, B * H, low, q.device)
+        S = (q.new_zeros(B, H, D, dv + 1, dtype=torch.float32) if S0 is None
+             else torch.cat([S0.float(), z0.float()[..., None]], -1))
         if M > 0:  # 1. the prefix, reduced into partial states in parallel
-            S_part = q.new_empty(B * H, nseg, D, dv, dtype=torch.float32)
-            z_part = q.new_empty(B * H, nseg, D, dtype=torch.float32)
-            _enc_fwd_kernel[(NV, nseg, B * H)](k_enc, v_enc, dummy if keep_enc is None else keep_enc, S_part,
-                                               z_part, M, H, dv, seg, f ** -0.25, HAS_W=keep_enc is not None, **kw)
-            S = S + S_part.sum(1).view(B, H, D, dv)
-            z = z + z_part.sum(1).view(B, H, D)
-        y, rden = torch.empty_like(v), q.new_empty(B, H, T, dtype=torch.float32)
-        S_out, z_out = torch.empty_like(S), torch.empty_like(z)
-        _fwd_kernel[(NV, B * H)](q, k, v, dummy if keep is None else keep, S, z, y, rden, S_out, z_out,
-                                 T, H, dv, f ** -0.25, EPS, HAS_W=keep is not None, **kw)
-        ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, z, y, rden)
-        ctx.has_state, ctx.blocks, ctx.kw = S0 is not None, (BV, NV, seg, nseg), kw
-        return y, S_out, z_out
+            S_part = q.new_empty(B * H, blocks["nseg"], D, dv + 1, dtype=torch.float32)
+            _launch(_enc_fwd_kernel, (blocks["nseg"], B * H), blocks, k_enc, v_enc,
+                    q if keep_enc is None else keep_enc, S_part, M, H, dv, SEG=blocks["seg"],
+                    HAS_W=keep_enc is not None, **kw)
+            S = S + S_part.sum(1).view(B, H, D, dv + 1)
+        y, rden, S_out = torch.empty_like(v), q.new_empty(B, H, T, dtype=torch.float32), torch.empty_like(S)
+        _launch(_fwd_kernel, (B * H,), blocks, q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H, dv,
+                eps=EPS, HAS_W=keep is not None, **kw)
+        ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden)
+        ctx.has_state, ctx.blocks, ctx.kw, ctx.low = S0 is not None, blocks, kw, low
+        return y, S_out[..., :dv], S_out[..., dv]
 
     @staticmethod
     def backward(ctx, dy, dS_out, dz_out):
-        q, k, v, k_enc, v_enc, keep, keep_enc, S, z, y, rden = ctx.saved_tensors
+        q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden = ctx.saved_tensors
         B, H, T, f = q.shape
         dv, M = v.shape[-1], 0 if k_enc is None else k_enc.shape[2]
-        (_, NV, seg, nseg), kw, dummy = ctx.blocks, ctx.kw, q
+        nb, kw = ctx.blocks["NB"], dict(ctx.kw, BV=16)
         dy = dy.contiguous()
         dden = -(dy.float() * y.float()).sum(-1) * rden      # (B, H, T): ∂L/∂den, the ones column's gradient
-        dS_out = torch.zeros_like(S) if dS_out is None else dS_out.float().contiguous()
-        dz_out = torch.zeros_like(z) if dz_out is None else dz_out.float().contiguous()
-        dq = q.new_empty(NV, B, H, T, f, dtype=torch.float32)
-        dk, dv_ = torch.empty_like(dq), torch.empty_like(v)
-        dS, dz = torch.empty_like(S), torch.empty_like(z)    # gradient of the starting state (prefix included)
-        w = dummy if keep is None else keep
-        _bwd_dq_kernel[(NV, B * H)](q, k, v, w, S, z, dy, rden, dden, dq, T, H, dv, f ** -0.25,
-                                    HAS_W=keep is not None, **kw)
-        _bwd_dkv_kernel[(NV, B * H)](q, k, v, w, dy, rden, dden, dS_out, dz_out, dk, dv_, dS, dz,
-                                     T, H, dv, f ** -0.25, HAS_W=keep is not None, **kw)
+        dS_end = torch.cat([torch.zeros_like(S[..., :dv]) if dS_out is None else dS_out.float(),
+                            torch.zeros_like(S[..., dv:]) if dz_out is None else dz_out.float()[..., None]], -1)
+        dS_sym = _sym(dS_end, f)
+        dq, dk = q.new_empty(B, H, T, f, dtype=torch.float32), k.new_empty(B, H, T, f, dtype=torch.float32)
+        dv_, dS = torch.empty_like(v), torch.empty_like(S)  # dS: the gradient of the starting state
+        w, kw_w = q if keep is None else keep, dict(kw, HAS_W=keep is not None)
+        _bwd_chunk_kernel[(triton.cdiv(T, kw["BT"]), B * H)](  # the sweeps' chunks: the same BT
+            q, k, v, w, dy, rden, dden, dq, dk, dv_, T, H, dv, **{n: x for n, x in kw_w.items() if n != "NS"})
+        _bwd_dq_kernel[(nb, B * H)](q, k, v, w, _sym(S, f), dy, rden, dden, dq, T, H, dv, **kw_w)
+        _bwd_dkv_kernel[(nb, B * H)](q, k, v, w, dy, rden, dden, dS_sym, dk, dv_, dS, T, H, dv, **kw_w)
         dke = dve = None
         if M > 0:
-            dke, dve = k_enc.new_empty(NV, B, H, M, f, dtype=torch.float32), torch.empty_like(v_enc)
-            _enc_bwd_kernel[(NV, nseg, B * H)](k_enc, v_enc, dummy if keep_enc is None else keep_enc, dS, dz,
-                                               dke, dve, M, H, dv, seg, f ** -0.25,
-                                               HAS_W=keep_enc is not None, **kw)
-            dke = dke.sum(0).to(k_enc.dtype)
-        state_grads = (dS, dz) if ctx.has_state else (None, None)
-        return dq.sum(0).to(q.dtype), dk.sum(0).to(k.dtype), dv_, dke, dve, *state_grads, None, None
+            dke, dve = k_enc.new_zeros(B, H, M, f, dtype=torch.float32), torch.empty_like(v_enc)
+            seg = ctx.blocks["seg"]
+            _enc_bwd_kernel[(nb, triton.cdiv(M, seg), B * H)](
+                k_enc, v_enc, q if keep_enc is None else keep_enc, dS, dke, dve, M, H, dv, seg,
+                HAS_W=keep_enc is not None, **dict(kw, NS=kw["NS"] if ctx.low else 16))  # fp32: 8 would spill
+            dke = dke.to(k_enc.dtype)
+        dS = dS + dS_end - dS_sym  # the final state passes its non-symmetric part (no output reads it) to the start
+        state_grads = (dS[..., :dv], dS[..., dv]) if ctx.has_state else (None, None)
+        return dq.to(q.dtype), dk.to(k.dtype), dv_, dke, dve, *state_grads, None, None
 
 
 def _why_not_triton(q, k, v, k_enc, v_enc):
@@ -384,10 +459,10 @@ def _why_not_triton(q, k, v, k_enc, v_enc):
         return _NO_TRITON
     if not (q.is_cuda or INTERPRET):
         return f"the tensors are on {q.device}; the kernels need CUDA (or TRITON_INTERPRET=1 to run on CPU)"
-    if q.shape[-1] != 16:  # f² = 256 rows of the state piece Σ (k⊗k) vᵀ sit in registers; other f use torch
+    if q.shape[-1] != 16:  # the kernels' tiles are sized for f² = 256 rows of state; other f use torch
         return f"f = {q.shape[-1]}, but the kernels are written for f = 16 (the papers' value)"
     dtypes = {x.dtype for x in (q, k, v, k_enc, v_enc) if x is not None}
-    if not dtypes <= {torch.float32, torch.bfloat16, torch.float16}:  # loaded as is, computed in fp32
+    if not dtypes <= {torch.float32, torch.bfloat16, torch.float16}:
         return f"dtypes {sorted(map(str, dtypes))}: the kernels take float32, bfloat16 and float16"
     return None
 
@@ -414,6 +489,8 @@ def pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_m
 
 @torch.compiler.disable  # torch.compile runs around the kernels (a graph break), not through them
 def _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state):
+    if 0 in q.shape[:3]:  # no (b, h) or no token: nothing to launch, the torch form gives the empty result
+        return _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
     if k_enc is not None and k_enc.shape[2] == 0:  # M = 0: plain Based attention
         k_enc = v_enc = enc_pad_mask = None
     keep = None if pad_mask is None else (~pad_mask).float().contiguous()              # (B, T)
@@ -458,11 +535,18 @@ def _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask):
         raise ValueError("enc_pad_mask was given without k_enc / v_enc")
     if pad_mask is not None and pad_mask.shape != (B, T):
         raise ValueError(f"pad_mask must be (B, T) = ({B}, {T}); got {tuple(pad_mask.shape)}")
+    for name, m in (("pad_mask", pad_mask), ("enc_pad_mask", enc_pad_mask)):
+        if m is not None and m.dtype != torch.bool:  # a float 0/1 mask would be read the wrong way round
+            raise ValueError(f"{name} must be a bool tensor (True where a key is padding); got dtype {m.dtype}")
     if state is not None:
-        S, z = state
-        if S.shape != (B, H, D, dv) or z.shape != (B, H, D):
-            raise ValueError(f"state must be (S (B, H, D, dv), z (B, H, D)) with D = 1+f+f² = {D}; "
-                             f"got S {tuple(S.shape)}, z {tuple(z.shape)}")
+        _check_state(state, B, H, D, dv)
+
+
+def _check_state(state, B, H, D, dv):
+    S, z = state
+    if S.shape != (B, H, D, dv) or z.shape != (B, H, D):
+        raise ValueError(f"state must be (S (B, H, D, dv), z (B, H, D)) = (({B}, {H}, {D}, {dv}), ({B}, {H}, {D})) "
+                         f"with D = 1+f+f²; got S {tuple(S.shape)}, z {tuple(z.shape)}")
 
 
 def _keep(mask, like):
@@ -522,11 +606,15 @@ def pla_step(q, k, v, state):
     Decoding is plain causal linear attention with the decoder projections (the prefix is already
     inside S, z). The new key is added before reading, as in the parallel form (j ≤ i).
 
-    This stays PyTorch on CUDA too (issue 3: a fused kernel only if it measurably beats PyTorch). A
-    fused step would read and write S once where this moves it about five times (the outer-product
-    temporary included): worth trying where decode is memory-bound (large batch), but no GPU was at
-    hand to measure it when the kernels were written.
+    This stays PyTorch on CUDA too: a fused step would move S once where this moves it about five times,
+    worth trying where decode is memory-bound (large batch), once a GPU can measure it.
     """
+    if q.dim() != 3 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be (B, H, f), one token; got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, H, f = q.shape
+    if v.dim() != 3 or v.shape[:2] != (B, H):
+        raise ValueError(f"v must be (B, H, dv) = ({B}, {H}, dv); got {tuple(v.shape)}")
+    _check_state(state, B, H, 1 + f + f * f, v.shape[-1])
     S, z = state
     acc = S.dtype
     phq, phk = feature_map(q.to(acc)), feature_map(k.to(acc))  # (B, H, D)
@@ -570,6 +658,7 @@ def pla_flop(T, M, f=16, dv=64, C=64):
          2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
          2·f²               the outer products of φ(q) and φ(k)
        per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
-    So SPEC §9's ≈ 81.7k·T + 35.5k·M; at T = 32k, M = 16k, B·H = 256 that is 0.83 TFLOP."""
+    So ≈ 81.7k·T + 35.5k·M; at the JRT paper's throughput shape (Table 5: T = 32k, M = 16k, B·H = 256)
+    that is 0.83 TFLOP."""
     D = 1 + f + f * f
     return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M

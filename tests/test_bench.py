@@ -2,8 +2,12 @@
 check against the reference, and a wrong (or failing) implementation is reported as such, not timed.
 Times themselves are not checked."""
 import json
+import os
 import re
+import subprocess
+import sys
 
+import pytest
 import torch
 
 import bench
@@ -78,10 +82,10 @@ def test_wrong_failing_and_oom_rows_are_reported_not_timed():
     assert "broken: error: RuntimeError: kernel launch failed" in bench.tables("prefill", recs, S)
 
 
-def test_flop_model_is_spec_section_9():
+def test_flop_model_is_the_jrt_papers_table_5_shape():
     assert pla_flop(1, 0) == 81715 and pla_flop(0, 1) == 35473  # ≈ 81.7k·T + 35.5k·M per head
     flop, nbytes = (x * 16 * 16 for x in bench.work("pla", 32768, bench.SIZES["gpu"], 2))  # 32k, B = H = 16
-    assert abs(flop / 0.83e12 - 1) < 0.01 and abs(nbytes / 3.4e9 - 1) < 0.02  # SPEC: 0.83 TFLOP, 3.4 GB
+    assert abs(flop / 0.83e12 - 1) < 0.01 and abs(nbytes / 3.4e9 - 1) < 0.02  # Table 5: 0.83 TFLOP, 3.4 GB
     assert abs(bench.work("attn", 32768, bench.SIZES["gpu"], 2)[0] * 256 / 35e12 - 1) < 0.01  # FA2: 35 TFLOP
 
 
@@ -114,3 +118,33 @@ def test_train_table(tmp_path, capsys):
         assert re.fullmatch(rf"{NUM}M", r[1]) and all(re.fullmatch(NUM, c) for c in r[3:6]), r
         assert r[6] == "-" or re.fullmatch(rf"{NUM}%", r[6])  # MFU needs the device's peak: none on a CPU
     assert all(r["status"] == "ok" and r["flop_per_token"] > 6 * r["params"] for r in res["train"])
+
+
+def test_gpu_script_runs_its_tiny_form(tmp_path):
+    """bash bench/gpu.sh is the one command for a GPU; here its tiny form (the CPU, or --tiny) must run
+    every part and write its JSON and markdown: kernel checks, the Table-5 row, decode, train."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    assert subprocess.run(["bash", "-n", "bench/gpu.sh"], cwd=root).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0"}  # one thread: the models are tiny
+    out = subprocess.run(["bash", "bench/gpu.sh", "--tiny", "--out", str(tmp_path / "g.json")], cwd=root, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ts, md = tables(out.stdout), (tmp_path / "g.md").read_text()
+    assert len(ts) == 5 and all(tables(md)[i] == t for i, t in enumerate(ts))  # checks, prefill ×2, decode, train
+    assert [r[-1] for r in ts[0][1:]] == ["ok", "ok"] and {r[0].split(", ")[-1] for r in ts[0][1:]} == {"64", "112"}
+    names = [r[0] for r in ts[1][1:]]
+    assert names[0] == bench.FA2 and any(n.startswith("JRT-RNN") and n.endswith("forward + backward") for n in names)
+    assert all(r[-1].startswith("ok") for r in ts[1][1:]) and ts[1][0][1] == f"T = {bench.SIZES['tiny']['T'][-1]}"
+    res = json.loads((tmp_path / "g.json").read_text())["gpu"]
+    assert set(res) == {"checks", "prefill", "decode", "train"}
+    assert all(r["status"] == "ok" for part in res.values() for r in part)
+
+
+def test_bad_device_and_plot_without_matplotlib_stop_up_front(monkeypatch, capsys):
+    for bad in ("cuda:7" if not torch.cuda.is_available() else "tpu", "gpu0"):
+        with pytest.raises(SystemExit, match="--device: device="):
+            bench.main(["--suite", "prefill", "--device", bad, *TINY])
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
+    monkeypatch.setattr(bench, "prefill_suite", lambda *a: pytest.fail("ran before checking --plot"))
+    with pytest.raises(SystemExit, match="needs matplotlib"):
+        bench.main(["--suite", "prefill", "--plot", *TINY])

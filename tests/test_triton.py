@@ -17,18 +17,21 @@ F = 16  # the kernels' f
 
 # Errors are max |got - ref| / max |ref|. fp32: the kernels and the float64 reference differ only by
 # fp32 rounding (seen: ~3e-7). bf16: inputs are rounded to bf16 before both runs, so what is left is the
-# bf16 output and gradients (2^-8 ≈ 4e-3) and, on a GPU, TF32 dots (~1e-3).
+# bf16 output and gradients (2^-8 ≈ 4e-3) and, on a GPU, the bf16 operands of the products (the chunk's
+# scores, P(x) and the state rounded to bf16 where it is read), each 2^-8 relative, summed in fp32.
 TOL = {torch.float32: 2e-5, torch.bfloat16: 2e-2}
 
-# name: (B, H, T, M, dv, with a starting state, with pad masks). The interpreter's chunk is 64 (16-64
-# on a GPU), so T = 100, M = 37 end mid-chunk; M = 70 is two prefix segments; dv = 24 and 40 are not
-# powers of two, and 40 is two blocks of value columns (the normaliser must be counted once).
+# name: (B, H, T, M, dv, with a starting state, with pad masks). The interpreter's chunk is 16 (as for
+# fp32 on a GPU; 64 for bf16), so T = 100, M = 37 end mid-chunk; M = 70 is two prefix segments; dv = 24,
+# 40 and 112 (the 1.3B head dim) are not powers of two, and 40 and 112 are several blocks of value
+# columns (the normaliser must be counted once).
 CASES = {
     "tails": (1, 1, 100, 37, 24, False, False),
     "based_M0": (1, 1, 77, 0, 24, False, False),
     "M_eq_T_state": (1, 1, 90, 90, 24, True, False),
-    "state_pads": (2, 2, 100, 70, 24, True, True),
+    "state_pads": (2, 2, 72, 70, 24, True, True),
     "dv40_state_pads": (1, 1, 70, 45, 40, True, True),
+    "dv112_state_pads": (1, 1, 40, 21, 112, True, True),
 }
 
 
@@ -88,8 +91,11 @@ def test_cases_cover_segments_and_value_blocks():
     """The cases above reach the multi-program paths: >1 prefix segment, >1 block of value columns."""
     if DEV == "cuda":
         pytest.skip("block counts depend on the GPU")
-    assert kernels._blocks(24, 70, 4, DEV)[3] == 2     # state_pads: two prefix segments
-    assert kernels._blocks(40, 45, 1, DEV)[1] == 2     # dv40: two blocks of value columns
+    low = False  # the interpreter runs the fp32 kernels (kernels._PLA.forward)
+    assert kernels._blocks(24, 70, 4, low, DEV)["nseg"] == 2      # state_pads: two prefix segments
+    assert kernels._blocks(40, 45, 1, low, DEV)["NV"] == 2        # dv40: two blocks of value columns
+    assert kernels._blocks(112, 21, 1, low, DEV)["NV"] == 7       # dv112: seven, and the ones column's block
+    assert min(T for _, _, T, *_ in CASES.values()) > 2 * kernels._tiles(low)["BT"]  # several chunks each
 
 
 def test_bf16_inputs():
@@ -157,3 +163,27 @@ def test_without_triton_everything_runs_on_torch():
     env = {**os.environ, "TRITON_INTERPRET": "0"}
     out = subprocess.run([sys.executable, "-c", code], cwd=root, env=env, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_empty_batch_or_sequence_gives_the_empty_result():
+    """B = 0 or T = 0 launches nothing: y is empty and the state is the starting state (or zeros)."""
+    S0, z0 = torch.randn(1, 2, 273, 24, device=DEV), torch.randn(1, 2, 273, device=DEV)
+    for B, T, state in ((0, 8, None), (1, 0, None), (1, 0, (S0, z0))):
+        q, v = torch.randn(B, 2, T, F, device=DEV), torch.randn(B, 2, T, 24, device=DEV)
+        y, (S, z) = pla(q, q, v, state=state, return_state=True, backend="triton")
+        assert y.shape == (B, 2, T, 24) and S.shape == (B, 2, 273, 24) and z.shape == (B, 2, 273)
+        want = state or (torch.zeros_like(S), torch.zeros_like(z))
+        assert torch.equal(S, want[0]) and torch.equal(z, want[1])
+
+
+def test_bad_masks_and_step_shapes_say_which_parameter():
+    q, v = torch.randn(2, 1, 8, F), torch.randn(2, 1, 8, 24)
+    with pytest.raises(ValueError, match=r"^pad_mask must be a bool tensor .*got dtype torch.float32$"):
+        pla(q, q, v, pad_mask=torch.zeros(2, 8))
+    with pytest.raises(ValueError, match=r"^enc_pad_mask must be a bool tensor .*got dtype torch.int64$"):
+        pla(q, q, v, q[:, :, :3], v[:, :, :3], enc_pad_mask=torch.zeros(2, 3, dtype=torch.long))
+    state = (torch.zeros(1, 1, 273, 24), torch.zeros(1, 1, 273))  # a batch-1 state for a batch-2 token
+    with pytest.raises(ValueError, match=r"^state must be .*got S \(1, 1, 273, 24\)"):
+        kernels.pla_step(q[:, :, 0], q[:, :, 0], v[:, :, 0], state)
+    with pytest.raises(ValueError, match=r"^q and k must both be \(B, H, f\), one token; got q \(2, 1, 8, 16\)"):
+        kernels.pla_step(q, q, v, state)
