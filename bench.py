@@ -1,5 +1,5 @@
 """
-Benchmarks (JRT paper, throughput table (Table 5)): markdown tables on stdout, every number in a JSON file.
+Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JSON file.
 
   prefill  latency of the mixing operator alone on random inputs, as in the paper's Table 5:
            FlashAttention-2 vs our Based kernel at T, JRT-Prompt (Based at 2T) and JRT-RNN (PLA with
@@ -23,10 +23,10 @@ normaliser too; the paper's CUDA kernels did not. Decode is eager PyTorch (no CU
 On a GPU (bf16), a few minutes each:
 
     bash bench/gpu.sh                                             # first: all of it, at one size each
-    python bench.py --suite prefill --out bench/h100-prefill.json
-    python bench.py --suite decode  --out bench/h100-decode.json
-    python bench.py --suite train   --out bench/h100-train.json
-    python bench.py --suite all --out bench/h100.json --plot      # all three; figures need matplotlib
+    python bench.py --suite prefill
+    python bench.py --suite decode
+    python bench.py --suite train
+    python bench.py --suite all --plot   # all three; figures need matplotlib
 
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test.
@@ -682,7 +682,7 @@ def git_commit():
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="JRT-RNN benchmarks (JRT paper, throughput table (Table 5)); "
+    p = argparse.ArgumentParser(description="JRT-RNN benchmarks (JRT paper, Table 5); "
                                             "see the docstring of bench.py")
     p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "gpu", "compile"), default="prefill")
     p.add_argument("--tiny", action="store_true", help="the tiny sizes (automatic without CUDA)")
