@@ -57,12 +57,12 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to keep only
     # the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 16 models of 1,500 steps of 32 rows (about 30 CPU-minutes). Based alone at 80k examples and 3,000 steps is in
-    # results/read_twice.md (earlier runs); with 20k and 1,000 the models were still learning
+    # CPU: 16 models of 3,000 steps of 64 rows (about 75 CPU-minutes): with 1,500 steps of 32 rows the 4-of-16 models
+    # stayed near chance, and with 20k examples and 1,000 steps all were still learning (results/read_twice.md)
     "read-twice": {
-        "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=40000,
-                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lr=3e-3,
-                    batch_size=32),
+        "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
+                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=3000, lr=3e-3,
+                    batch_size=64),
         "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
                       widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=600, lr=3e-3, batch_size=64),
         "gpu": dict(models=("based", "jrt"), tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000,
