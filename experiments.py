@@ -57,11 +57,11 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to keep only
     # the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 16 models of 3,000 steps of 64 rows (about 75 CPU-minutes): with 1,500 steps of 32 rows the 4-of-16 models
-    # stayed near chance, and with 20k examples and 1,000 steps all were still learning (results/read_twice.md)
+    # CPU: 16 models of 2,000 steps of 64 rows (about an hour of one core): with 1,500 steps of 32 rows the 4-of-16
+    # models stayed near chance, and with 20k examples and 1,000 steps all were still learning (results/read_twice.md)
     "read-twice": {
         "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
-                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=3000, lr=3e-3,
+                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=2000, lr=3e-3,
                     batch_size=64),
         "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
                       widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=600, lr=3e-3, batch_size=64),
