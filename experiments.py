@@ -57,8 +57,8 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to keep only
     # the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 16 models of 2,000 steps of 64 rows (about an hour of one core): with 1,500 steps of 32 rows the 4-of-16
-    # models stayed near chance, and with 20k examples and 1,000 steps all were still learning (results/read_twice.md)
+    # CPU: 16 models of 2,000 steps of 64 rows (45 CPU-minutes): with 1,500 steps of 32 rows the 4-of-16 models stayed
+    # near chance, and with 20k examples and 1,000 steps all were still learning (results/read_twice.md)
     "read-twice": {
         "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
                     n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=2000, lr=3e-3,
@@ -129,7 +129,7 @@ def fit(model, ex, iters, lr, batch_size=64, seed=0, log_every=100):
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- JRT: set order (JRT paper, set disjointness)
+# ----------------------------------------------------------------------------- JRT: set order (set disjointness)
 
 def relabel(ex, vocab_size, seed=0):
     """Set disjointness over a smaller vocabulary: each row's set tokens (ids >= 4) are mapped one-to-one
@@ -197,7 +197,7 @@ def plot_set_order(records, plt):
     return fig
 
 
-# ----------------------------------------------------------------------------- JRT: reading twice (JRT paper)
+# ----------------------------------------------------------------------------- JRT: reading twice
 
 READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")  # trained on → tested on
 
@@ -269,7 +269,7 @@ def plot_read_twice(records, plt):
     return fig
 
 
-# ----------------------------------------------------------------------------- OPRM: overflow (OPRM paper)
+# ----------------------------------------------------------------------------- OPRM: overflow
 
 def mqar_mixture(g, seed=0):
     """The training set: n_train examples spread evenly over every (context length, pairs) of the mixture,
