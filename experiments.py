@@ -3,12 +3,12 @@ The synthetic experiments of both papers, each training its small models from sc
 one CPU thread (--quick), tens of minutes (--grid cpu, the default), or closer to the papers' sizes on a
 GPU (--grid gpu).
 
-    python experiments.py set-order    JRT (SPEC §1, §8; paper Figure 2): causal Based vs JRT-RNN on set
+    python experiments.py set-order    JRT paper (set disjointness, Figure 2): causal Based vs JRT-RNN on set
                                        disjointness, the shorter set first vs last, at a few state sizes
-    python experiments.py read-twice   JRT (SPEC §1): Based and JRT-RNN on MQAR read once vs twice (kv,
+    python experiments.py read-twice   JRT paper: Based and JRT-RNN on MQAR read once vs twice (kv,
                                        queries, kv, queries) at the same state size, with few or all pairs
                                        queried, over seeds; each model on the other layout zero-shot
-    python experiments.py overflow     OPRM (SPEC §7): Based and JRT-RNN at two state sizes and a Transformer,
+    python experiments.py overflow     OPRM paper: Based and JRT-RNN at two state sizes and a Transformer,
                                        trained on 1..K facts at one context length, tested on 1..K and more:
                                        full context vs OPRM's chunks with each selector, and the oracle chunk
 
@@ -57,12 +57,12 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to keep only
     # the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 16 models of 1,500 steps of 32 rows (about 30 CPU-minutes). Based alone at 80k examples and 3,000 steps is in
-    # results/read_twice.md (earlier runs); with 20k and 1,000 the models were still learning
+    # CPU: 16 models of 2,000 steps of 64 rows (45 CPU-minutes): with 1,500 steps of 32 rows the 4-of-16 models stayed
+    # near chance, and with 20k examples and 1,000 steps all were still learning (results/read_twice.md)
     "read-twice": {
-        "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=40000,
-                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lr=3e-3,
-                    batch_size=32),
+        "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
+                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=2000, lr=3e-3,
+                    batch_size=64),
         "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
                       widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=600, lr=3e-3, batch_size=64),
         "gpu": dict(models=("based", "jrt"), tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192, n_train=100000,
@@ -75,16 +75,18 @@ GRIDS = {
     # the key can say so). Test: C tokens with 1..K facts and a little beyond. A model that solves few facts
     # and fails at k <= K has learnt the task and fails because its state is full. runs: (layers, d_model).
     # CPU: C = 64, K = 16; a pilot (Based, 1,500 steps) held 0.98 up to 8 facts at d_model 32, but at 16 only
-    # 0.82 at 2 facts, so the two widths' overflow points land inside 1..24
+    # 0.82 at 2 facts, so the two widths' overflow points land inside 1..24.
+    # Quick: C = 32 and chunks of 8 (shorter rows, cheaper steps); half the queries about absent keys, since
+    # after 1,000 steps with a quarter the IDK answers were too unreliable for OPRM to pick the key's chunk
     "overflow": {
         "cpu": dict(runs=[("based", 16), ("based", 32), ("jrt", 16), ("jrt", 32), ("transformer", 32)],
                     vocab_size=64, train_contexts=(8, 16, 64), train_pairs=tuple(range(1, 17)), query_slots=8,
                     idk_frac=0.25, n_head=2, feature_dim=4, init_std=0.12, n_train=60000, iters=3000, lr=3e-3,
                     batch_size=64, test_pairs=(1, 2, 4, 6, 8, 12, 16, 20, 24), chunk_lens=(16, 8), n_test=200),
         "quick": dict(runs=[("based", 32), ("transformer", 32)],
-                      vocab_size=64, train_contexts=(16, 64), train_pairs=tuple(range(1, 17)), query_slots=8,
-                      idk_frac=0.25, n_head=2, feature_dim=4, init_std=0.12, n_train=20000, iters=900, lr=3e-3,
-                      batch_size=64, test_pairs=(2, 4, 8, 12, 16, 24), chunk_lens=(16,), n_test=60),
+                      vocab_size=64, train_contexts=(8, 32), train_pairs=tuple(range(1, 17)), query_slots=8,
+                      idk_frac=0.5, n_head=2, feature_dim=4, init_std=0.12, n_train=20000, iters=1000, lr=3e-3,
+                      batch_size=64, test_pairs=(1, 2, 4, 8, 12, 16), chunk_lens=(8,), n_test=100),
         "gpu": dict(runs=[("based", 64), ("based", 128), ("jrt", 64), ("jrt", 128), ("transformer", 64)],
                     vocab_size=8192, train_contexts=(128, 1024), train_pairs=tuple(range(4, 257, 4)), query_slots=16,
                     idk_frac=0.25, n_head=4, feature_dim=16, init_std=0.02, n_train=200000, iters=20000, lr=1e-3,
@@ -127,7 +129,7 @@ def fit(model, ex, iters, lr, batch_size=64, seed=0, log_every=100):
     return model.eval()
 
 
-# ----------------------------------------------------------------------------- JRT: set order (SPEC §8)
+# ----------------------------------------------------------------------------- JRT: set order (set disjointness)
 
 def relabel(ex, vocab_size, seed=0):
     """Set disjointness over a smaller vocabulary: each row's set tokens (ids >= 4) are mapped one-to-one
@@ -150,7 +152,7 @@ def relabel(ex, vocab_size, seed=0):
 def set_order(g, seed=0, device=None):
     """Causal Based vs JRT-RNN (prefix = the whole input) on set disjointness, trained on both orders of
     each shape; test accuracy with the shorter set first vs last, at a few state sizes.
-    A and B are drawn from the whole vocabulary (halves=False): with SPEC §8's halves, the shared token
+    A and B are drawn from the whole vocabulary (halves=False): with the JRT paper's halves, the shared token
     is the only B token from A's half, which a model can spot without remembering A at all."""
     V = g["vocab_size"]
     train_ex = data.disjoint_sets(g["n_train"], shapes=g["shapes"], halves=False, seed=seed, split="train")
@@ -195,7 +197,7 @@ def plot_set_order(records, plt):
     return fig
 
 
-# ----------------------------------------------------------------------------- JRT: reading twice (SPEC §1)
+# ----------------------------------------------------------------------------- JRT: reading twice
 
 READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")  # trained on → tested on
 
@@ -267,7 +269,7 @@ def plot_read_twice(records, plt):
     return fig
 
 
-# ----------------------------------------------------------------------------- OPRM: overflow (SPEC §7)
+# ----------------------------------------------------------------------------- OPRM: overflow
 
 def mqar_mixture(g, seed=0):
     """The training set: n_train examples spread evenly over every (context length, pairs) of the mixture,
