@@ -630,9 +630,10 @@ def text_table(lm, tokenizer, rows, name, chunk_lens, **kw):
 
 TEXT_HEADER = "| task | n | L | full context F1 | OPRM F1 |\n|---|---|---|---|---|"
 
-OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow --models based (tiny Based trained on "
-                   "MQAR with 4 pairs in contexts of up to 32 tokens, saved to out/oprm/based.pt), then python "
-                   "chunked.py --ckpt out/oprm/based.pt --task mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 tokens)")
+OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow --quick --models based (tiny Based "
+                   "trained on MQAR with 1 to 16 pairs in contexts of up to 32 tokens, saved to "
+                   "out/oprm-quick/based_d32.pt), then python chunked.py --ckpt out/oprm-quick/based_d32.pt --task "
+                   "mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 tokens)")
 
 
 def default_pairs(n, context_len, vocab_size):

@@ -246,7 +246,7 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
     torch.save(dict(model=model.state_dict(), model_args=asdict(model.config), config=dict(task="text")), text)
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"\x00" * 10)
-    cases = [((), r"--task mqar_long needs --ckpt.*python experiments.py overflow --models based"),
+    cases = [((), r"--task mqar_long needs --ckpt.*python experiments.py overflow --quick --models based"),
              (("--ckpt", str(tmp_path / "absent.pt")), r"absent.pt"),
              (("--ckpt", str(junk)), r"junk.pt"),
              (("--ckpt", str(text)), r"needs a checkpoint trained on MQAR.*task='text'"),
