@@ -10,18 +10,18 @@ import sys
 import pytest
 
 pytest.importorskip("triton")
-import bench  # noqa: E402
+import compile_check  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CODE = """
-import json, torch, bench
-jobs = bench.compile_jobs(dtypes=(torch.bfloat16,), dvs=(64,), archs=(90, 80))
-print(json.dumps(bench.compile_suite(jobs, 2)))
+import json, torch, compile_check
+jobs = compile_check.compile_jobs(dtypes=(torch.bfloat16,), dvs=(64,), archs=(90, 80))
+print(json.dumps(compile_check.compile_suite(jobs, 2)))
 """
 
 
 def test_every_kernel_compiles_for_sm90_and_sm80_without_spills():
-    why = bench.compile_tools()
+    why = compile_check.compile_tools()
     if why:
         pytest.skip(why)
     env = {**os.environ, "TRITON_INTERPRET": "0"}  # the interpreter's @triton.jit cannot be compiled
