@@ -98,6 +98,23 @@ def test_cases_cover_segments_and_value_blocks():
     assert min(T for _, _, T, *_ in CASES.values()) > 2 * kernels._tiles(low)["BT"]  # several chunks each
 
 
+@pytest.mark.skipif(DEV == "cuda", reason="on a GPU bf16 inputs run these tiles themselves (test_bf16_inputs)")
+def test_the_bf16_tiles_with_fp32_products(monkeypatch):
+    """The GPU's bf16 launches use other tiles (BT 64, NS 4, BV 32) than the fp32 ones the interpreter runs,
+    and the interpreter cannot run bf16 products: so run those tiles with fp32 products, several chunks of
+    64, two blocks of 32 value columns plus the ones column's, several prefix segments, pads and a state."""
+    tiles, blocks = kernels._tiles, kernels._blocks
+    monkeypatch.setattr(kernels, "_tiles", lambda low: tiles(True))
+    monkeypatch.setattr(kernels, "_blocks", lambda dv, M, BH, low, device: blocks(dv, M, BH, True, device))
+    assert kernels._tiles(False)["BT"] == 64 and kernels._blocks(72, 130, 1, False, DEV)["BV"] == 32
+    assert kernels._blocks(72, 130, 1, False, DEV)["nseg"] >= 2
+    x, pads, g = make(1, 1, 150, 130, 72, True, True, 1.0)
+    y, S, z, grads = run(x, pads, g, torch.float32, "triton")
+    yr, Sr, zr, gr = run(x, pads, g, torch.float64, "reference")
+    for what, a, b in [("y", y, yr), ("S", S, Sr), ("z", z, zr)] + [(f"d{n}", grads[n], gr[n]) for n in gr]:
+        check(a, b, TOL[torch.float32], f"bf16 tiles {what}")
+
+
 def test_bf16_inputs():
     """bf16 in (loaded as bf16, computed in fp32), bf16 out; the reference sees the same rounded inputs."""
     x, pads, g = make(1, 1, 70, 45, 40, True, True, 1.0)
