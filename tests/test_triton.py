@@ -1,6 +1,6 @@
 # The Triton kernels of kernels.py against the quadratic reference (pla_reference, float64 autograd).
 # Without a GPU they run in Triton's interpreter (tests/conftest.py sets TRITON_INTERPRET=1), which is
-# slow: every case is tiny (T <= 100, B·H <= 4). With a GPU the same tests run on the device.
+# slow: every case is tiny (T <= 150, B·H <= 4). With a GPU the same tests run on the device.
 import os
 import subprocess
 import sys
