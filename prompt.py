@@ -39,7 +39,7 @@ from model import Model, ModelLM, left_pad, resolve_device  # noqa: F401  (Model
 
 # ----------------------------------------------------------------------------- 1. text prompts (JRT paper)
 
-BUDGET = 950      # documents are cut to this many tokens around the answer, as in the paper (JRT paper)
+BUDGET = 950      # documents are cut to this many tokens around the answer, as in the JRT paper
 MAX_NEW = 48      # greedy decoding stops at a newline or after this many tokens (JRT paper)
 
 
