@@ -7,10 +7,13 @@ the defaults below are the whole configuration, the loop is written out.
     python train.py config/recall_cpu.py             # the recall experiment: a grid, then one markdown table
     torchrun --standalone --nproc_per_node=8 train.py config/xxx.py        # DDP, one process per GPU
 
-Ctrl-C finishes the current step, saves a checkpoint and says how to continue (--resume=True gives the
-same loss curve as never stopping); a second Ctrl-C aborts at once. Every save keeps the one before it
-as ckpt.prev.pt. Checkpoints hold tensors and plain Python values only, and are loaded with
-torch.load(weights_only=True), so loading one never runs code from the file.
+Ctrl-C, or SIGTERM (how a cluster preempts a job), finishes the current step, saves a checkpoint and
+says how to continue (--resume=True gives the same loss curve as never stopping); a second signal aborts
+at once. --resume=True restores the saved run's config: only the keys of MAY_CHANGE may take new values.
+A run never replaces a checkpoint unless told to (--resume=True or --overwrite=True). Every save keeps
+the one before it as ckpt.prev.pt and carries a sha256 checksum, verified on load. Checkpoints hold
+tensors and plain Python values only, and are loaded with torch.load(weights_only=True), so loading one
+never runs code from the file.
 
 Objectives (JRT paper). Synthetic tasks: the context is the prefix M handed to the model, and the loss
 is cross-entropy on the answer positions only. Text: next-token loss for models without pla layers;
@@ -45,8 +48,8 @@ DEFAULTS = dict(
     eval_interval=100,          # iters between evaluations (and checkpoints)
     log_interval=10,            # iters between log lines
     save_checkpoint=True,       # write out_dir/ckpt.pt at every eval and at the end
-    resume=False,               # continue from out_dir/ckpt.pt: same loss curve as never stopping
-    overwrite=False,            # replace a checkpoint of another model in out_dir (else: stop and say so)
+    resume=False,               # continue from out_dir/ckpt.pt with its config: same loss curve as never stopping
+    overwrite=False,            # replace the checkpoint in out_dir (else a run into it stops and says so)
     seed=1337,                  # model init and batch sampling; the data itself uses data_seed
     # task
     task="mqar",                # mqar | disjoint_sets | text
@@ -113,6 +116,20 @@ POSITIVE = ("batch_size", "grad_accum", "max_iters", "seq_len", "eval_interval",
             "train_examples", "test_examples", "vocab_size", "num_pairs")
 UNIT, BETA = ("[0, 1]", lambda v: 0 <= v <= 1), ("[0, 1)", lambda v: 0 <= v < 1)  # AdamW needs beta < 1
 RANGES = dict(beta1=BETA, beta2=BETA, mlm_prob=UNIT, idk_frac=UNIT, min_lr_ratio=UNIT)
+# --resume=True restores the saved run's config. These keys may take new values there (each change is
+# printed): how long and how fast to go on, how to log and save, on what hardware. None of them changes
+# the model, the task or its data, so the saved config still describes the saved model. A new value
+# for any other key is refused.
+MAY_CHANGE = ("max_iters", "lr", "min_lr_ratio", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2",
+              "grad_clip", "batch_size", "grad_accum",                    # the optimiser, from here on
+              "out_dir", "eval_interval", "log_interval", "eval_iters", "save_checkpoint", "resume", "overwrite",
+              "device", "dtype", "compile", "backend", "peak_flops", "threads")     # I/O and hardware
+# Keys that only some tasks read: given for another task they would do nothing, so they are refused.
+TASK_ONLY = dict(vocab_size=("mqar",), num_pairs=("mqar",), context_len=("mqar",), idk_frac=("mqar",),
+                 random_filler=("mqar",), read_twice=("mqar",), test_shapes=("mqar",), seq_len=("mqar", "text"),
+                 train_examples=("mqar", "disjoint_sets"), test_examples=("mqar", "disjoint_sets"),
+                 sd_halves=("disjoint_sets",), data_path=("text",), tokenizer=("text",), eval_iters=("text",),
+                 prefix_len=("text",), mlm_prob=("text",), mlm_weight=("text",))
 
 
 class ConfigError(ValueError):
@@ -144,7 +161,12 @@ def check_value(key, value):
 
 def get_config(argv):
     """DEFAULTS <- config files (python, executed like nanoGPT's configurator) <- --key=value."""
-    cfg = dict(DEFAULTS)
+    return {**DEFAULTS, **read_args(argv)}
+
+
+def read_args(argv):
+    """{key: value} of the keys that config files and --key=value give, each checked."""
+    cfg = {}
     for i, arg in enumerate(argv):
         if not arg.startswith("--"):  # a config file: its top-level names are config keys
             if not os.path.isfile(arg):
@@ -349,21 +371,27 @@ def state_dict_clean(sd):
 # checkpoints: what a run saves, and how it comes back
 
 class Interrupted(Exception):
-    """Ctrl-C: the run stopped after a whole step, its checkpoint saved (already said on the console)."""
+    """Ctrl-C or SIGTERM: the run stopped after a whole step, its checkpoint saved (already said)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
 
 
-class StopOnCtrlC:
-    """While active, the first SIGINT only raises a flag, so that the loop can finish its step and save;
-    a second one aborts at once (KeyboardInterrupt). Signals can be caught in the main thread only.
-    Under torchrun, Ctrl-C reaches every process twice (from the terminal, then forwarded by torchrun):
-    there a repeat within `grace` seconds counts as the same Ctrl-C."""
+class StopOnSignal:
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption, `timeout`, `kill`) only
+    raises a flag, so that the loop can finish its step and save; a second one aborts at once
+    (KeyboardInterrupt). Signals can be caught in the main thread only. Under torchrun, a signal reaches
+    every process twice (from the terminal or the scheduler, then forwarded by torchrun): there a repeat
+    within `grace` seconds counts as the same one."""
+    SIGNALS = {signal.SIGINT: b"Ctrl-C", signal.SIGTERM: b"SIGTERM"}
 
     def __init__(self, master, grace=0.0):
-        self.master, self.grace, self.requested, self.previous = master, grace, False, None
+        self.master, self.grace, self.requested, self.signum, self.previous = master, grace, False, None, {}
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self.handler)
+            self.previous = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
         return self
 
     def handler(self, signum, frame):
@@ -371,14 +399,15 @@ class StopOnCtrlC:
             if time.time() - self.requested < self.grace:
                 return
             raise KeyboardInterrupt
-        self.requested = time.time()
+        self.requested, self.signum = time.time(), signum
         if self.master:  # os.write: a print here could interrupt a print of the loop (a reentrant call)
-            os.write(sys.stderr.fileno(), b"\nCtrl-C: finishing this step, then saving a checkpoint "
-                                          b"(Ctrl-C again aborts at once, without saving)\n")
+            name = self.SIGNALS[signum]
+            os.write(sys.stderr.fileno(), b"\n" + name + b": finishing this step, then saving a checkpoint (" + name
+                     + b" again aborts at once, without saving)\n")
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
 
 
 TRAINING_KEYS = ("model", "optimizer", "model_args", "config", "iter", "rng")
@@ -403,34 +432,60 @@ def load_for_resume(path):
     return ck
 
 
-def check_out_dir(cfg, path, mcfg, log=print):
-    """Stop before training if out_dir cannot hold a checkpoint, or holds one of another model, which this
-    run would replace (e.g. `--model=based-tiny` after `python train.py`, whose checkpoint prompt.py reads)."""
+def resumed_config(cfg, saved, given, path, log=print):
+    """The saved run's config, with the new values this run gives for keys of MAY_CHANGE (printed). A
+    given key that would change the model, the task or the data is refused, in one line."""
+    out, changed = dict(vars(cfg)), []
+    for k, old in saved.items():
+        if k not in DEFAULTS or k in ("out_dir", "resume"):   # an older version's key; where we found it
+            continue
+        if k not in given or out[k] == old:
+            out[k] = old
+        elif k in MAY_CHANGE:
+            changed.append(f"{k} {old!r} -> {out[k]!r}")
+        else:
+            raise ConfigError(f"resume=True: {k}={out[k]!r} would change the model, the task or its data of the "
+                              f"run saved in {path}, which has {k}={old!r}; drop --{k} to continue that run, or "
+                              f"start a new one in another --out_dir")
+    log(f"resuming the run saved in {path}; changed: {', '.join(changed) or 'nothing'}")
+    return SimpleNamespace(**out)
+
+
+def check_task_keys(cfg, given):
+    """A key the task does not read would be silently ignored: refuse it (e.g. --vocab_size on text, whose
+    vocabulary is the tokenizer's; --prefix_len on mqar, whose M is each example's key-value region)."""
+    for k in given:
+        if k in TASK_ONLY and cfg.task not in TASK_ONLY[k]:
+            raise ConfigError(f"{k}={getattr(cfg, k)!r} has no effect on task={cfg.task!r}; only "
+                              f"{' and '.join(TASK_ONLY[k])} read it: drop it")
+
+
+def check_out_dir(cfg, path):
+    """Stop before training if out_dir cannot hold a checkpoint, or holds one this run would replace
+    without being told to."""
     if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
         raise ConfigError(f"out_dir={cfg.out_dir!r} is a file; expected a directory (created if missing)")
     if cfg.resume or cfg.overwrite or not os.path.exists(path):
         return
-    try:
-        old = read_checkpoint(path, mmap=True)         # mmap: only what is read below comes off the disk
-    except (ValueError, FileNotFoundError):
-        old = None
-    if not isinstance(old, dict) or not isinstance(old.get("model_args"), dict):
-        log(f"warning: {path} is not a readable train.py checkpoint; this run replaces it")
-        return
-    old = old["model_args"]
-    new = asdict(mcfg)
-    differ = [k for k in new if k != "backend" and old.get(k) != new[k]]   # the backend is no part of the model
-    if differ:
-        raise ConfigError(f"{path} holds a checkpoint of another model (its {', '.join(differ)} differ from "
-                          f"this run's); keep it with another --out_dir=..., or replace it with --overwrite=True")
+    raise ConfigError(f"out_dir={cfg.out_dir!r} holds a checkpoint ({path}): continue it with --resume=True, "
+                      f"replace it with --overwrite=True, or choose another --out_dir")
 
 
 # -----------------------------------------------------------------------------------------------------
 # one training run
 
-def train(cfg, rank=0, world=1):
+def train(cfg, rank=0, world=1, given=None):
+    """One run. `given`: the keys the user set (main passes them); None = those that differ from DEFAULTS."""
     master = rank == 0
     log = print if master else (lambda *a, **k: None)
+    given = set(given if given is not None else (k for k, v in vars(cfg).items() if DEFAULTS.get(k, v) != v))
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    ckpt = None
+    if cfg.resume:
+        ckpt = load_for_resume(ckpt_path)
+        cfg = resumed_config(cfg, ckpt["config"], given, ckpt_path, log)
+        log("config:", ", ".join(f"{k}={v!r}" for k, v in vars(cfg).items()))
+    check_task_keys(cfg, given)
     try:
         device = str(resolve_device(cfg.device))
     except ValueError as e:
@@ -447,14 +502,10 @@ def train(cfg, rank=0, world=1):
     n_micro = cfg.grad_accum // world                       # this rank's micro-batches per update
 
     train_data, tests, vocab = load_task(cfg)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    ckpt = None
-    if cfg.resume:
-        ckpt = load_for_resume(ckpt_path)
-        changed = {k: (v, getattr(cfg, k)) for k, v in ckpt["config"].items() if getattr(cfg, k, v) != v}
-        log(f"resuming from {ckpt_path} at iter {ckpt['iter']}; changed since: {changed or 'nothing'}")
+    if ckpt is not None:
+        log(f"resuming from {ckpt_path} at iter {ckpt['iter']}")
         try:
-            mcfg = Config(**ckpt["model_args"])              # the checkpoint's model, whatever the flags say
+            mcfg = Config(**{**ckpt["model_args"], "backend": cfg.backend})   # the kernels are no part of the model
         except (TypeError, ValueError) as e:
             raise ConfigError(f"resume=True: {ckpt_path}: its model_args do not make a Config: {e}") from None
     else:
@@ -477,7 +528,7 @@ def train(cfg, rank=0, world=1):
         except ValueError as e:
             raise ConfigError(str(e)) from None
     if cfg.save_checkpoint:
-        check_out_dir(cfg, ckpt_path, mcfg, log)
+        check_out_dir(cfg, ckpt_path)
 
     torch.manual_seed(cfg.seed)                              # the same init on every rank
     model = Model(mcfg).to(device)
@@ -522,7 +573,7 @@ def train(cfg, rank=0, world=1):
         return ev
 
     losses, t0, t_start, it_start = [], time.time(), time.time(), iter_num
-    with StopOnCtrlC(master, grace=2.0 if world > 1 else 0.0) as ctrl_c:
+    with StopOnSignal(master, grace=2.0 if world > 1 else 0.0) as ctrl_c:
         while iter_num < cfg.max_iters:
             if iter_num % cfg.eval_interval == 0 and iter_num > it_start:
                 report(iter_num)
@@ -563,7 +614,7 @@ def train(cfg, rank=0, world=1):
                 save(iter_num)
                 log(f"interrupted at iter {iter_num}; " + (f"checkpoint saved to {ckpt_path}; continue with "
                     "--resume=True" if cfg.save_checkpoint else "no checkpoint (save_checkpoint=False)"), flush=True)
-                raise Interrupted
+                raise Interrupted(ctrl_c.signum)
         ev = report(iter_num)
         save(iter_num)
     log(f"done: {iter_num} iters in {(time.time() - t_start) / 60:.1f} min" +
@@ -610,7 +661,8 @@ def run_grid(cfg, rank, world):
 
 
 def main(argv=None):
-    cfg = SimpleNamespace(**get_config(sys.argv[1:] if argv is None else argv))
+    given = read_args(sys.argv[1:] if argv is None else argv)
+    cfg = SimpleNamespace(**{**DEFAULTS, **given})
     ddp = int(os.environ.get("RANK", -1)) != -1             # launched by torchrun
     rank, world = 0, 1
     if ddp:
@@ -619,12 +671,12 @@ def main(argv=None):
         rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
-    if rank == 0:
+    if rank == 0 and not cfg.resume:                       # a resumed run prints the config it restores
         print("config:", ", ".join(f"{k}={v!r}" for k, v in vars(cfg).items()))
     try:
         if cfg.grid_layers:
             return run_grid(cfg, rank, world)
-        return train(cfg, rank, world)
+        return train(cfg, rank, world, given)
     finally:
         if ddp:
             torch.distributed.destroy_process_group()
@@ -636,8 +688,8 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Interrupted:                  # Ctrl-C once: the step finished and the checkpoint is saved (said above)
-        sys.exit(130)
-    except KeyboardInterrupt:            # Ctrl-C twice, or before training began
-        print("\naborted by Ctrl-C; checkpoints saved before are intact", file=sys.stderr)
+    except Interrupted as e:             # one signal: the step finished and the checkpoint is saved (said above)
+        sys.exit(128 + e.signum)         # the shell's code for that signal: 130 after Ctrl-C, 143 after SIGTERM
+    except KeyboardInterrupt:            # Ctrl-C twice (or a second SIGTERM), or Ctrl-C before training began
+        print("\naborted; checkpoints saved before are intact", file=sys.stderr)
         sys.exit(130)
