@@ -14,6 +14,7 @@ included; its answer sits at the last position, inside the prefix, as the JRT pa
 reading wants. Train and test never share a random stream: every generator takes `split`, and draws
 from np.random.default_rng((seed, split index)), so `split="test"` with the same seed is fresh data.
 """
+import hashlib
 import os
 from dataclasses import dataclass
 
@@ -270,17 +271,35 @@ class TextData:
 
 
 def text(path, *, tokenizer="gpt2", val_frac=0.1):
-    """Tokenise `path` into `path.<tokenizer>.bin` unless that file is there and newer; the last
-    val_frac of the tokens is the val split."""
+    """Tokenise `path` into `path.<tokenizer>.bin`, unless that file holds the tokens of this very text:
+    `path.<tokenizer>.bin.key` records the size and sha256 of the text it was made from (a modification
+    time would miss a file replaced by an older one, e.g. `cp -p`). The last val_frac of the tokens is
+    the val split."""
     _check(tokenizer in TEXT_VOCAB, "tokenizer", tokenizer, f"expected one of {sorted(TEXT_VOCAB)}")
     _check(0.0 < val_frac < 1.0, "val_frac", val_frac, "expected a fraction in (0, 1)")
-    bin_path = f"{path}.{tokenizer}.bin"
-    if not (os.path.exists(bin_path) and os.path.getmtime(bin_path) >= os.path.getmtime(path)):
-        with open(path, encoding="utf-8") as f:
-            ids = get_tokenizer(tokenizer).encode_ordinary(f.read())
-        tmp = bin_path + ".tmp"
-        np.array(ids, dtype=np.uint16).tofile(tmp)                   # both vocabularies are < 2^16
-        os.replace(tmp, bin_path)                                    # atomic: never a half-written file
+    _check(os.path.isfile(path), "data_path", path, "not found; expected a UTF-8 text file")
+    bin_path, key_path = f"{path}.{tokenizer}.bin", f"{path}.{tokenizer}.bin.key"
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):          # 16 MB at a time: the Pile need not fit twice
+            h.update(block)
+    key = f"{os.path.getsize(path)} {h.hexdigest()}\n"
+    fresh = os.path.exists(bin_path) and os.path.exists(key_path) and open(key_path).read() == key
+    if not fresh:
+        try:
+            with open(path, encoding="utf-8") as f:
+                txt = f.read()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"data_path={path!r}: not UTF-8 text ({e.reason} at byte {e.start}); the text task "
+                             f"needs a UTF-8 file (e.g. `iconv -t utf-8`)") from None
+        ids = get_tokenizer(tokenizer).encode_ordinary(txt)
+        if os.path.exists(key_path):
+            os.remove(key_path)                                      # no key names a .bin in the making
+        np.array(ids, dtype=np.uint16).tofile(bin_path + ".tmp")     # both vocabularies are < 2^16
+        os.replace(bin_path + ".tmp", bin_path)                      # atomic: never a half-written file
+        with open(key_path + ".tmp", "w") as f:
+            f.write(key)
+        os.replace(key_path + ".tmp", key_path)
     n = os.path.getsize(bin_path) // 2
     n_val = int(n * val_frac)
     vocab_size, mask = TEXT_VOCAB[tokenizer]

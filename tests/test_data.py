@@ -198,6 +198,29 @@ def test_text_memmap_written_once_and_reused(tmp_path, monkeypatch):
     assert data.text(str(src), tokenizer="bytes").n_train + data.text(str(src), tokenizer="bytes").n_val == 7
 
 
+def test_text_cache_follows_the_content_not_the_mtime(tmp_path):
+    """A file replaced by other text with an older mtime (`cp -p`, `touch -d`) is tokenised again."""
+    src = tmp_path / "tiny.txt"
+    src.write_text("first text, " * 50, encoding="utf-8")
+    old = data.text(str(src), tokenizer="bytes")
+    src.write_text("second, other text: " * 50, encoding="utf-8")
+    os.utime(src, (1e9, 1e9))                                                # 2001: older than the cache
+    new = data.text(str(src), tokenizer="bytes")
+    tokens = np.fromfile(new.bin_path, dtype=np.uint16)
+    assert bytes(tokens.astype(np.uint8)).decode("utf-8") == "second, other text: " * 50
+    assert new.n_train + new.n_val == 1000 != old.n_train + old.n_val
+
+
+def test_text_that_is_not_utf8_names_the_file_and_the_parameter(tmp_path):
+    src = tmp_path / "latin1.txt"
+    src.write_bytes("café au lait".encode("latin-1"))
+    with pytest.raises(ValueError, match=rf"^data_path='{src}': not UTF-8 text \(invalid continuation byte at "
+                                         r"byte 3\); the text task needs a UTF-8 file"):
+        data.text(str(src), tokenizer="bytes")
+    with pytest.raises(ValueError, match=r"^data_path='.*missing.txt': not found; expected a UTF-8 text file$"):
+        data.text(str(tmp_path / "missing.txt"), tokenizer="bytes")
+
+
 def test_gpt2_offline_gives_a_clear_error(tmp_path, monkeypatch):
     def offline(*args, **kwargs):
         raise OSError("no network")
