@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 import data
 from chunked import ACC_HEADER, accuracy_rows, markdown_row
-from checkpoint import load_checkpoint
+from checkpoint import load_checkpoint, save_checkpoint
 from model import Config, Model, resolve_device
 from prompt import accuracy, answer_logits, jrt_examples
 
@@ -308,9 +308,8 @@ def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
     config = dict(model=f"{NAMES[name]} d{d_model}", train_seconds=time.time() - t0, context_len=C,
                   seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]), vocab_size=g["vocab_size"],
                   settings=train_settings(g, name, d_model, seed))
-    ck = dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"])
-    torch.save(ck, f"{path}.tmp")
-    os.replace(f"{path}.tmp", path)                  # a crash never leaves half a checkpoint
+    save_checkpoint(dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"]),
+                    os.fspath(path))                 # atomic, with a checksum verified on load
     return model, config
 
 
@@ -420,6 +419,18 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.plot and importlib.util.find_spec("matplotlib") is None:  # say so now, not after the training
         ap.error(f"--plot={a.plot} needs matplotlib, which is not installed: pip install matplotlib, or drop --plot")
+    for opt, path in (("out", a.out), ("plot", a.plot)):          # and a path that cannot be written, now too
+        folder = os.path.dirname(path or "") or "."
+        if path is not None and (not os.path.isdir(folder) or os.path.isdir(path)):
+            ap.error(f"--{opt}={path}: " + (f"is a folder; expected a file name" if os.path.isdir(path) else
+                                            f"the folder {folder} does not exist; create it first"))
+    if a.plot:
+        from matplotlib.figure import Figure
+        kinds = Figure().canvas.get_supported_filetypes()            # png, pdf, svg, ...
+        ext = os.path.splitext(a.plot)[1].lstrip(".").lower()
+        if ext not in kinds:
+            ap.error(f"--plot={a.plot}: unknown image format {ext or '(no extension)'!r}; "
+                     f"expected one of {', '.join(sorted(kinds))}")
     try:
         device = resolve_device(a.device)
     except ValueError as e:

@@ -1,5 +1,6 @@
 """experiments.py: the shared training loop, relabelled set disjointness, and each experiment end to end at a toy size."""
 import importlib.util
+import re
 
 import pytest
 import torch
@@ -159,3 +160,34 @@ def test_plot_without_matplotlib_fails_before_any_training(monkeypatch, capsys):
     with pytest.raises(SystemExit):
         main(["set-order", "--plot", "x.png"])
     assert "needs matplotlib" in capsys.readouterr().err
+
+
+def fake_matplotlib(monkeypatch):
+    """Where matplotlib is not installed, a stand-in that answers what --plot's check asks: the formats."""
+    if importlib.util.find_spec("matplotlib"):
+        return
+    import sys
+    import types
+    canvas = types.SimpleNamespace(get_supported_filetypes=lambda: {"png": "PNG", "pdf": "PDF", "svg": "SVG"})
+    figure = types.ModuleType("matplotlib.figure")
+    figure.Figure = lambda: types.SimpleNamespace(canvas=canvas)
+    monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "matplotlib" else find(name, *a))
+
+
+@pytest.mark.parametrize("flag, name, message", [
+    ("--out", "missing/t.md", r"--out=.*missing/t.md: the folder .*missing does not exist; create it first"),
+    ("--out", ".", r"--out=.*: is a folder; expected a file name"),
+    ("--plot", "missing/f.png", r"--plot=.*missing/f.png: the folder .*missing does not exist"),
+    ("--plot", "f.xyz", r"--plot=.*f.xyz: unknown image format 'xyz'; expected one of .*pdf.*png"),
+    ("--plot", "f", r"--plot=.*f: unknown image format '\(no extension\)'"),
+])
+def test_out_and_plot_that_cannot_be_written_fail_before_training(tmp_path, monkeypatch, capsys, flag, name, message):
+    fake_matplotlib(monkeypatch)
+    monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail(f"trained before checking {flag}"))
+    with pytest.raises(SystemExit) as e:
+        main(["set-order", "--quick", flag, str(tmp_path / name)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert e.value.code == 2 and re.search(message, err[-1]) and "Traceback" not in "\n".join(err)
