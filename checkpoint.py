@@ -92,7 +92,7 @@ def load_checkpoint(path, device="cpu"):
     """A train.py checkpoint (keys `model`, `model_args`, `config`) -> (Model in eval mode, its training
     config as a dict). Loads no code (read_checkpoint); a bad file gives a one-line ValueError (or
     FileNotFoundError) that names the path and what is wrong."""
-    device = resolve_device(device)                 # no CUDA here is no fault of the file: said before reading it
+    device = resolve_device(device)          # no CUDA here is no fault of the file: said before reading it
     try:
         ck = read_checkpoint(path, device)
     except ValueError as e:

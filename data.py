@@ -281,7 +281,7 @@ def text(path, *, tokenizer="gpt2", val_frac=0.1):
     bin_path, key_path = f"{path}.{tokenizer}.bin", f"{path}.{tokenizer}.bin.key"
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):          # 16 MB at a time: the Pile need not fit twice
+        for block in iter(lambda: f.read(1 << 24), b""):          # 16 MB at a time, not all of it in memory
             h.update(block)
     key = f"{os.path.getsize(path)} {h.hexdigest()}\n"
     fresh = os.path.exists(bin_path) and os.path.exists(key_path) and open(key_path).read() == key
@@ -290,8 +290,8 @@ def text(path, *, tokenizer="gpt2", val_frac=0.1):
             with open(path, encoding="utf-8") as f:
                 txt = f.read()
         except UnicodeDecodeError as e:
-            raise ValueError(f"data_path={path!r}: not UTF-8 text ({e.reason} at byte {e.start}); the text task "
-                             f"needs a UTF-8 file (e.g. `iconv -t utf-8`)") from None
+            raise ValueError(f"data_path={path!r}: not UTF-8 text ({e.reason} at byte {e.start}); the text "
+                             f"task needs a UTF-8 file (e.g. `iconv -t utf-8`)") from None
         ids = get_tokenizer(tokenizer).encode_ordinary(txt)
         if os.path.exists(key_path):
             os.remove(key_path)                                      # no key names a .bin in the making

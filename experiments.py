@@ -308,8 +308,8 @@ def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
     config = dict(model=f"{NAMES[name]} d{d_model}", train_seconds=time.time() - t0, context_len=C,
                   seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]), vocab_size=g["vocab_size"],
                   settings=train_settings(g, name, d_model, seed))
-    save_checkpoint(dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"]),
-                    os.fspath(path))                 # atomic, with a checksum verified on load
+    ck = dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"])
+    save_checkpoint(ck, os.fspath(path))             # atomic, with a checksum verified on load
     return model, config
 
 

@@ -48,7 +48,7 @@ DEFAULTS = dict(
     eval_interval=100,          # iters between evaluations (and checkpoints)
     log_interval=10,            # iters between log lines
     save_checkpoint=True,       # write out_dir/ckpt.pt at every eval and at the end
-    resume=False,               # continue from out_dir/ckpt.pt with its config: same loss curve as never stopping
+    resume=False,               # continue out_dir/ckpt.pt with its config: the loss curve of never stopping
     overwrite=False,            # replace the checkpoint in out_dir (else a run into it stops and says so)
     seed=1337,                  # model init and batch sampling; the data itself uses data_seed
     # task
@@ -120,13 +120,15 @@ RANGES = dict(beta1=BETA, beta2=BETA, mlm_prob=UNIT, idk_frac=UNIT, min_lr_ratio
 # printed): how long and how fast to go on, how to log and save, on what hardware. None of them changes
 # the model, the task or its data, so the saved config still describes the saved model. A new value
 # for any other key is refused.
-MAY_CHANGE = ("max_iters", "lr", "min_lr_ratio", "warmup_iters", "lr_decay_iters", "weight_decay", "beta1", "beta2",
-              "grad_clip", "batch_size", "grad_accum",                    # the optimiser, from here on
-              "out_dir", "eval_interval", "log_interval", "eval_iters", "save_checkpoint", "resume", "overwrite",
-              "device", "dtype", "compile", "backend", "peak_flops", "threads")     # I/O and hardware
+MAY_CHANGE = ("max_iters", "lr", "min_lr_ratio", "warmup_iters", "lr_decay_iters",    # the optimiser,
+              "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "grad_accum",  # from here on
+              "out_dir", "eval_interval", "log_interval", "eval_iters", "save_checkpoint",  # I/O
+              "resume", "overwrite", "device", "dtype", "compile", "backend",             # hardware
+              "peak_flops", "threads")
 # Keys that only some tasks read: given for another task they would do nothing, so they are refused.
 TASK_ONLY = dict(vocab_size=("mqar",), num_pairs=("mqar",), context_len=("mqar",), idk_frac=("mqar",),
-                 random_filler=("mqar",), read_twice=("mqar",), test_shapes=("mqar",), seq_len=("mqar", "text"),
+                 random_filler=("mqar",), read_twice=("mqar",), test_shapes=("mqar",),
+                 seq_len=("mqar", "text"),
                  train_examples=("mqar", "disjoint_sets"), test_examples=("mqar", "disjoint_sets"),
                  sd_halves=("disjoint_sets",), data_path=("text",), tokenizer=("text",), eval_iters=("text",),
                  prefix_len=("text",), mlm_prob=("text",), mlm_weight=("text",))
@@ -402,8 +404,8 @@ class StopOnSignal:
         self.requested, self.signum = time.time(), signum
         if self.master:  # os.write: a print here could interrupt a print of the loop (a reentrant call)
             name = self.SIGNALS[signum]
-            os.write(sys.stderr.fileno(), b"\n" + name + b": finishing this step, then saving a checkpoint (" + name
-                     + b" again aborts at once, without saving)\n")
+            os.write(sys.stderr.fileno(), b"\n" + name + b": finishing this step, then saving a checkpoint ("
+                     + name + b" again aborts at once, without saving)\n")
 
     def __exit__(self, *exc):
         for s, previous in self.previous.items():
@@ -444,9 +446,9 @@ def resumed_config(cfg, saved, given, path, log=print):
         elif k in MAY_CHANGE:
             changed.append(f"{k} {old!r} -> {out[k]!r}")
         else:
-            raise ConfigError(f"resume=True: {k}={out[k]!r} would change the model, the task or its data of the "
-                              f"run saved in {path}, which has {k}={old!r}; drop --{k} to continue that run, or "
-                              f"start a new one in another --out_dir")
+            raise ConfigError(f"resume=True: {k}={out[k]!r} would change the model, the task or its data of "
+                              f"the run saved in {path}, which has {k}={old!r}; drop --{k} to continue that "
+                              f"run, or start a new one in another --out_dir")
     log(f"resuming the run saved in {path}; changed: {', '.join(changed) or 'nothing'}")
     return SimpleNamespace(**out)
 
@@ -505,7 +507,7 @@ def train(cfg, rank=0, world=1, given=None):
     if ckpt is not None:
         log(f"resuming from {ckpt_path} at iter {ckpt['iter']}")
         try:
-            mcfg = Config(**{**ckpt["model_args"], "backend": cfg.backend})   # the kernels are no part of the model
+            mcfg = Config(**{**ckpt["model_args"], "backend": cfg.backend})   # kernels: no part of the model
         except (TypeError, ValueError) as e:
             raise ConfigError(f"resume=True: {ckpt_path}: its model_args do not make a Config: {e}") from None
     else:
@@ -688,8 +690,8 @@ if __name__ == "__main__":
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except Interrupted as e:             # one signal: the step finished and the checkpoint is saved (said above)
-        sys.exit(128 + e.signum)         # the shell's code for that signal: 130 after Ctrl-C, 143 after SIGTERM
+    except Interrupted as e:             # one signal: the step finished, the checkpoint is saved (said above)
+        sys.exit(128 + e.signum)         # the shell's code: 130 after Ctrl-C, 143 after SIGTERM
     except KeyboardInterrupt:            # Ctrl-C twice (or a second SIGTERM), or Ctrl-C before training began
         print("\naborted; checkpoints saved before are intact", file=sys.stderr)
         sys.exit(130)

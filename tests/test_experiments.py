@@ -174,7 +174,8 @@ def fake_matplotlib(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", types.ModuleType("matplotlib"))
     monkeypatch.setitem(sys.modules, "matplotlib.figure", figure)
     find = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "matplotlib" else find(name, *a))
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: object() if name == "matplotlib" else find(name, *a))
 
 
 @pytest.mark.parametrize("flag, name, message", [
@@ -184,7 +185,8 @@ def fake_matplotlib(monkeypatch):
     ("--plot", "f.xyz", r"--plot=.*f.xyz: unknown image format 'xyz'; expected one of .*pdf.*png"),
     ("--plot", "f", r"--plot=.*f: unknown image format '\(no extension\)'"),
 ])
-def test_out_and_plot_that_cannot_be_written_fail_before_training(tmp_path, monkeypatch, capsys, flag, name, message):
+def test_out_and_plot_that_cannot_be_written_fail_before_training(tmp_path, monkeypatch, capsys, flag, name,
+                                                                  message):
     fake_matplotlib(monkeypatch)
     monkeypatch.setattr(experiments, "fit", lambda *a, **k: pytest.fail(f"trained before checking {flag}"))
     with pytest.raises(SystemExit) as e:

@@ -18,8 +18,8 @@ import train
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # A model and task small enough for a few hundred milliseconds per run on two CPU cores. MQAR's keys go
 # only with an MQAR run (a key the task does not read is refused).
-TINY = ["--model=jrt-tiny", "--d_model=32", "--n_head=2", "--feature_dim=4", "--seq_len=32", "--batch_size=16",
-        "--warmup_iters=2", "--eval_interval=1000", "--log_interval=1000", "--device=cpu"]
+TINY = ["--model=jrt-tiny", "--d_model=32", "--n_head=2", "--feature_dim=4", "--seq_len=32",
+        "--batch_size=16", "--warmup_iters=2", "--eval_interval=1000", "--log_interval=1000", "--device=cpu"]
 MQAR = ["--vocab_size=32", "--num_pairs=4", "--train_examples=512", "--test_examples=64"]
 
 
@@ -94,8 +94,8 @@ def test_ctrl_c_saves_then_resume_is_bit_exact(tmp_path):
     to continue; resuming from it gives exactly the weights and losses of a run never interrupted."""
     args = ["--max_iters=60", "--lr_decay_iters=60", "--log_interval=1"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    p = subprocess.Popen([sys.executable, "train.py", *TINY, *MQAR, *args, f"--out_dir={tmp_path / 'b'}"], cwd=ROOT,
-                         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen([sys.executable, "train.py", *TINY, *MQAR, *args, f"--out_dir={tmp_path / 'b'}"],
+                         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     seen = []
     for line in p.stdout:                                        # interrupt once training is under way
         seen.append(line)
@@ -160,9 +160,10 @@ def test_out_dir_holding_a_checkpoint_needs_resume_or_overwrite(tmp_path):
     from checkpoint import load_checkpoint
     run(tmp_path, "--max_iters=1")
     before = (tmp_path / "ckpt.pt").read_bytes()
-    refusal = (rf"^out_dir='{re.escape(str(tmp_path))}' holds a checkpoint \({re.escape(str(tmp_path / 'ckpt.pt'))}\): "
-               r"continue it with --resume=True, replace it with --overwrite=True, or choose another --out_dir$")
-    for other in ([], ["--model=based-tiny"]):                    # the same model or another: a finished run stays
+    refusal = (rf"^out_dir='{re.escape(str(tmp_path))}' holds a checkpoint "
+               rf"\({re.escape(str(tmp_path / 'ckpt.pt'))}\): continue it with --resume=True, "
+               r"replace it with --overwrite=True, or choose another --out_dir$")
+    for other in ([], ["--model=based-tiny"]):                    # the same model or another: it stays
         with pytest.raises(train.ConfigError, match=refusal):
             run(tmp_path, "--max_iters=2", *other)
     assert (tmp_path / "ckpt.pt").read_bytes() == before
@@ -182,16 +183,18 @@ def test_resume_restores_the_saved_config_and_refuses_a_new_model_task_or_data(t
     cfg_file.write_text("task = 'text'\nd_model = 32\nmodel = 'jrt-tiny'\n")
     train.main([str(cfg_file), *TINY, *text[:1], *text[2:], "--max_iters=4", f"--out_dir={tmp_path / 'o'}"])
     before = (tmp_path / "o" / "ckpt.pt").read_bytes()
-    for key, saved, given in [("model", "'jrt-tiny'", "based-tiny"), ("d_model", "32", "64"), ("task", "'text'", "mqar"),
-                              ("data_path", repr(text[0].split("=", 1)[1]), "other.txt"), ("seq_len", "32", "16"),
-                              ("seed", "1337", "1")]:
-        with pytest.raises(train.ConfigError, match=rf"^resume=True: {key}={re.escape(repr(type(eval(saved))(given)))} "
-                                                    rf"would change the model, the task or its data of the run saved "
-                                                    rf"in .*ckpt.pt, which has {key}={re.escape(saved)}; drop --{key}"):
+    for key, saved, given in [("model", "'jrt-tiny'", "based-tiny"), ("d_model", "32", "64"),
+                              ("task", "'text'", "mqar"), ("data_path", repr(text[0][12:]), "other.txt"),
+                              ("seq_len", "32", "16"), ("seed", "1337", "1")]:
+        given_repr = re.escape(repr(type(eval(saved))(given)))
+        refusal = (rf"^resume=True: {key}={given_repr} would change the model, the task or its data of the "
+                   rf"run saved in .*ckpt.pt, which has {key}={re.escape(saved)}; drop --{key}")
+        with pytest.raises(train.ConfigError, match=refusal):
             train.main([f"--out_dir={tmp_path / 'o'}", "--resume=True", f"--{key}={given}"])
     assert (tmp_path / "o" / "ckpt.pt").read_bytes() == before
     capsys.readouterr()
-    r = train.main([f"--out_dir={tmp_path / 'o'}", "--resume=True", "--max_iters=6", "--lr=1e-3", "--d_model=32"])
+    r = train.main([f"--out_dir={tmp_path / 'o'}", "--resume=True", "--max_iters=6", "--lr=1e-3",
+                    "--d_model=32"])                                # the saved value again: fine
     out = capsys.readouterr().out
     assert len(r["losses"]) == 2 and "val loss" in out and "accuracy" not in out     # text again, not MQAR
     assert "changed: max_iters 4 -> 6, lr 0.003 -> 0.001" in out
@@ -205,8 +208,9 @@ def test_sigterm_saves_like_ctrl_c_and_the_run_resumes(tmp_path):
     """SIGTERM (a cluster's preemption, `timeout`): the step finishes, the checkpoint is saved, exit 143."""
     from checkpoint import load_checkpoint
     args = [*TINY, *MQAR, "--max_iters=100000", "--log_interval=1", f"--out_dir={tmp_path}"]
-    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
     seen = []
     for line in p.stdout:
         seen.append(line)
@@ -215,7 +219,8 @@ def test_sigterm_saves_like_ctrl_c_and_the_run_resumes(tmp_path):
             break
     out, err = p.communicate(timeout=120)
     out = "".join(seen) + out
-    done = re.search(r"^interrupted at iter (\d+); checkpoint saved to (.+); continue with --resume=True$", out, re.M)
+    done = re.search(r"^interrupted at iter (\d+); checkpoint saved to .+; continue with --resume=True$", out,
+                     re.M)
     assert p.returncode == 143 and done, (out[-2000:], err[-2000:])
     assert "SIGTERM: finishing this step" in err and "Traceback" not in err
     n = int(done.group(1))
@@ -231,7 +236,7 @@ def test_sigterm_saves_like_ctrl_c_and_the_run_resumes(tmp_path):
 def test_a_key_the_task_does_not_read_is_refused(tmp_path, args, message):
     with pytest.raises(train.ConfigError, match=message):
         run(tmp_path, *text_file(tmp_path), "--max_iters=1", *args)
-    with pytest.raises(train.ConfigError, match=r"^prefix_len=8 has no effect on task='mqar'; only text read it"):
+    with pytest.raises(train.ConfigError, match=r"^prefix_len=8 has no effect on task='mqar'; only text "):
         run(tmp_path, "--max_iters=1", "--prefix_len=8")
     with pytest.raises(train.ConfigError, match=r"^seq_len=32 has no effect on task='disjoint_sets'"):
         run(tmp_path, "--max_iters=1", "--task=disjoint_sets")       # TINY gives seq_len
@@ -379,8 +384,9 @@ def test_command_line_errors_are_one_line_without_traceback():
     if torch.cuda.is_available():
         return
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}   # a plain CPU, no interpreter
-    p = subprocess.run([sys.executable, "train.py", *TINY, *MQAR, "--feature_dim=16", "--backend=triton", "--max_iters=1",
-                        "--save_checkpoint=False"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    p = subprocess.run([sys.executable, "train.py", *TINY, *MQAR, "--feature_dim=16", "--backend=triton",
+                        "--max_iters=1", "--save_checkpoint=False"], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=60)
     assert p.returncode == 2 and "Traceback" not in p.stderr
     assert p.stderr.strip() == ("error: backend='triton' cannot run: the tensors are on cpu; the kernels need CUDA "
                                 "(or TRITON_INTERPRET=1 to run on CPU). Use backend='torch' or 'auto'.")
