@@ -449,7 +449,7 @@ def resumed_config(cfg, saved, given, path, log=print):
             raise ConfigError(f"resume=True: {k}={out[k]!r} would change the model, the task or its data of "
                               f"the run saved in {path}, which has {k}={old!r}; drop --{k} to continue that "
                               f"run, or start a new one in another --out_dir")
-    log(f"resuming the run saved in {path}; changed: {', '.join(changed) or 'nothing'}")
+    log(f"config restored from {path}; changed: {', '.join(changed) or 'nothing'}")
     return SimpleNamespace(**out)
 
 
@@ -458,8 +458,8 @@ def check_task_keys(cfg, given):
     vocabulary is the tokenizer's; --prefix_len on mqar, whose M is each example's key-value region)."""
     for k in given:
         if k in TASK_ONLY and cfg.task not in TASK_ONLY[k]:
-            raise ConfigError(f"{k}={getattr(cfg, k)!r} has no effect on task={cfg.task!r}; only "
-                              f"{' and '.join(TASK_ONLY[k])} read it: drop it")
+            raise ConfigError(f"{k}={getattr(cfg, k)!r} has no effect on task={cfg.task!r}; it is for task "
+                              f"{' or '.join(TASK_ONLY[k])}: drop it")
 
 
 def check_out_dir(cfg, path):

@@ -230,13 +230,13 @@ def test_sigterm_saves_like_ctrl_c_and_the_run_resumes(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--vocab_size=64"], r"^vocab_size=64 has no effect on task='text'; only mqar read it: drop it$"),
+    (["--vocab_size=64"], r"^vocab_size=64 has no effect on task='text'; it is for task mqar: drop it$"),
     (["--num_pairs=4"], r"^num_pairs=4 has no effect on task='text'"),
 ])
 def test_a_key_the_task_does_not_read_is_refused(tmp_path, args, message):
     with pytest.raises(train.ConfigError, match=message):
         run(tmp_path, *text_file(tmp_path), "--max_iters=1", *args)
-    with pytest.raises(train.ConfigError, match=r"^prefix_len=8 has no effect on task='mqar'; only text "):
+    with pytest.raises(train.ConfigError, match=r"^prefix_len=8 has no effect on task='mqar'; it is for task text: "):
         run(tmp_path, "--max_iters=1", "--prefix_len=8")
     with pytest.raises(train.ConfigError, match=r"^seq_len=32 has no effect on task='disjoint_sets'"):
         run(tmp_path, "--max_iters=1", "--task=disjoint_sets")       # TINY gives seq_len
