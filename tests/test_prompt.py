@@ -230,6 +230,7 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         {"kind": "extraction", "context": "c", "answers": ["x"]}), "list.jsonl": "[1, 2]", "good.jsonl": ok}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
+    (tmp_path / "latin1.jsonl").write_bytes((ok + "\n" + ok.replace("ada", "caf\u00e9") + "\n").encode("latin-1"))
     cases = [
         (("--ckpt", mqar, "--task", "mqar", "--n", "0"), r"--n=0: expected an int >= 1"),
         (("--ckpt", mqar, "--task", "mqar", "--n", "-3"), r"--n=-3"),
@@ -251,6 +252,11 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         (("--task", "mqar"), r"exactly one of --ckpt, --hf or --official"),
         (("--official", str(tmp_path), "--task", str(tmp_path / "nokey.jsonl")), r"missing field 'key'"),
         (("--official", str(tmp_path), "--task", "table1"), r"no config.json in this directory"),
+        (("--ckpt", text, "--task", str(tmp_path / "latin1.jsonl")), r"latin1.jsonl line 2: not UTF-8 text"),
+        (("--ckpt", text, "--task", str(tmp_path / "good.jsonl"), "--style", "clean"), r"--style clean: applies to"),
+        (("--ckpt", text, "--task", "swde", "--style", "fancy"), r"--style fancy: expected one of official, clean"),
+        (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path)), r"--out .*: is a folder"),
+        (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path / "good.jsonl" / "t.md")), r"--out .*cannot create"),
     ]
     # a missing or non-checkpoint --ckpt: checkpoint.load_checkpoint's one-line message, as "error: ..."
     cases += [(("--ckpt", str(tmp_path / "absent.pt"), "--task", "mqar"), r"absent.pt"),
@@ -260,6 +266,15 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         assert code == 2, (argv, out, err)
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert re.search(msg, err), (argv, err)
+
+
+def test_cli_out_creates_its_folder_first(tmp_path, capsys):
+    model = tiny(("conv", "pla"), vocab=258)
+    mqar = _save(tmp_path / "mqar.pt", model, task="mqar", vocab_size=128, seq_len=32, num_pairs=4)
+    out = tmp_path / "new" / "deeper" / "table.md"
+    code, printed, err = _cli(capsys, "--ckpt", mqar, "--task", "mqar", "--n", "4", "--out", str(out))
+    assert code == 0, err
+    assert out.read_text() == printed
 
 
 def test_builders_refuse_none_empty_and_strings():
@@ -552,6 +567,8 @@ def test_table1_cli_on_fixture_rows(tmp_path, capsys, monkeypatch):
     assert all(line.split(" | ")[1] == "2" for line in lines[2:8])      # every fixture row evaluated
     code, out, err = _cli(capsys, "--ckpt", text, "--task", "nq,drop", "--n", "1")
     assert code == 0 and len(out.strip().splitlines()) == 5 and "| nq | 1 |" in out
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "fda,squad", "--style", "clean", "--budget", "0")
+    assert code == 0 and "| fda | 2 |" in out and "| squad | 2 |" in out
     summary = {(t, f): {"n": 2, "accuracy": 0.5} for t in TABLE1 for f in ("default", "jrt")}
     assert table1(summary, "state-spaces/mamba-130m-hf").splitlines()[-1] == (
         f"| average | | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][0]}) | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][1]}) |")
