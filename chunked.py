@@ -655,8 +655,8 @@ def _mqar_config(path, c):
 def read_templates(path, name):
     """--prompts: a JSON object of set -> template, read before any model loads; one line for each mistake."""
     if not os.path.isfile(path):
-        raise ValueError(f"--prompts {path}: no such file (a JSON object of set -> template, e.g. LongBench's "
-                         "config/dataset2prompt.json)")
+        raise ValueError(f"--prompts {path}: no such file (a JSON object of set -> template, e.g. "
+                         "LongBench's config/dataset2prompt.json)")
     try:
         templates = json.loads(read_utf8(path))
     except json.JSONDecodeError as e:

@@ -18,7 +18,8 @@ The rest of the file, top to bottom:
     1. text prompts      extraction_prompt, qa_prompt, read_twice, cut_around (the 950-token budget)
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
     3. harness           greedy, contains, error_mode, evaluate, results_table, accuracy (teacher-forced)
-    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets on the hub
+    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets on the hub,
+                         prompted as the official task code does (official_prompt, official_cut)
     5. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
 """
 import argparse
@@ -287,7 +288,8 @@ def evaluate(lm, tokenizer, examples, formats=("default", "jrt"), batch_size=16,
     48 tokens, metric "contains").
 
     examples: dicts with "task" (a name), "kind" ("extraction" or "qa"), "context", "answers" (a string
-    or a list of accepted strings), and "key" (extraction) or "cloze" and optionally "question" (qa).
+    or a list of accepted strings), and "key" (extraction) or "cloze" and optionally "question" (qa); or
+    Table 1 examples of kind "official" (`table1_example`), which carry their data set row.
     Returns (summary, records): summary[(task, format)] = {"n", "accuracy", "empty", "repetition",
     "irrelevant"} (the last three are fractions of all examples); records hold each prompt and output.
     """
@@ -371,14 +373,14 @@ def accuracy(model, ex, batch_size=256):
 #   clean     the same rows through `extraction_prompt` / `qa_prompt`: the paper's Table-of-formats strings,
 #             without the quirks (FDA's ". ." where a trailing key was removed, SQuAD's space before "\n").
 
+QA_FIELDS = ("context", "question", "orig_question", "answers")   # question: the cloze; orig_question: the question
 TABLE1 = {  # task -> (data set on the hub, its config name, split, the fields its official prompt reads)
     "swde": ("hazyresearch/based-swde-v2", "default", "validation", ("text", "key", "value")),
     "fda": ("hazyresearch/based-fda", "default", "validation", ("text", "key", "value")),
     "squad": ("hazyresearch/based-squad", "default", "validation", ("text", "context", "question", "value")),
-    "nq": ("hazyresearch/based_nq_1024", None, "validation", ("context", "question", "orig_question", "answers")),
-    "triviaqa": ("hazyresearch/based_triviaqa", None, "validation",
-                 ("context", "question", "orig_question", "answers")),
-    "drop": ("hazyresearch/based_drop", None, "validation", ("context", "question", "orig_question", "answers")),
+    "nq": ("hazyresearch/based_nq_1024", None, "validation", QA_FIELDS),    # Table 1 uses the 1024-token NQ
+    "triviaqa": ("hazyresearch/based_triviaqa", None, "validation", QA_FIELDS),
+    "drop": ("hazyresearch/based_drop", None, "validation", QA_FIELDS),
 }
 STYLES = ("official", "clean")
 SUMMARY = "Summary of information above..."   # SWDE's text: the page, this marker, then a summary
@@ -405,7 +407,8 @@ def official_prompt(task, row, repeats=1):
     from the end of the context once and case-sensitively, its twice variant as often as it is there and
     ignoring case). The row is checked by `table1_example`; the official cut (`official_cut`) comes first."""
     if repeats not in (1, 2):
-        raise ValueError(f"the official Table 1 prompts have two formats, default (1) and jrt (2); got {repeats!r}")
+        raise ValueError(f"the official Table 1 prompts have two formats, default (1) and jrt (2); "
+                         f"got {repeats!r}")
     twice = repeats == 2
     if task in ("swde", "fda"):
         text, key = row["text"], row["key"]
@@ -424,7 +427,7 @@ def official_prompt(task, row, repeats=1):
         if not twice:
             return out + " " + question
         return f"Information about {question.strip(':')}. {out}\n{out} {question}"
-    if task == "squad":             # `text` is the passage and its cloze; `context` the passage and "Question: ..."
+    if task == "squad":             # text: the passage and its cloze; context: the passage, "Question: ..."
         if not twice:
             return row["text"].strip()
         return row["question"] + " " + row["context"].split("Question:")[0] + "\n" + row["text"].strip()
@@ -444,7 +447,8 @@ def official_prompt(task, row, repeats=1):
 
 
 def official_answer_fields(task):
-    """The fields whose first match places the official cut (SQuAD: the answer; else key and answer)."""
+    """The fields whose first match places the official cut (SQuAD: the answer; else key and answer). The
+    official Table 1 runs read `key` and `value` of NQ, TriviaQA and Drop rows too, where they are."""
     return ("value",) if task == "squad" else ("key", "value")
 
 
@@ -523,8 +527,11 @@ def table1_example(task, row, where="", style="official"):
         raise ValueError(f"{task} row{where}: field 'question' (the cloze) is empty")
     if style == "clean":
         return clean_example(task, row, where)
-    if task in ("swde", "fda", "squad") and any(len(row[f]) <= 1 for f in official_answer_fields(task)):
-        return None
+    for f in official_answer_fields(task):      # NQ, TriviaQA and Drop rows: where they have the fields
+        a = row.get(f)
+        a = a[0] if isinstance(a, list) and a else a
+        if isinstance(a, str) and len(a) <= 1:
+            return None
     answers = row["answers"] if "answers" in fields else [row["value"]]
     return {"task": task, "kind": "official", "row": dict(row), "answers": answers}
 
@@ -735,9 +742,11 @@ def main(argv=None):
                                                          "Table 1: at most n rows per task (default all)")
     ap.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together (the paper: 32)")
     ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens "
-                    "(0: no cut);\nTable 1 (official): the official cut, 950 tokens from 475 before the answer")
-    ap.add_argument("--style", default=None, help="Table 1 prompts: official (default; the official task code's "
-                    "strings,\nwhich the paper's numbers used) | clean (the same without its stray spaces)")
+                    "(0: no cut);\nTable 1 (official): the official cut, 950 tokens from 475 before the "
+                    "answer")
+    ap.add_argument("--style", default=None, help="Table 1 prompts: official (default; the official task "
+                    "code's strings,\nwhich the paper's numbers used) | clean (the same without its stray "
+                    "spaces)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N | mps")
     ap.add_argument("--out", help="also write the table (markdown) to this file (its folder is created)")
     a = ap.parse_args(argv)

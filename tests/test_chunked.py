@@ -261,7 +261,8 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
     cases += [(("--hf", "x/y", "--task", str(latin)), r"latin.jsonl line 1: not UTF-8 text"),
               (("--hf", "x/y", "--task", str(rows), "--prompts", str(tmp_path / "bad.json")),
                r"--prompts .*bad.json: not valid JSON"),
-              (("--hf", "x/y", "--task", str(rows), "--prompts", str(tmp_path / "no.json")), r"--prompts .*no such file"),
+              (("--hf", "x/y", "--task", str(rows), "--prompts", str(tmp_path / "no.json")),
+               r"--prompts .*no such file"),
               (("--ckpt", str(text), "--out", str(tmp_path)), r"--out .*: is a folder")]
     for argv, msg in cases:
         with pytest.raises(SystemExit) as e:
@@ -274,7 +275,8 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
 def test_cli_out_creates_its_folder_first(tmp_path, capsys):
     from chunked import main
     out = tmp_path / "new" / "cost.md"
-    main(["--task", "cost", "--models", "based-tiny", "--context_lens", "64", "--chunk_len", "32", "--out", str(out)])
+    main(["--task", "cost", "--models", "based-tiny", "--context_lens", "64", "--chunk_len", "32",
+          "--out", str(out)])
     printed = capsys.readouterr().out
     assert "| based-tiny | 64 | 32 |" in printed and out.read_text() == printed
 

@@ -230,7 +230,8 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         {"kind": "extraction", "context": "c", "answers": ["x"]}), "list.jsonl": "[1, 2]", "good.jsonl": ok}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
-    (tmp_path / "latin1.jsonl").write_bytes((ok + "\n" + ok.replace("ada", "caf\u00e9") + "\n").encode("latin-1"))
+    latin1 = ok + "\n" + ok.replace("ada", "caf\u00e9") + "\n"
+    (tmp_path / "latin1.jsonl").write_bytes(latin1.encode("latin-1"))
     cases = [
         (("--ckpt", mqar, "--task", "mqar", "--n", "0"), r"--n=0: expected an int >= 1"),
         (("--ckpt", mqar, "--task", "mqar", "--n", "-3"), r"--n=-3"),
@@ -253,10 +254,12 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         (("--official", str(tmp_path), "--task", str(tmp_path / "nokey.jsonl")), r"missing field 'key'"),
         (("--official", str(tmp_path), "--task", "table1"), r"no config.json in this directory"),
         (("--ckpt", text, "--task", str(tmp_path / "latin1.jsonl")), r"latin1.jsonl line 2: not UTF-8 text"),
-        (("--ckpt", text, "--task", str(tmp_path / "good.jsonl"), "--style", "clean"), r"--style clean: applies to"),
-        (("--ckpt", text, "--task", "swde", "--style", "fancy"), r"--style fancy: expected one of official, clean"),
+        (("--ckpt", text, "--task", str(tmp_path / "good.jsonl"), "--style", "clean"),
+         r"--style clean: applies to"),
+        (("--ckpt", text, "--task", "swde", "--style", "fancy"), r"--style fancy: expected one of official"),
         (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path)), r"--out .*: is a folder"),
-        (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path / "good.jsonl" / "t.md")), r"--out .*cannot create"),
+        (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path / "good.jsonl" / "t.md")),
+         r"--out .*cannot create"),
     ]
     # a missing or non-checkpoint --ckpt: checkpoint.load_checkpoint's one-line message, as "error: ..."
     cases += [(("--ckpt", str(tmp_path / "absent.pt"), "--task", "mqar"), r"absent.pt"),
@@ -317,66 +320,75 @@ def table1_rows(task):
 # repository, lm_eval/tasks/based_*/task.py: doc_to_text of each task class and of its "Twice" subclass)
 # applied to the fixture rows. Each comment names the quirk the string shows.
 OFFICIAL = {
-    ("swde", 0): (  # the page before "Summary of information above...", stripped, one period, the key capitalised
+    ("swde", 0): (  # the page before the summary, stripped, one period, the key capitalised
         "Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama. Director:",
-        "Information about Director. Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama.\n"
-        "Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama. Director:"),
+        "Information about Director. Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\n"
+        "Genre: drama.\nTitle: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama. "
+        "Director:"),
     ("swde", 1): (
-        "University of Elmsworth. Location: Elmsworth, Oregon. Founded: 1871. Enrollment: 12,400. Founded:",
-        "Information about Founded. University of Elmsworth. Location: Elmsworth, Oregon. Founded: 1871. "
-        "Enrollment: 12,400.\nUniversity of Elmsworth. Location: Elmsworth, Oregon. Founded: 1871. "
-        "Enrollment: 12,400. Founded:"),
-    ("fda", 0): (   # removing "purpose of submission:" leaves "K912345. ", which .strip(".") keeps: ". ."
-        "510(k) SUMMARY. Device name: FlowSure catheter. Applicant: Meridian Medical Inc. Predicate device: "
-        "K912345. . Purpose of submission:",
-        "Information about Purpose of submission. 510(k) SUMMARY. Device name: FlowSure catheter. Applicant: "
-        "Meridian Medical Inc. Predicate device: K912345. .\n510(k) SUMMARY. Device name: FlowSure catheter. "
-        "Applicant: Meridian Medical Inc. Predicate device: K912345. . Purpose of submission:"),
+        "University of Elmsworth. Location: Elmsworth, Oregon. Founded: 1871. Enrollment: 12,400. "
+        "Founded:",
+        "Information about Founded. University of Elmsworth. Location: Elmsworth, Oregon. Founded: "
+        "1871. Enrollment: 12,400.\nUniversity of Elmsworth. Location: Elmsworth, Oregon. Founded: "
+        "1871. Enrollment: 12,400. Founded:"),
+    ("fda", 0): (  # removing "purpose of submission:" leaves "K912345. ", which .strip(".") keeps: ". ."
+        "510(k) SUMMARY. Device name: FlowSure catheter. Applicant: Meridian Medical Inc. Predicate "
+        "device: K912345. . Purpose of submission:",
+        "Information about Purpose of submission. 510(k) SUMMARY. Device name: FlowSure catheter. "
+        "Applicant: Meridian Medical Inc. Predicate device: K912345. .\n510(k) SUMMARY. Device name: "
+        "FlowSure catheter. Applicant: Meridian Medical Inc. Predicate device: K912345. . Purpose of "
+        "submission:"),
     ("fda", 1): (
-        "Applicant: Coastal Diagnostics. Device: RapidStrep test kit. Classification: Class II. Applicant:",
+        "Applicant: Coastal Diagnostics. Device: RapidStrep test kit. Classification: Class II. "
+        "Applicant:",
         "Information about Applicant. Applicant: Coastal Diagnostics. Device: RapidStrep test kit. "
         "Classification: Class II.\nApplicant: Coastal Diagnostics. Device: RapidStrep test kit. "
         "Classification: Class II. Applicant:"),
     ("squad", 0): (  # default: `text` as stored; twice: question, the context up to "Question:" unstripped
-        "The Amazon river carries more water than any other river. It flows through Brazil, Peru and Colombia. "
-        "The river that carries the most water is the",
-        "Which river carries the most water? The Amazon river carries more water than any other river. It flows "
-        "through Brazil, Peru and Colombia. \nThe Amazon river carries more water than any other river. It flows "
-        "through Brazil, Peru and Colombia. The river that carries the most water is the"),
+        "The Amazon river carries more water than any other river. It flows through Brazil, Peru and "
+        "Colombia. The river that carries the most water is the",
+        "Which river carries the most water? The Amazon river carries more water than any other river. "
+        "It flows through Brazil, Peru and Colombia. \nThe Amazon river carries more water than any "
+        "other river. It flows through Brazil, Peru and Colombia. The river that carries the most water "
+        "is the"),
     ("squad", 1): (
         "Marie Curie won two Nobel prizes, in physics and in chemistry. Curie won Nobel prizes in",
-        "In which fields did Curie win Nobel prizes? Marie Curie won two Nobel prizes, in physics and in "
-        "chemistry. \nMarie Curie won two Nobel prizes, in physics and in chemistry. Curie won Nobel prizes in"),
-    ("nq", 0): (     # the cloze at the end of the context is not shown twice
-        "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. The Eiffel Tower was completed in",
-        "when was the eiffel tower completed The Eiffel Tower was completed in 1889 for the World's Fair in "
-        "Paris.\nThe Eiffel Tower was completed in 1889 for the World's Fair in Paris. The Eiffel Tower was "
-        "completed in"),
-    ("nq", 1): (     # default removes the cloze only case-sensitively, twice ignoring case
-        "Mount Kilimanjaro is the highest mountain in Africa, rising 5,895 metres in Tanzania. the highest "
-        "mountain in Africa is. The highest mountain in Africa is",
-        "what is the highest mountain in africa Mount Kilimanjaro is the highest mountain in Africa, rising "
-        "5,895 metres in Tanzania.\nMount Kilimanjaro is the highest mountain in Africa, rising 5,895 metres in "
-        "Tanzania. The highest mountain in Africa is"),
+        "In which fields did Curie win Nobel prizes? Marie Curie won two Nobel prizes, in physics and "
+        "in chemistry. \nMarie Curie won two Nobel prizes, in physics and in chemistry. Curie won Nobel "
+        "prizes in"),
+    ("nq", 0): (  # the cloze at the end of the context is not shown twice
+        "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. The Eiffel Tower was "
+        "completed in",
+        "when was the eiffel tower completed The Eiffel Tower was completed in 1889 for the World's "
+        "Fair in Paris.\nThe Eiffel Tower was completed in 1889 for the World's Fair in Paris. The "
+        "Eiffel Tower was completed in"),
+    ("nq", 1): (  # default removes the cloze only case-sensitively, twice ignoring case
+        "Mount Kilimanjaro is the highest mountain in Africa, rising 5,895 metres in Tanzania. the "
+        "highest mountain in Africa is. The highest mountain in Africa is",
+        "what is the highest mountain in africa Mount Kilimanjaro is the highest mountain in Africa, "
+        "rising 5,895 metres in Tanzania.\nMount Kilimanjaro is the highest mountain in Africa, rising "
+        "5,895 metres in Tanzania. The highest mountain in Africa is"),
     ("triviaqa", 0): (  # the markers go after the strip: their spaces stay
-        "Penguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during the Antarctic",
-        "In which season do emperor penguins breed? Penguins  Emperor penguins breed during the Antarctic "
-        "winter.\nPenguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during the "
-        "Antarctic"),
+        "Penguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during "
+        "the Antarctic",
+        "In which season do emperor penguins breed? Penguins  Emperor penguins breed during the "
+        "Antarctic winter.\nPenguins  Emperor penguins breed during the Antarctic winter. Emperor "
+        "penguins breed during the Antarctic"),
     ("triviaqa", 1): (
         "Jazz  Louis Armstrong was a trumpeter from New Orleans. Louis Armstrong played the",
-        "Which instrument did Louis Armstrong play? Jazz  Louis Armstrong was a trumpeter from New Orleans.\n"
-        "Jazz  Louis Armstrong was a trumpeter from New Orleans. Louis Armstrong played the"),
+        "Which instrument did Louis Armstrong play? Jazz  Louis Armstrong was a trumpeter from New "
+        "Orleans.\nJazz  Louis Armstrong was a trumpeter from New Orleans. Louis Armstrong played the"),
     ("drop", 0): (
-        "In the first quarter the Bears scored 7 points, and in the second quarter they scored 10 more. In the "
-        "first two quarters the Bears scored",
-        "How many points did the Bears score in the first half? In the first quarter the Bears scored 7 points, "
-        "and in the second quarter they scored 10 more.\nIn the first quarter the Bears scored 7 points, and in "
-        "the second quarter they scored 10 more. In the first two quarters the Bears scored"),
-    ("drop", 1): (   # default: .strip(".") leaves "town " before ". "; twice strips again
+        "In the first quarter the Bears scored 7 points, and in the second quarter they scored 10 more. "
+        "In the first two quarters the Bears scored",
+        "How many points did the Bears score in the first half? In the first quarter the Bears scored 7 "
+        "points, and in the second quarter they scored 10 more.\nIn the first quarter the Bears scored "
+        "7 points, and in the second quarter they scored 10 more. In the first two quarters the Bears "
+        "scored"),
+    ("drop", 1): (  # default: .strip(".") leaves "town " before ". "; twice strips again
         "The census counted 4,200 men and 4,500 women in the town . The census counted more",
-        "Were there more men or women? The census counted 4,200 men and 4,500 women in the town.\n"
-        "The census counted 4,200 men and 4,500 women in the town. The census counted more"),
+        "Were there more men or women? The census counted 4,200 men and 4,500 women in the town.\nThe "
+        "census counted 4,200 men and 4,500 women in the town. The census counted more"),
 }
 
 
@@ -420,7 +432,9 @@ def _reference(task, row, twice):
         out = d["text"]
         if not out.endswith("."):
             out += "."
-        return out + " " + q if not twice else "Information about " + q.strip(":") + ". " + out + "\n" + out + " " + q
+        if not twice:
+            return out + " " + q
+        return "Information about " + q.strip(":") + ". " + out + "\n" + out + " " + q
     if task == "squad":
         if not twice:
             return d["text"].strip()
@@ -446,14 +460,16 @@ def _perturb(task, row, rng):
     """The row with random whitespace and punctuation around its fields, the key or cloze repeated (in another
     case) at the end of the document, and stray markers: the places where the official strips differ."""
     pick = lambda *xs: xs[rng.randrange(len(xs))]
-    around = lambda s: pick("", " ", "\n", "  ", " \n", "\n\n") + s + pick("", " ", "\n", ".", "..", ". ", " .",
-                                                                        ".\n", ". \n", " . ", ":")
+    around = lambda s: (pick("", " ", "\n", "  ", " \n", "\n\n") + s
+                        + pick("", " ", "\n", ".", "..", ". ", " .", ".\n", ". \n", " . ", ":"))
     r = dict(row)
     if task in ("swde", "fda"):
         page = r["text"].split("Summary of information above...")[0] if task == "swde" else r["text"]
         tail = pick("", " " + r["key"] + ":", " " + r["key"].upper() + ":", r["key"] + ":" + r["key"] + ":")
         page = around(page) + tail + pick("", " ", "\n")
-        r["text"] = page + ("Summary of information above..." + around(" " + r["key"] + ":") if task == "swde" else "")
+        if task == "swde":
+            page += "Summary of information above..." + around(" " + r["key"] + ":")
+        r["text"] = page
         r["key"] = pick(r["key"], r["key"].lower(), r["key"].title(), r["key"] + ":")
     elif task == "squad":
         passage = r["context"].split("Question:")[0].strip()
@@ -493,12 +509,13 @@ def test_table1_perturbed_rows_give_the_official_strings():
 def test_official_cut_is_the_official_window():
     from prompt import official_cut
     abc = "0123456789ABCDEFGHIJanswerKLMNOPQRSTUVWXYZ"                      # one byte, one token
-    assert official_cut("\n " + abc + " \n", ["answer"], BYTES, budget=10) == "FGHIJanswe"   # a = 20: [15, 25)
-    assert official_cut(abc, ["zzz", "answer", "234"], BYTES, budget=10) == "0123456789"  # earliest match, a = 2
-    assert official_cut(abc, ["XYZ"], BYTES, budget=10) == "STUVWXYZ"          # a = 39: [34, 42), not moved back
-    assert official_cut("abcdefgKEY", ["key"], BYTES, budget=10) == "cdefgKEY"  # shorter than the budget, still cut
-    assert official_cut(abc, ["absent"], BYTES, budget=10) == "UVWXYZ"         # no match: a from text[:-1] = 41
-    assert official_cut("short doc", ["short"], BYTES, budget=10) == "short doc"
+    cut = lambda text, answers: official_cut(text, answers, BYTES, budget=10)
+    assert cut("\n " + abc + " \n", ["answer"]) == "FGHIJanswe"     # stripped; a = 20: tokens [15, 25)
+    assert cut(abc, ["zzz", "answer", "234"]) == "0123456789"        # the earliest match, a = 2: [0, 10)
+    assert cut(abc, ["XYZ"]) == "STUVWXYZ"                           # a = 39: [34, 42), not moved back
+    assert cut("abcdefgKEY", ["key"]) == "cdefgKEY"                  # shorter than the budget, still cut
+    assert cut(abc, ["absent"]) == "UVWXYZ"                          # no match: a from text[:-1] = 41
+    assert cut("short doc", ["short"]) == "short doc"
 
 
 def test_official_pipeline_cuts_the_text_field_first():
@@ -522,14 +539,17 @@ def test_official_pipeline_cuts_the_text_field_first():
     # a gold answer or key of one character: the official harness makes no request for the row
     assert table1_example("fda", dict(row, text="x", key="k", value="yes")) is None
     assert table1_example("squad", dict(row, value="7")) is None
+    nq = table1_rows("nq")[0]
+    assert table1_example("nq", dict(nq, key="q", value="1889")) is None
+    assert table1_example("nq", nq) is not None
 
 
 def test_table1_clean_style_is_a_named_option():
     from prompt import TABLE1, table1_example
     ex = {t: [table1_example(t, r, style="clean") for r in table1_rows(t)] for t in TABLE1}
     assert text_prompt(ex["fda"][0], 1).endswith("Predicate device: K912345. Purpose of submission:")
-    passage = "The Amazon river carries more water than any other river. It flows through Brazil, Peru and Colombia."
     squad = table1_rows("squad")[0]
+    passage = squad["context"].split("Question:")[0].strip()
     assert text_prompt(ex["squad"][0], 2) == f"{squad['question']} {passage}\n{squad['text']}"
     with pytest.raises(ValueError, match="--style clean cannot split"):
         table1_example("squad", dict(squad, text="Something else."), style="clean")
@@ -540,11 +560,14 @@ def test_table1_clean_style_is_a_named_option():
 def test_table1_rows_the_official_code_cannot_read_are_one_line_errors():
     from prompt import table1_example
     for task, change, msg in [
-            ("swde", {"value": None}, "missing field 'value'"), ("nq", {"answers": None}, "missing field 'answers'"),
+            ("swde", {"value": None}, "missing field 'value'"),
+            ("nq", {"answers": None}, "missing field 'answers'"),
             ("squad", {"context": None}, "missing field 'context'"),
             ("drop", {"orig_question": None}, "missing field .orig_question."),
-            ("fda", {"key": ""}, "field 'key' is empty"), ("fda", {"text": 3}, "field 'text' must be a string"),
-            ("swde", {"text": "page"}, "holds it 0 times"), ("nq", {"question": "  "}, "'question' .the cloze. is empty"),
+            ("fda", {"key": ""}, "field 'key' is empty"),
+            ("fda", {"text": 3}, "field 'text' must be a string"),
+            ("swde", {"text": "page"}, "holds it 0 times"),
+            ("nq", {"question": "  "}, "'question' .the cloze. is empty"),
             ("triviaqa", {"answers": []}, "'answers' must be a non-empty list"),
             ("drop", {"answers": "17"}, "'answers' must be a non-empty list")]:
         row = dict(table1_rows(task)[0], **change)
