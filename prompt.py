@@ -542,9 +542,10 @@ def official_text_prompt(ex, repeats=1, tokenizer=None, budget=BUDGET):
     whole), then `official_prompt`."""
     row, task = ex["row"], ex["task"]
     if tokenizer is not None and budget and task in ("swde", "fda", "squad"):
+        # SWDE: the cut sees the whole text, summary included. The official loader splits the summary off,
+        # but into rows that its second pass over the data set reads afresh, so the split is lost; the
+        # prompt then drops what follows the marker, if the window still holds all of it.
         answers = [row[f] for f in official_answer_fields(task)]
-        if task == "swde":          # the official loader splits the summary off before the cut
-            row = dict(row, text=row["text"].split(SUMMARY)[0])
         row = dict(row, text=official_cut(row["text"], answers, tokenizer, budget))
     return official_prompt(task, row, repeats)
 
@@ -668,6 +669,8 @@ def _check_kind(task, cfg, model):
 
 def run(a):
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    if not formats:
+        raise ValueError(f"--formats {a.formats!r}: name at least one format (default, jrt, jr3, ...)")
     for f in formats:
         _repeats_of(f)                                              # a bad name fails here, with the allowed ones
     for name, low in (("n", 1), ("batch_size", 1), ("budget", 0)):
@@ -683,7 +686,7 @@ def run(a):
     table1_tasks = list(TABLE1) if a.task == "table1" else [t for t in a.task.split(",") if t in TABLE1]
     if a.style is not None and (not table1_tasks or a.style not in STYLES):
         raise ValueError(f"--style {a.style}: " + (f"expected one of {', '.join(STYLES)}" if table1_tasks else
-                         "applies to the Table 1 tasks only (a .jsonl file's examples are used as written)"))
+                         f"applies to the Table 1 tasks ({', '.join(TABLE1)}, table1) only"))
     if synthetic and not a.ckpt:
         raise ValueError(f"--task {a.task} needs --ckpt (a model trained on that task's token ids)")
     partly = table1_tasks and a.task != "table1" and len(table1_tasks) != len(a.task.split(","))

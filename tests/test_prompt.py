@@ -258,6 +258,7 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
          r"--style clean: applies to"),
         (("--ckpt", text, "--task", "swde", "--style", "fancy"), r"--style fancy: expected one of official"),
         (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path)), r"--out .*: is a folder"),
+        (("--ckpt", mqar, "--task", "mqar", "--formats", " , "), r"--formats ' , ': name at least one format"),
         (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path / "good.jsonl" / "t.md")),
          r"--out .*cannot create"),
     ]
@@ -412,7 +413,8 @@ def _reference(task, row, twice):
     methods write into the row they are given)."""
     d = dict(row)
     if task == "swde":
-        d["text"], _ = d["text"].split("Summary of information above...")     # the official loader
+        while d["text"].find("Summary of information above...") >= 0:
+            d["text"] = d["text"].split("Summary of information above...")[0]
         q = d["key"] + ":"
         while d["text"].lower().endswith(q.lower()):
             d["text"] = d["text"][:-len(q)]
@@ -530,6 +532,9 @@ def test_official_pipeline_cuts_the_text_field_first():
     row = {"text": "University of Elmsworth. Founded: 1871.\nSummary of information above... founded:",
            "key": "founded", "value": "1871"}
     assert text_prompt(table1_example("swde", row), 1, BYTES, budget=10) == "rth. Found. Founded:"
+    # ... and the cut sees the summary too: a window that ends inside its marker keeps that part of it.
+    assert text_prompt(table1_example("swde", row), 1, BYTES, budget=40) == (
+        "rsity of Elmsworth. Founded: 1871.\nSumma. Founded:")                 # tokens [5, 45)
     # SQuAD: only `text` is cut; the twice prompt's passage comes from the uncut `context`.
     row = dict(table1_rows("squad")[1])
     cut = text_prompt(table1_example("squad", row), 2, BYTES, budget=20)
