@@ -447,8 +447,9 @@ def official_prompt(task, row, repeats=1):
 
 
 def official_answer_fields(task):
-    """The fields whose first match places the official cut (SQuAD: the answer; else key and answer). The
-    official Table 1 runs read `key` and `value` of NQ, TriviaQA and Drop rows too, where they are."""
+    """The fields whose first match places the official cut (SQuAD: the answer; else key and answer), as the
+    official launcher for the released Hazy models passes them (its launcher for Hugging Face models leaves
+    key and answer for SQuAD too). The official runs read them from NQ, TriviaQA and Drop rows as well."""
     return ("value",) if task == "squad" else ("key", "value")
 
 
