@@ -62,7 +62,7 @@ import data
 import hf
 from checkpoint import load_checkpoint
 from model import Config, Model, ModelLM, left_pad, resolve_device
-from prompt import jsonl_objects
+from prompt import check_out, jsonl_objects, read_utf8
 
 SELECTIONS = ("entropy", "entropy_non_idk", "likelihood")
 MODES = ("select", "summarize", "last")
@@ -652,7 +652,21 @@ def _mqar_config(path, c):
     return dict(c, context_len=c.get("context_len") or 0, model=c.get("model", os.path.basename(path)))
 
 
-def run(p, a):
+def read_templates(path, name):
+    """--prompts: a JSON object of set -> template, read before any model loads; one line for each mistake."""
+    if not os.path.isfile(path):
+        raise ValueError(f"--prompts {path}: no such file (a JSON object of set -> template, e.g. "
+                         "LongBench's config/dataset2prompt.json)")
+    try:
+        templates = json.loads(read_utf8(path))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--prompts {path}: not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(templates, dict) or not isinstance(templates.get(name, ""), str):
+        raise ValueError(f"--prompts {path}: expected a JSON object of set -> template string")
+    return templates.get(name)
+
+
+def run(p, a, say=print):
     if a.threads:
         torch.set_num_threads(a.threads)
     device = resolve_device(a.device)
@@ -669,28 +683,28 @@ def run(p, a):
         if not a.ckpt or a.hf:
             raise ValueError("--task mqar_long needs --ckpt (train.py checkpoints, comma-separated; " + OVERFLOW_RECIPE
                              + ")")
-        print(ACC_HEADER)
+        say(ACC_HEADER)
         for path in a.ckpt.split(","):
             model, c = load_checkpoint(path, device)
             c = _mqar_config(path, c)
             C = c["context_len"] or 2 * c["num_pairs"]
             pairs = ints(a.num_pairs) or default_pairs(c["num_pairs"], C, c["vocab_size"])
             for r in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n or 200):
-                print(markdown_row(r), flush=True)
+                say(markdown_row(r))
     elif a.task == "cost":
         if device.type == "cpu":
             _rss_follows_tensors()
-        print(f"device {device}; prefill of [C_i, S] with |S| = 8, max_batch_tokens {a.max_batch_tokens}; "
-              "seconds (best of 3) and peak memory above the start (MB)\n")
-        print("| model | context | L | full s | OPRM s | full MB | OPRM MB |\n|---|---|---|---|---|---|---|")
+        say(f"device {device}; prefill of [C_i, S] with |S| = 8, max_batch_tokens {a.max_batch_tokens}; "
+            "seconds (best of 3) and peak memory above the start (MB)\n")
+        say("| model | context | L | full s | OPRM s | full MB | OPRM MB |\n|---|---|---|---|---|---|---|")
         for name in a.models.split(","):
             torch.manual_seed(0)
             model = Model(Config.from_preset(name)).to(device).eval()
             for N in ints(a.context_lens):
                 L = min((ints(a.chunk_len) or [512])[0], N)
                 r = prefill_cost(model, N, L, max_batch_tokens=a.max_batch_tokens)
-                print(f"| {name} | {N} | {L} | {r['full'][0]:.3f} | {r['oprm'][0]:.3f} | "
-                      f"{r['full'][1] / 2**20:.1f} | {r['oprm'][1] / 2**20:.1f} |", flush=True)
+                say(f"| {name} | {N} | {L} | {r['full'][0]:.3f} | {r['oprm'][0]:.3f} | "
+                    f"{r['full'][1] / 2**20:.1f} | {r['oprm'][1] / 2**20:.1f} |")
     else:  # text: a LongBench set or a .jsonl file, on a Hugging Face recurrent LM
         if not a.hf:
             raise ValueError(f"--task {a.task} needs --hf NAME (a Hugging Face recurrent LM, e.g. "
@@ -702,17 +716,14 @@ def run(p, a):
             kind, rows = LONGBENCH[name], None
         else:
             name, kind, rows = os.path.basename(a.task), None, read_rows(a.task)   # bad rows fail before loading
-        template = None
-        if a.prompts:
-            with open(a.prompts) as fh:
-                template = json.load(fh).get(name)
+        template = read_templates(a.prompts, name) if a.prompts else None
         lm, tok = hf.load(a.hf, device, mode="cache")               # refuses a family that cannot keep pads out
         if rows is None:
             data_rows = hf.load_dataset("THUDM/LongBench", name, "test")
             rows = [dict(data_rows[i]) for i in range(min(a.n or len(data_rows), len(data_rows)))]
-        print(TEXT_HEADER)
-        print(text_table(lm, tok, rows, name, ints(a.chunk_len) or [2000], kind=kind, template=template,
-                         max_new_tokens=a.max_new_tokens, max_batch_tokens=a.max_batch_tokens), flush=True)
+        say(TEXT_HEADER)
+        say(text_table(lm, tok, rows, name, ints(a.chunk_len) or [2000], kind=kind, template=template,
+                       max_new_tokens=a.max_new_tokens, max_batch_tokens=a.max_batch_tokens))
 
 
 def main(argv=None):
@@ -741,12 +752,23 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N | mps")
     p.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one (more "
                    "threads only wait for each other, 10x slower on a busy CPU); 0 = torch's default")
+    p.add_argument("--out", help="also write the printed table(s) to this file (its folder is created)")
     a = p.parse_args(argv)
+    lines = []
+
+    def say(line):                                                   # print now, and keep for --out
+        print(line, flush=True)
+        lines.append(line)
     try:
-        run(p, a)
+        if a.out:
+            check_out(a.out)
+        run(p, a, say)
     except (ValueError, ImportError, FileNotFoundError) as e:       # a user's mistake: one line, no traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    if a.out:
+        with open(a.out, "w") as fh:
+            fh.write("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

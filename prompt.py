@@ -18,7 +18,8 @@ The rest of the file, top to bottom:
     1. text prompts      extraction_prompt, qa_prompt, read_twice, cut_around (the 950-token budget)
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
     3. harness           greedy, contains, error_mode, evaluate, results_table, accuracy (teacher-forced)
-    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets on the hub
+    4. Table 1 tasks     SWDE, FDA, SQuAD, NQ, TriviaQA, Drop from the hazyresearch data sets on the hub,
+                         prompted as the official task code does (official_prompt, official_cut)
     5. CLI               python prompt.py --ckpt out/ckpt.pt --task mqar
 """
 import argparse
@@ -114,7 +115,10 @@ def cut_around(doc, answer, tokenizer, budget=BUDGET):
 
 
 def text_prompt(ex, repeats=1, tokenizer=None, budget=BUDGET):
-    """The prompt of one text example (a dict, see `evaluate`) with its document cut to the budget."""
+    """The prompt of one text example (a dict, see `evaluate`) with its document cut to the budget; a Table 1
+    example of the official style gets the official cut and strings (`official_text_prompt`)."""
+    if ex.get("kind") == "official":
+        return official_text_prompt(ex, repeats, tokenizer, budget)
     ctx = ex["context"]
     if tokenizer is not None and budget:
         ctx = cut_around(ctx, _answers(ex)[0], tokenizer, budget)
@@ -284,7 +288,8 @@ def evaluate(lm, tokenizer, examples, formats=("default", "jrt"), batch_size=16,
     48 tokens, metric "contains").
 
     examples: dicts with "task" (a name), "kind" ("extraction" or "qa"), "context", "answers" (a string
-    or a list of accepted strings), and "key" (extraction) or "cloze" and optionally "question" (qa).
+    or a list of accepted strings), and "key" (extraction) or "cloze" and optionally "question" (qa); or
+    Table 1 examples of kind "official" (`table1_example`), which carry their data set row.
     Returns (summary, records): summary[(task, format)] = {"n", "accuracy", "empty", "repetition",
     "irrelevant"} (the last three are fractions of all examples); records hold each prompt and output.
     """
@@ -361,68 +366,199 @@ def accuracy(model, ex, batch_size=256):
 
 
 # ----------------------------------------------------------------------------- 4. Table 1 tasks (JRT paper, Table 1)
-# The paper's six recall-intensive tasks, as the hazyresearch data sets store them. Field names and the
-# cleaning below follow the official task code (the lm-eval-harness fork in the JRT repository,
-# lm_eval/tasks/based_*/task.py), so that `extraction_prompt` / `qa_prompt` give its exact strings.
+# The paper's six recall-intensive tasks, as the hazyresearch data sets store them. Two styles of prompt:
+#   official  the strings of the official task code (the lm-eval-harness fork in the JRT repository,
+#             lm_eval/tasks/based_*/task.py, `doc_to_text` of each task and of its "twice" variant), byte for
+#             byte, quirks included, after the official cut (`official_cut`). The paper's numbers used these.
+#   clean     the same rows through `extraction_prompt` / `qa_prompt`: the paper's Table-of-formats strings,
+#             without the quirks (FDA's ". ." where a trailing key was removed, SQuAD's space before "\n").
 
-TABLE1 = {  # task -> (data set on the hub, its config name, split, row -> example)
-    "swde": ("hazyresearch/based-swde-v2", "default", "validation", "extraction"),
-    "fda": ("hazyresearch/based-fda", "default", "validation", "extraction"),
-    "squad": ("hazyresearch/based-squad", "default", "validation", "squad"),
-    "nq": ("hazyresearch/based_nq_1024", None, "validation", "qa"),        # Table 1 uses the 1024-token NQ
-    "triviaqa": ("hazyresearch/based_triviaqa", None, "validation", "qa"),
-    "drop": ("hazyresearch/based_drop", None, "validation", "qa"),
+QA_FIELDS = ("context", "question", "orig_question", "answers")   # question: the cloze; orig_question: the question
+TABLE1 = {  # task -> (data set on the hub, its config name, split, the fields its official prompt reads)
+    "swde": ("hazyresearch/based-swde-v2", "default", "validation", ("text", "key", "value")),
+    "fda": ("hazyresearch/based-fda", "default", "validation", ("text", "key", "value")),
+    "squad": ("hazyresearch/based-squad", "default", "validation", ("text", "context", "question", "value")),
+    "nq": ("hazyresearch/based_nq_1024", None, "validation", QA_FIELDS),    # Table 1 uses the 1024-token NQ
+    "triviaqa": ("hazyresearch/based_triviaqa", None, "validation", QA_FIELDS),
+    "drop": ("hazyresearch/based_drop", None, "validation", QA_FIELDS),
 }
-FIELDS = {"extraction": ("text", "key", "value"), "squad": ("text", "context", "question", "value"),
-          "qa": ("context", "question", "orig_question", "answers")}
+STYLES = ("official", "clean")
+SUMMARY = "Summary of information above..."   # SWDE's text: the page, this marker, then a summary
 # The JRT paper gives its Table 1 averages over the six tasks (default -> JRT-Prompt) for these models only;
 # no per-task numbers are quoted here.
 PAPER_AVERAGE = {"mamba2-1.3b": (46.7, 55.6), "based-1b-50b": (40.3, 51.8), "mamba-130m": (24.7, 36.5)}
 
 
-def _strip_suffix(text, suffix):
+def _drop_suffix(text, suffix):
+    """Remove `suffix` from the end of `text` as often as it is there, ignoring case (the official loop)."""
     while suffix and text.lower().endswith(suffix.lower()):
         text = text[:-len(suffix)]
     return text
 
 
-def _sentence(text):  # "... text" -> "... text." (the official code ends every context with one period)
+def _upper_first(key):
+    return key[0].upper() + key[1:]
+
+
+def official_prompt(task, row, repeats=1):
+    """The prompt the official task code builds from one data set row: repeats=1 is the task's `doc_to_text`,
+    repeats=2 its "twice" variant (JRT-Prompt). Every strip below is the official one, in its order: they
+    differ between the default and the twice variant, and between tasks (e.g. NQ's default removes the cloze
+    from the end of the context once and case-sensitively, its twice variant as often as it is there and
+    ignoring case). The row is checked by `table1_example`; the official cut (`official_cut`) comes first."""
+    if repeats not in (1, 2):
+        raise ValueError(f"the official Table 1 prompts have two formats, default (1) and jrt (2); "
+                         f"got {repeats!r}")
+    twice = repeats == 2
+    if task in ("swde", "fda"):
+        text, key = row["text"], row["key"]
+        if task == "swde":
+            text = text.split(SUMMARY)[0]
+        text = _drop_suffix(text, key + ":")
+        if task == "fda":           # ".strip('.')" after removing " key:" leaves "... . " alone: FDA's ". ."
+            text = text.strip("\n").strip(".")
+            out = text if text.endswith(".") else text + "."
+        elif twice:
+            out = text.strip("\n").strip(".").strip()
+            out = out if out.endswith(".") else out + "."
+        else:
+            out = text.strip().strip(".") + "."
+        question = _upper_first(key) + ":"
+        if not twice:
+            return out + " " + question
+        return f"Information about {question.strip(':')}. {out}\n{out} {question}"
+    if task == "squad":             # text: the passage and its cloze; context: the passage, "Question: ..."
+        if not twice:
+            return row["text"].strip()
+        return row["question"] + " " + row["context"].split("Question:")[0] + "\n" + row["text"].strip()
+    context, cloze = row["context"].strip(), row["question"].strip()      # NQ, TriviaQA, Drop
+    if task == "triviaqa":
+        context = re.sub(r"\[PAR\]|\[DOC\]|\[TLE\]", "", context)
+    if task == "nq" and not twice:
+        context = context[:-len(cloze)] if context.endswith(cloze) else context
+    else:
+        context = _drop_suffix(context, cloze)
+    if not twice:
+        return context.strip().strip(".") + ". " + cloze
+    out = context.strip().strip(".").strip() + "."
+    out = out + "\n" + out + " " + cloze
+    intro = row["orig_question"] if task == "triviaqa" else row["orig_question"].strip(":")
+    return intro + " " + out
+
+
+def official_answer_fields(task):
+    """The fields whose first match places the official cut (SQuAD: the answer; else key and answer), as the
+    official launcher for the released Hazy models passes them (its launcher for Hugging Face models leaves
+    key and answer for SQuAD too). The official runs read them from NQ, TriviaQA and Drop rows as well."""
+    return ("value",) if task == "squad" else ("key", "value")
+
+
+def official_cut(text, answers, tokenizer, budget=BUDGET):
+    """The official harness's cut of a document (`truncate_context`, with its Table 1 settings: context
+    length 1000 minus 50 for the answer = 950 tokens). The text is stripped and tokenised; the earliest
+    case-insensitive match of any of `answers` sits at token a = len(tokens of the text before it); tokens
+    from a - budget/2 are kept, budget of them when the start is clamped at 0, fewer when the end runs out
+    (the window is not moved back). A document shorter than the budget is cut too when its answer lies
+    past budget/2 tokens. Without a match, a is taken from text[:-1], as the official code does, which
+    keeps the last budget/2 tokens."""
+    text = text.strip()
+    ids = tokenizer.encode_ordinary(text)
+    pos = -1
+    for a in answers:
+        found = re.search(re.escape(a), text, re.IGNORECASE)
+        if found and (pos == -1 or found.start() < pos):
+            pos = found.start()
+    at = len(tokenizer.encode_ordinary(text[:pos]))
+    start = max(0, at - budget // 2)
+    end = min(len(ids), at + budget - (at - start))
+    return tokenizer.decode(ids[start:end])
+
+
+def _sentence(text):  # "... text" -> "... text." (the clean style ends every context with one period)
     return text.strip().strip(".").strip() + "."
 
 
-def table1_example(task, row, where=""):
-    """One data set row (a dict in the data set's own schema) -> an example for `evaluate`."""
-    kind = TABLE1[task][3]
-    missing = [f for f in FIELDS[kind] if f not in row]
-    if missing:
-        raise ValueError(f"{task} row{where}: missing field {missing[0]!r} (a {task} row has "
-                         f"{', '.join(FIELDS[kind])}); it has {sorted(row)}")
-    if kind == "extraction":       # SWDE, FDA: "{doc}. {Key}:"; SWDE's text may carry a summary after the doc
-        key = str(row["key"])
-        doc = _strip_suffix(str(row["text"]).split("Summary of information above...")[0].strip(), key + ":")
-        return {"task": task, "kind": "extraction", "context": _sentence(doc), "key": key[:1].upper() + key[1:],
+def clean_example(task, row, where=""):
+    """One row -> an example for `extraction_prompt` / `qa_prompt` (the clean style): the same fields and
+    cleaning as the official code, without its stray spaces and doubled periods."""
+    if task in ("swde", "fda"):     # "{doc}. {Key}:"; SWDE's text may carry a summary after the doc
+        key = row["key"]
+        doc = _drop_suffix(row["text"].split(SUMMARY)[0].strip(), key + ":")
+        return {"task": task, "kind": "extraction", "context": _sentence(doc), "key": _upper_first(key),
                 "answers": [row["value"]]}
-    if kind == "squad":            # text = the passage, then the question as a cloze
-        passage, text = str(row["context"]).split("Question:")[0].strip(), str(row["text"]).strip()
+    if task == "squad":             # text = the passage, then the question as a cloze
+        passage, text = row["context"].split("Question:")[0].strip(), row["text"].strip()
         if not text.startswith(passage):
-            raise ValueError(f"squad row{where}: its text does not start with its passage (the context before "
-                             "'Question:'), so it cannot be split into context and cloze")
+            raise ValueError(f"squad row{where}: its text does not start with its passage (the context "
+                             "before 'Question:'), so --style clean cannot split it into context and cloze")
         return {"task": task, "kind": "qa", "context": passage, "cloze": text[len(passage):].strip(),
-                "question": str(row["question"]).strip(), "answers": [row["value"]]}
-    context = str(row["context"])  # NQ, TriviaQA, Drop: "question" is the cloze, "orig_question" the question
+                "question": row["question"].strip(), "answers": [row["value"]]}
+    context = row["context"]        # NQ, TriviaQA, Drop: "question" is the cloze, "orig_question" the q.
     if task == "triviaqa":
         context = re.sub(r"\[PAR\]|\[DOC\]|\[TLE\]", "", context)
-    cloze = str(row["question"]).strip()
-    return {"task": task, "kind": "qa", "context": _sentence(_strip_suffix(context.strip(), cloze)), "cloze": cloze,
-            "question": str(row["orig_question"]).strip().strip(":"), "answers": row["answers"]}
+    cloze = row["question"].strip()
+    return {"task": task, "kind": "qa", "context": _sentence(_drop_suffix(context.strip(), cloze)),
+            "cloze": cloze, "question": row["orig_question"].strip().strip(":"), "answers": row["answers"]}
 
 
-def load_table1(task, n=None):
-    """The validation rows of one Table 1 task as examples (downloads the data set once; needs `datasets`)."""
+def table1_example(task, row, where="", style="official"):
+    """One data set row (a dict in the data set's own schema) -> an example for `evaluate`, or None for a row
+    the official harness skips (a gold answer or key of at most one character: its cut returns no request).
+    Rows the official code would crash on (a missing or non-string field, an empty key, an SWDE text without
+    its summary marker) or loop on forever (an empty cloze) are refused in one line."""
+    if style not in STYLES:
+        raise ValueError(f"--style {style!r}: expected one of {', '.join(STYLES)}")
+    fields = TABLE1[task][3]
+    for f in fields:
+        if f not in row:
+            raise ValueError(f"{task} row{where}: missing field {f!r} (a {task} row has "
+                             f"{', '.join(fields)}); it has {sorted(row)}")
+        answers_ok = isinstance(row[f], list) and row[f] and all(isinstance(s, str) for s in row[f])
+        if f == "answers" and not answers_ok:
+            raise ValueError(f"{task} row{where}: field 'answers' must be a non-empty list of strings; "
+                             f"got {row[f]!r:.60}")
+        if f != "answers" and not isinstance(row[f], str):
+            raise ValueError(f"{task} row{where}: field {f!r} must be a string; got {row[f]!r:.60}")
+    if task in ("swde", "fda") and not row["key"]:
+        raise ValueError(f"{task} row{where}: field 'key' is empty (the prompt ends with the key)")
+    if task == "swde" and row["text"].count(SUMMARY) != 1:
+        raise ValueError(f"swde row{where}: text must hold {SUMMARY!r} once (the official task splits the "
+                         f"page from its summary there); it holds it {row['text'].count(SUMMARY)} times")
+    if task in ("nq", "triviaqa", "drop") and not row["question"].strip():
+        raise ValueError(f"{task} row{where}: field 'question' (the cloze) is empty")
+    if style == "clean":
+        return clean_example(task, row, where)
+    for f in official_answer_fields(task):      # NQ, TriviaQA and Drop rows: where they have the fields
+        a = row.get(f)
+        a = a[0] if isinstance(a, list) and a else a
+        if isinstance(a, str) and len(a) <= 1:
+            return None
+    answers = row["answers"] if "answers" in fields else [row["value"]]
+    return {"task": task, "kind": "official", "row": dict(row), "answers": answers}
+
+
+def official_text_prompt(ex, repeats=1, tokenizer=None, budget=BUDGET):
+    """The official prompt of a Table 1 example: the official cut applied to the `text` field (the field the
+    official Table 1 runs cut; NQ, TriviaQA and Drop build their prompt from `context`, which it leaves
+    whole), then `official_prompt`."""
+    row, task = ex["row"], ex["task"]
+    if tokenizer is not None and budget and task in ("swde", "fda", "squad"):
+        # SWDE: the cut sees the whole text, summary included. The official loader splits the summary off,
+        # but into rows that its second pass over the data set reads afresh, so the split is lost; the
+        # prompt then drops what follows the marker, if the window still holds all of it.
+        answers = [row[f] for f in official_answer_fields(task)]
+        row = dict(row, text=official_cut(row["text"], answers, tokenizer, budget))
+    return official_prompt(task, row, repeats)
+
+
+def load_table1(task, n=None, style="official"):
+    """The validation rows of one Table 1 task as examples (downloads the data set once; needs `datasets`).
+    n counts the rows read; rows the official harness skips are left out of them."""
     path, name, split, _ = TABLE1[task]
     rows = hf.load_dataset(path, name, split)
     n = len(rows) if n is None else min(n, len(rows))
-    return [table1_example(task, dict(rows[i]), f" {i}") for i in range(n)]
+    examples = [table1_example(task, dict(rows[i]), f" {i}", style) for i in range(n)]
+    return [ex for ex in examples if ex is not None]
 
 
 def table1(summary, model_name=""):
@@ -457,6 +593,31 @@ def synthetic_table(model, ex, formats):
     return "\n".join(lines)
 
 
+def read_utf8(path):
+    """A text file's contents; a file that is not UTF-8 is one ValueError line naming it and the line."""
+    with open(path, "rb") as fh:
+        raw = fh.read()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise ValueError(f"{path} line {line}: not UTF-8 text (byte "
+                         f"0x{raw[e.start]:02x} at offset {e.start}); save it as UTF-8") from None
+
+
+def check_out(path):
+    """--out, checked before any work: its folder is created now, so a long run cannot fail at the end."""
+    if os.path.isdir(path):
+        raise ValueError(f"--out {path}: is a folder; give a file name such as {os.path.join(path, 'x.md')}")
+    folder = os.path.dirname(path) or "."
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {path}: cannot create its folder {folder} ({e.strerror})") from None
+    if not os.access(folder, os.W_OK) or (os.path.exists(path) and not os.access(path, os.W_OK)):
+        raise ValueError(f"--out {path}: not writable")
+
+
 def jsonl_objects(path, choices):
     """(line number, JSON object) of each non-empty line of a .jsonl file. A missing file, bad JSON, a line
     that is not an object, or no lines at all is one ValueError line; `choices` (what --task takes) goes
@@ -464,17 +625,16 @@ def jsonl_objects(path, choices):
     if not os.path.isfile(path):
         raise ValueError(f"--task {path}: no such file; use {choices}")
     objects = []
-    with open(path) as fh:
-        for i, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path} line {i}: expected a JSON object, got {type(obj).__name__}")
-            objects.append((i, obj))
+    for i, line in enumerate(read_utf8(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path} line {i}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise ValueError(f"{path} line {i}: expected a JSON object, got {type(obj).__name__}")
+        objects.append((i, obj))
     if not objects:
         raise ValueError(f"{path}: no rows (one JSON object per line)")
     return objects
@@ -510,6 +670,8 @@ def _check_kind(task, cfg, model):
 
 def run(a):
     formats = [f.strip() for f in a.formats.split(",") if f.strip()]
+    if not formats:
+        raise ValueError(f"--formats {a.formats!r}: name at least one format (default, jrt, jr3, ...)")
     for f in formats:
         _repeats_of(f)                                              # a bad name fails here, with the allowed ones
     for name, low in (("n", 1), ("batch_size", 1), ("budget", 0)):
@@ -523,6 +685,9 @@ def run(a):
     device = resolve_device(a.device)
     synthetic = a.task in ("mqar", "sets")
     table1_tasks = list(TABLE1) if a.task == "table1" else [t for t in a.task.split(",") if t in TABLE1]
+    if a.style is not None and (not table1_tasks or a.style not in STYLES):
+        raise ValueError(f"--style {a.style}: " + (f"expected one of {', '.join(STYLES)}" if table1_tasks else
+                         f"applies to the Table 1 tasks ({', '.join(TABLE1)}, table1) only"))
     if synthetic and not a.ckpt:
         raise ValueError(f"--task {a.task} needs --ckpt (a model trained on that task's token ids)")
     partly = table1_tasks and a.task != "table1" and len(table1_tasks) != len(a.task.split(","))
@@ -557,7 +722,7 @@ def run(a):
             raise ValueError(f"the {cfg.get('tokenizer', 'gpt2')} tokenizer has {tok.n_vocab} ids but the model's "
                              f"vocab_size is {model.vocab_size}: --task {a.task} needs a text model")
     if table1_tasks:
-        examples = [ex for t in table1_tasks for ex in load_table1(t, a.n)]
+        examples = [ex for t in table1_tasks for ex in load_table1(t, a.n, a.style or "official")]
     summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=device)
     return table1(summary, a.hf or a.official or "") if table1_tasks else results_table(summary)
 
@@ -580,11 +745,18 @@ def main(argv=None):
     ap.add_argument("--n", type=int, default=None, help="synthetic: test examples per slice (default 500); "
                                                          "Table 1: at most n rows per task (default all)")
     ap.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together (the paper: 32)")
-    ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens (0: no cut)")
+    ap.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens "
+                    "(0: no cut);\nTable 1 (official): the official cut, 950 tokens from 475 before the "
+                    "answer")
+    ap.add_argument("--style", default=None, help="Table 1 prompts: official (default; the official task "
+                    "code's strings,\nwhich the paper's numbers used) | clean (the same without its stray "
+                    "spaces)")
     ap.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N | mps")
-    ap.add_argument("--out", help="also write the table (markdown) to this file")
+    ap.add_argument("--out", help="also write the table (markdown) to this file (its folder is created)")
     a = ap.parse_args(argv)
     try:
+        if a.out:
+            check_out(a.out)
         table = run(a)
     except (ValueError, ImportError, FileNotFoundError) as e:       # a user's mistake: one line, no traceback
         print(f"error: {e}", file=sys.stderr)

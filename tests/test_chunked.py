@@ -254,12 +254,31 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
              (("--ckpt", str(text), "--chunk_len", "8,x"), r"--chunk_len=8,x"),
              (("--ckpt", str(text), "--device", "cuda:9" if torch.cuda.is_available() else "cuda"), r"device='cuda"),
              (("--task", "nope.jsonl"), r"needs --hf NAME")]
+    rows, latin = tmp_path / "rows.jsonl", tmp_path / "latin.jsonl"
+    rows.write_text('{"context": "c", "input": "q", "answers": ["a"]}\n')
+    latin.write_bytes('{"context": "caf\u00e9", "input": "q", "answers": ["a"]}\n'.encode("latin-1"))
+    (tmp_path / "bad.json").write_text("{oops")
+    cases += [(("--hf", "x/y", "--task", str(latin)), r"latin.jsonl line 1: not UTF-8 text"),
+              (("--hf", "x/y", "--task", str(rows), "--prompts", str(tmp_path / "bad.json")),
+               r"--prompts .*bad.json: not valid JSON"),
+              (("--hf", "x/y", "--task", str(rows), "--prompts", str(tmp_path / "no.json")),
+               r"--prompts .*no such file"),
+              (("--ckpt", str(text), "--out", str(tmp_path)), r"--out .*: is a folder")]
     for argv, msg in cases:
         with pytest.raises(SystemExit) as e:
             main(list(argv))
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
         assert re.search(msg, err), (argv, err)
+
+
+def test_cli_out_creates_its_folder_first(tmp_path, capsys):
+    from chunked import main
+    out = tmp_path / "new" / "cost.md"
+    main(["--task", "cost", "--models", "based-tiny", "--context_lens", "64", "--chunk_len", "32",
+          "--out", str(out)])
+    printed = capsys.readouterr().out
+    assert "| based-tiny | 64 | 32 |" in printed and out.read_text() == printed
 
 
 def test_f1_score():

@@ -230,6 +230,8 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         {"kind": "extraction", "context": "c", "answers": ["x"]}), "list.jsonl": "[1, 2]", "good.jsonl": ok}
     for name, body in files.items():
         (tmp_path / name).write_text(body)
+    latin1 = ok + "\n" + ok.replace("ada", "caf\u00e9") + "\n"
+    (tmp_path / "latin1.jsonl").write_bytes(latin1.encode("latin-1"))
     cases = [
         (("--ckpt", mqar, "--task", "mqar", "--n", "0"), r"--n=0: expected an int >= 1"),
         (("--ckpt", mqar, "--task", "mqar", "--n", "-3"), r"--n=-3"),
@@ -251,6 +253,14 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         (("--task", "mqar"), r"exactly one of --ckpt, --hf or --official"),
         (("--official", str(tmp_path), "--task", str(tmp_path / "nokey.jsonl")), r"missing field 'key'"),
         (("--official", str(tmp_path), "--task", "table1"), r"no config.json in this directory"),
+        (("--ckpt", text, "--task", str(tmp_path / "latin1.jsonl")), r"latin1.jsonl line 2: not UTF-8 text"),
+        (("--ckpt", text, "--task", str(tmp_path / "good.jsonl"), "--style", "clean"),
+         r"--style clean: applies to"),
+        (("--ckpt", text, "--task", "swde", "--style", "fancy"), r"--style fancy: expected one of official"),
+        (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path)), r"--out .*: is a folder"),
+        (("--ckpt", mqar, "--task", "mqar", "--formats", " , "), r"--formats ' , ': name at least one format"),
+        (("--ckpt", mqar, "--task", "mqar", "--out", str(tmp_path / "good.jsonl" / "t.md")),
+         r"--out .*cannot create"),
     ]
     # a missing or non-checkpoint --ckpt: checkpoint.load_checkpoint's one-line message, as "error: ..."
     cases += [(("--ckpt", str(tmp_path / "absent.pt"), "--task", "mqar"), r"absent.pt"),
@@ -260,6 +270,15 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
         assert code == 2, (argv, out, err)
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and "Traceback" not in err, (argv, err)
         assert re.search(msg, err), (argv, err)
+
+
+def test_cli_out_creates_its_folder_first(tmp_path, capsys):
+    model = tiny(("conv", "pla"), vocab=258)
+    mqar = _save(tmp_path / "mqar.pt", model, task="mqar", vocab_size=128, seq_len=32, num_pairs=4)
+    out = tmp_path / "new" / "deeper" / "table.md"
+    code, printed, err = _cli(capsys, "--ckpt", mqar, "--task", "mqar", "--n", "4", "--out", str(out))
+    assert code == 0, err
+    assert out.read_text() == printed
 
 
 def test_builders_refuse_none_empty_and_strings():
@@ -298,40 +317,268 @@ def table1_rows(task):
         return [json.loads(line) for line in f]
 
 
-def test_table1_rows_give_the_official_prompts():
-    from prompt import TABLE1, table1_example
-    ex = {t: [table1_example(t, r) for r in table1_rows(t)] for t in TABLE1}
-    doc = "Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama."
-    assert text_prompt(ex["swde"][0], 1) == doc + " Director:"          # summary cut off, key capitalised
-    assert text_prompt(ex["swde"][0], 2) == f"Information about Director. {doc}\n{doc} Director:"
-    assert text_prompt(ex["swde"][1], 1).endswith("Enrollment: 12,400. Founded:")
-    assert text_prompt(ex["fda"][0], 1).endswith("Predicate device: K912345. Purpose of submission:")
-    ctx = "The Eiffel Tower was completed in 1889 for the World's Fair in Paris."
-    assert text_prompt(ex["nq"][0], 1) == ctx + " The Eiffel Tower was completed in"   # trailing cloze not doubled
-    assert text_prompt(ex["nq"][0], 2) == (f"when was the eiffel tower completed {ctx}\n{ctx} "
-                                           "The Eiffel Tower was completed in")
-    assert "[PAR]" not in text_prompt(ex["triviaqa"][0], 2) and text_prompt(ex["triviaqa"][0], 1) == (
-        "Penguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during the Antarctic")
-    passage = "The Amazon river carries more water than any other river. It flows through Brazil, Peru and Colombia."
-    squad = table1_rows("squad")[0]
-    assert text_prompt(ex["squad"][0], 1) == squad["text"]                # the official default prompt
-    assert text_prompt(ex["squad"][0], 2) == f"{squad['question']} {passage}\n{squad['text']}"
-    assert ex["nq"][1]["answers"] == ["Mount Kilimanjaro", "Kilimanjaro"] and ex["drop"][0]["answers"] == ["17"]
+# The official prompts, written out by hand from the official task code (the lm-eval-harness fork in the JRT
+# repository, lm_eval/tasks/based_*/task.py: doc_to_text of each task class and of its "Twice" subclass)
+# applied to the fixture rows. Each comment names the quirk the string shows.
+OFFICIAL = {
+    ("swde", 0): (  # the page before the summary, stripped, one period, the key capitalised
+        "Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama. Director:",
+        "Information about Director. Title: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\n"
+        "Genre: drama.\nTitle: The Quiet Harbor\nDirector: Mara Lindqvist\nYear: 1998\nGenre: drama. "
+        "Director:"),
+    ("swde", 1): (
+        "University of Elmsworth. Location: Elmsworth, Oregon. Founded: 1871. Enrollment: 12,400. "
+        "Founded:",
+        "Information about Founded. University of Elmsworth. Location: Elmsworth, Oregon. Founded: "
+        "1871. Enrollment: 12,400.\nUniversity of Elmsworth. Location: Elmsworth, Oregon. Founded: "
+        "1871. Enrollment: 12,400. Founded:"),
+    ("fda", 0): (  # removing "purpose of submission:" leaves "K912345. ", which .strip(".") keeps: ". ."
+        "510(k) SUMMARY. Device name: FlowSure catheter. Applicant: Meridian Medical Inc. Predicate "
+        "device: K912345. . Purpose of submission:",
+        "Information about Purpose of submission. 510(k) SUMMARY. Device name: FlowSure catheter. "
+        "Applicant: Meridian Medical Inc. Predicate device: K912345. .\n510(k) SUMMARY. Device name: "
+        "FlowSure catheter. Applicant: Meridian Medical Inc. Predicate device: K912345. . Purpose of "
+        "submission:"),
+    ("fda", 1): (
+        "Applicant: Coastal Diagnostics. Device: RapidStrep test kit. Classification: Class II. "
+        "Applicant:",
+        "Information about Applicant. Applicant: Coastal Diagnostics. Device: RapidStrep test kit. "
+        "Classification: Class II.\nApplicant: Coastal Diagnostics. Device: RapidStrep test kit. "
+        "Classification: Class II. Applicant:"),
+    ("squad", 0): (  # default: `text` as stored; twice: question, the context up to "Question:" unstripped
+        "The Amazon river carries more water than any other river. It flows through Brazil, Peru and "
+        "Colombia. The river that carries the most water is the",
+        "Which river carries the most water? The Amazon river carries more water than any other river. "
+        "It flows through Brazil, Peru and Colombia. \nThe Amazon river carries more water than any "
+        "other river. It flows through Brazil, Peru and Colombia. The river that carries the most water "
+        "is the"),
+    ("squad", 1): (
+        "Marie Curie won two Nobel prizes, in physics and in chemistry. Curie won Nobel prizes in",
+        "In which fields did Curie win Nobel prizes? Marie Curie won two Nobel prizes, in physics and "
+        "in chemistry. \nMarie Curie won two Nobel prizes, in physics and in chemistry. Curie won Nobel "
+        "prizes in"),
+    ("nq", 0): (  # the cloze at the end of the context is not shown twice
+        "The Eiffel Tower was completed in 1889 for the World's Fair in Paris. The Eiffel Tower was "
+        "completed in",
+        "when was the eiffel tower completed The Eiffel Tower was completed in 1889 for the World's "
+        "Fair in Paris.\nThe Eiffel Tower was completed in 1889 for the World's Fair in Paris. The "
+        "Eiffel Tower was completed in"),
+    ("nq", 1): (  # default removes the cloze only case-sensitively, twice ignoring case
+        "Mount Kilimanjaro is the highest mountain in Africa, rising 5,895 metres in Tanzania. the "
+        "highest mountain in Africa is. The highest mountain in Africa is",
+        "what is the highest mountain in africa Mount Kilimanjaro is the highest mountain in Africa, "
+        "rising 5,895 metres in Tanzania.\nMount Kilimanjaro is the highest mountain in Africa, rising "
+        "5,895 metres in Tanzania. The highest mountain in Africa is"),
+    ("triviaqa", 0): (  # the markers go after the strip: their spaces stay
+        "Penguins  Emperor penguins breed during the Antarctic winter. Emperor penguins breed during "
+        "the Antarctic",
+        "In which season do emperor penguins breed? Penguins  Emperor penguins breed during the "
+        "Antarctic winter.\nPenguins  Emperor penguins breed during the Antarctic winter. Emperor "
+        "penguins breed during the Antarctic"),
+    ("triviaqa", 1): (
+        "Jazz  Louis Armstrong was a trumpeter from New Orleans. Louis Armstrong played the",
+        "Which instrument did Louis Armstrong play? Jazz  Louis Armstrong was a trumpeter from New "
+        "Orleans.\nJazz  Louis Armstrong was a trumpeter from New Orleans. Louis Armstrong played the"),
+    ("drop", 0): (
+        "In the first quarter the Bears scored 7 points, and in the second quarter they scored 10 more. "
+        "In the first two quarters the Bears scored",
+        "How many points did the Bears score in the first half? In the first quarter the Bears scored 7 "
+        "points, and in the second quarter they scored 10 more.\nIn the first quarter the Bears scored "
+        "7 points, and in the second quarter they scored 10 more. In the first two quarters the Bears "
+        "scored"),
+    ("drop", 1): (  # default: .strip(".") leaves "town " before ". "; twice strips again
+        "The census counted 4,200 men and 4,500 women in the town . The census counted more",
+        "Were there more men or women? The census counted 4,200 men and 4,500 women in the town.\nThe "
+        "census counted 4,200 men and 4,500 women in the town. The census counted more"),
+}
 
 
-def test_table1_rows_without_their_fields_are_one_line_errors():
+def test_table1_fixture_rows_give_the_official_strings():
+    import copy
+
+    from prompt import TABLE1, official_prompt, table1_example
+    assert {t for t, _ in OFFICIAL} == set(TABLE1)
+    for (task, i), (default, twice) in OFFICIAL.items():
+        row = table1_rows(task)[i]
+        before = copy.deepcopy(row)
+        assert official_prompt(task, row, 1) == default, (task, i)
+        assert official_prompt(task, row, 2) == twice, (task, i)
+        assert row == before                                               # the row is not changed
+        ex = table1_example(task, row)                                     # the harness's path, no cut
+        assert (text_prompt(ex, 1), text_prompt(ex, 2)) == (default, twice)
+
+
+def _reference(task, row, twice):
+    """The official doc_to_text, step by step in the official order, on a copy of the row (the official
+    methods write into the row they are given)."""
+    d = dict(row)
+    if task == "swde":
+        while d["text"].find("Summary of information above...") >= 0:
+            d["text"] = d["text"].split("Summary of information above...")[0]
+        q = d["key"] + ":"
+        while d["text"].lower().endswith(q.lower()):
+            d["text"] = d["text"][:-len(q)]
+        q = d["key"][0].upper() + d["key"][1:] + ":"
+        if not twice:
+            return d["text"].strip("\n").strip().strip("\n").strip().strip(".") + "." + " " + q
+        out = d["text"].strip("\n").strip(".").strip().strip("\n").strip()
+        if not out.endswith("."):
+            out += "."
+        return "Information about " + q.strip(":") + ". " + out + "\n" + out + " " + q
+    if task == "fda":
+        q = d["key"] + ":"
+        while d["text"].lower().endswith(q.lower()):
+            d["text"] = d["text"][:-len(q)]
+        q = d["key"][0].upper() + d["key"][1:] + ":"
+        d["text"] = d["text"].strip("\n").strip(".")
+        out = d["text"]
+        if not out.endswith("."):
+            out += "."
+        if not twice:
+            return out + " " + q
+        return "Information about " + q.strip(":") + ". " + out + "\n" + out + " " + q
+    if task == "squad":
+        if not twice:
+            return d["text"].strip()
+        return d["question"] + " " + d["context"].split("Question:")[0] + "\n" + d["text"].strip()
+    c = d["context"].strip()
+    if task == "triviaqa":
+        c = re.sub(r"\[PAR\]|\[DOC\]|\[TLE\]", "", c)
+    q = d["question"].strip()
+    if task == "nq" and not twice:
+        if c.endswith(q):
+            c = c[:-len(q)]
+        return c.strip().strip(".") + ". " + d["question"].strip()
+    while c.lower().endswith(q.lower()):
+        c = c[:-len(q)]
+    if not twice:
+        return c.strip().strip(".") + ". " + q
+    out = c.strip().strip(".").strip() + "."
+    out += "\n" + out + " " + q
+    return (d["orig_question"] if task == "triviaqa" else d["orig_question"].strip(":")) + " " + out
+
+
+def _perturb(task, row, rng):
+    """The row with random whitespace and punctuation around its fields, the key or cloze repeated (in another
+    case) at the end of the document, and stray markers: the places where the official strips differ."""
+    pick = lambda *xs: xs[rng.randrange(len(xs))]
+    around = lambda s: (pick("", " ", "\n", "  ", " \n", "\n\n") + s
+                        + pick("", " ", "\n", ".", "..", ". ", " .", ".\n", ". \n", " . ", ":"))
+    r = dict(row)
+    if task in ("swde", "fda"):
+        page = r["text"].split("Summary of information above...")[0] if task == "swde" else r["text"]
+        tail = pick("", " " + r["key"] + ":", " " + r["key"].upper() + ":", r["key"] + ":" + r["key"] + ":")
+        page = around(page) + tail + pick("", " ", "\n")
+        if task == "swde":
+            page += "Summary of information above..." + around(" " + r["key"] + ":")
+        r["text"] = page
+        r["key"] = pick(r["key"], r["key"].lower(), r["key"].title(), r["key"] + ":")
+    elif task == "squad":
+        passage = r["context"].split("Question:")[0].strip()
+        r["context"] = around(passage) + pick("", " ", "\n") + "Question: " + around(r["question"])
+        r["question"] = around(r["question"])
+        r["text"] = around(r["text"])
+    else:
+        q = r["question"]
+        r["context"] = around(pick("", "[DOC] ", "[TLE] [PAR] ") + r["context"].strip()) + pick(
+            "", " " + q, " " + q.lower(), " " + q + " " + q, "[PAR]", " " + q + ".")
+        r["question"], r["orig_question"] = around(q), around(r["orig_question"])
+    return r
+
+
+def test_table1_perturbed_rows_give_the_official_strings():
+    import random
+
+    from prompt import TABLE1, clean_example, official_prompt, table1_example
+    rng = random.Random(0)
+    n = differ = 0
+    for task in TABLE1:
+        for row in table1_rows(task):
+            for _ in range(14):                                            # 12 rows x 14 = 168 rows
+                r = _perturb(task, row, rng)
+                for twice in (False, True):
+                    want = _reference(task, r, twice)
+                    assert official_prompt(task, r, 1 + twice) == want, (task, r, twice)
+                    n += 1
+                    try:
+                        differ += text_prompt(clean_example(task, r), 1 + twice) != want
+                    except ValueError:                                     # clean SQuAD cannot split this row
+                        differ += 1
+                assert table1_example(task, r) is not None
+    assert n == 2 * 168 and differ > n // 4                              # the clean style is not the official
+
+
+def test_official_cut_is_the_official_window():
+    from prompt import official_cut
+    abc = "0123456789ABCDEFGHIJanswerKLMNOPQRSTUVWXYZ"                      # one byte, one token
+    cut = lambda text, answers: official_cut(text, answers, BYTES, budget=10)
+    assert cut("\n " + abc + " \n", ["answer"]) == "FGHIJanswe"     # stripped; a = 20: tokens [15, 25)
+    assert cut(abc, ["zzz", "answer", "234"]) == "0123456789"        # the earliest match, a = 2: [0, 10)
+    assert cut(abc, ["XYZ"]) == "STUVWXYZ"                           # a = 39: [34, 42), not moved back
+    assert cut("abcdefgKEY", ["key"]) == "cdefgKEY"                  # shorter than the budget, still cut
+    assert cut(abc, ["absent"]) == "UVWXYZ"                          # no match: a from text[:-1] = 41
+    assert cut("short doc", ["short"]) == "short doc"
+
+
+def test_official_pipeline_cuts_the_text_field_first():
     from prompt import table1_example
-    for task, drop, msg in [("swde", "value", "missing field 'value'"), ("nq", "answers", "missing field 'answers'"),
-                            ("squad", "context", "missing field 'context'"), ("drop", "orig_question", "missing field .orig_question.")]:
-        row = dict(table1_rows(task)[0])
-        del row[drop]
-        with pytest.raises(ValueError, match=f"{task} row 3: {msg}"):
+    # The cut strips the text before doc_to_text: a trailing newline then no longer hides the key.
+    row = {"text": "Applicant: Ortho Inc. purpose of submission:\n", "key": "purpose of submission",
+           "value": "new device"}
+    ex = table1_example("fda", row)
+    assert text_prompt(ex, 1) == "Applicant: Ortho Inc. purpose of submission:. Purpose of submission:"
+    assert text_prompt(ex, 1, BYTES, budget=950) == "Applicant: Ortho Inc. . Purpose of submission:"
+    # SWDE: the key "founded" (token 25) comes before the value (token 34): tokens [20, 30) are kept.
+    row = {"text": "University of Elmsworth. Founded: 1871.\nSummary of information above... founded:",
+           "key": "founded", "value": "1871"}
+    assert text_prompt(table1_example("swde", row), 1, BYTES, budget=10) == "rth. Found. Founded:"
+    # ... and the cut sees the summary too: a window that ends inside its marker keeps that part of it.
+    assert text_prompt(table1_example("swde", row), 1, BYTES, budget=40) == (
+        "rsity of Elmsworth. Founded: 1871.\nSumma. Founded:")                 # tokens [5, 45)
+    # SQuAD: only `text` is cut; the twice prompt's passage comes from the uncut `context`.
+    row = dict(table1_rows("squad")[1])
+    cut = text_prompt(table1_example("squad", row), 2, BYTES, budget=20)
+    passage = row["context"].split("Question:")[0]
+    i = row["text"].index("physics")
+    assert cut == f"{row['question']} {passage}\n{row['text'][i - 10:i + 10].strip()}"
+    # a gold answer or key of one character: the official harness makes no request for the row
+    assert table1_example("fda", dict(row, text="x", key="k", value="yes")) is None
+    assert table1_example("squad", dict(row, value="7")) is None
+    nq = table1_rows("nq")[0]
+    assert table1_example("nq", dict(nq, key="q", value="1889")) is None
+    assert table1_example("nq", nq) is not None
+
+
+def test_table1_clean_style_is_a_named_option():
+    from prompt import TABLE1, table1_example
+    ex = {t: [table1_example(t, r, style="clean") for r in table1_rows(t)] for t in TABLE1}
+    assert text_prompt(ex["fda"][0], 1).endswith("Predicate device: K912345. Purpose of submission:")
+    squad = table1_rows("squad")[0]
+    passage = squad["context"].split("Question:")[0].strip()
+    assert text_prompt(ex["squad"][0], 2) == f"{squad['question']} {passage}\n{squad['text']}"
+    with pytest.raises(ValueError, match="--style clean cannot split"):
+        table1_example("squad", dict(squad, text="Something else."), style="clean")
+    with pytest.raises(ValueError, match="--style 'fancy': expected one of official, clean"):
+        table1_example("squad", squad, style="fancy")
+
+
+def test_table1_rows_the_official_code_cannot_read_are_one_line_errors():
+    from prompt import table1_example
+    for task, change, msg in [
+            ("swde", {"value": None}, "missing field 'value'"),
+            ("nq", {"answers": None}, "missing field 'answers'"),
+            ("squad", {"context": None}, "missing field 'context'"),
+            ("drop", {"orig_question": None}, "missing field .orig_question."),
+            ("fda", {"key": ""}, "field 'key' is empty"),
+            ("fda", {"text": 3}, "field 'text' must be a string"),
+            ("swde", {"text": "page"}, "holds it 0 times"),
+            ("nq", {"question": "  "}, "'question' .the cloze. is empty"),
+            ("triviaqa", {"answers": []}, "'answers' must be a non-empty list"),
+            ("drop", {"answers": "17"}, "'answers' must be a non-empty list")]:
+        row = dict(table1_rows(task)[0], **change)
+        row = {k: v for k, v in row.items() if v is not None}
+        with pytest.raises(ValueError, match=f"{task} row 3: .*{msg}"):
             table1_example(task, row, " 3")
-    with pytest.raises(ValueError, match="does not start with its passage"):
-        table1_example("squad", dict(table1_rows("squad")[0], text="Something else."))
-    ex = __import__("prompt").table1_example("nq", dict(table1_rows("nq")[0], answers=[]))
-    with pytest.raises(ValueError, match="non-empty gold answer"):
-        text_prompt(ex, 1, BYTES)
 
 
 def test_table1_cli_on_fixture_rows(tmp_path, capsys, monkeypatch):
@@ -348,6 +595,8 @@ def test_table1_cli_on_fixture_rows(tmp_path, capsys, monkeypatch):
     assert all(line.split(" | ")[1] == "2" for line in lines[2:8])      # every fixture row evaluated
     code, out, err = _cli(capsys, "--ckpt", text, "--task", "nq,drop", "--n", "1")
     assert code == 0 and len(out.strip().splitlines()) == 5 and "| nq | 1 |" in out
+    code, out, err = _cli(capsys, "--ckpt", text, "--task", "fda,squad", "--style", "clean", "--budget", "0")
+    assert code == 0 and "| fda | 2 |" in out and "| squad | 2 |" in out
     summary = {(t, f): {"n": 2, "accuracy": 0.5} for t in TABLE1 for f in ("default", "jrt")}
     assert table1(summary, "state-spaces/mamba-130m-hf").splitlines()[-1] == (
         f"| average | | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][0]}) | 50.0 (paper {PAPER_AVERAGE['mamba-130m'][1]}) |")
