@@ -1,7 +1,8 @@
 """
 What the GPU compiler makes of kernels.py, read on any machine: every Triton launch of a forward + backward
-at the JRT paper's throughput shape (Table 5: B 16, H 16, T 32768, M 16384, f 16) is compiled ahead of time
-for an H100 (sm_90) and an A100 (sm_80), and the machine code (SASS) and Triton's last IR (TTGIR) are read.
+at the JRT paper's throughput shape (Table 5: B 16, H 16, T 32768, M 16384, f 16; no pad masks, as there) is
+compiled ahead of time for an H100 (sm_90) and an A100 (sm_80), and the machine code (SASS) and Triton's
+last IR (TTGIR) are read.
 No GPU is needed and nothing runs: these are compile facts and counts, never a time.
 
     python bench.py --suite compile [--jobs N] [--out FILE]      # tables on stdout, JSON in out/compile.json
