@@ -109,8 +109,8 @@ def kernel_launches(dtype, dv, B=2, H=2, T=256, M=128, sms=132, masks=True):
 # ----------------------------------------------------------------------------- the work model per kernel
 # For each kernel: its loops' trip counts (the source's `range` loops in order; static_range unrolls) and the
 # bytes all its programs must read or write at least, from the launch's arguments `a` (names as in kernels.py,
-# constexprs included) and its grid. es(x): bytes per element of tensor x. A kernel missing here still gets
-# every SASS column; its ratio assumes one trip per loop and its bytes are left out.
+# constexprs included) and its grid. _es(x): bytes per element of tensor x. A kernel missing here still gets
+# every SASS column; its ratio counts one trip per loop, and its FLOP, atomic adds and bytes are left out.
 
 def _cols(a, width):
     """Columns of `width` the launch's blocks cover: blocks of BV from C0 (a forward launch), clipped."""
@@ -342,8 +342,10 @@ def analyse(job, regs, smem, sass, ttgir):
         useful = sum(p["useful"] * n for p, n in zip(dots, w))
         predicted = sum(p["predicted"] * n for p, n in zip(dots, w))
         threads = 32 * warps
-        out.update(issued_flop=issued, useful_flop=useful, predicted_flop=predicted, flop=useful * programs,
-                   atomic_adds=sum(p["atomic_lanes"] * n for p, n in zip(sass_parts, w)) * threads * programs,
+        adds = sum(p["atomic_lanes"] * n for p, n in zip(sass_parts, w)) * threads * programs
+        out.update(issued_flop=issued, useful_flop=useful, predicted_flop=predicted,
+                   flop=useful * programs if job["modelled"] else None,
+                   atomic_adds=adds if job["modelled"] else None,
                    issued_per_useful=round(issued / useful, 2) if useful and issued else None,
                    layout_per_useful=round(predicted / useful, 2) if useful and predicted else None)
     main = max(range(nloops), key=lambda i: (trips[i] if matched else 0, -i)) if nloops else None
@@ -435,7 +437,9 @@ def launch_table(recs):
             r["kernel"], r["config"], f"{grid} ({r['programs']})", r["regs"], r["stack"], r["local_ops"],
             r["smem"],
             f"{r['ctas_per_sm']} ({r['cta_limit']})", r["waves"],
-            r.get("issued_per_useful") or ("FMA" if not r["mma"] else "?"),
+            r.get("issued_per_useful") or ("FMA" if not r["mma"] else
+                                           f"? (loops: SASS {r['loops_sass']}, TTGIR {r['loops_ttgir']}, "
+                                           f"MODEL {len(r['trips'])})"),
             r.get("layout_per_useful") or "",
             ", ".join(f"{k} ×{n}" for k, n in sorted(r["layouts"].items())) or "none",
             (f"{loop['async_copies']} / {loop['atomics']} / {loop['barriers']} (×{loop['trips']})" if loop
