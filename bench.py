@@ -12,8 +12,9 @@ Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JS
   gpu      the first run on a GPU (`bash bench/gpu.sh`, a few minutes): the kernels' forward and backward
            against the reference on the device, the Table-5 row at T = 32768, B = 16 (with JRT-RNN's
            forward + backward), decode at one context and the train step; also a markdown file in results/.
-  compile  no GPU needed: every Triton kernel compiled for sm_90 and sm_80 (bf16 and fp32, dv 64 and
-           112), with its registers, stack (spill) bytes, shared memory and MMA instruction kinds.
+  compile  no GPU needed: every Triton launch at the Table-5 shape compiled for sm_90 and sm_80 (bf16 and
+           fp32, dv 64 and 112) and read: grid, registers, spills, shared memory, CTAs per SM and waves,
+           MMA FLOP issued ÷ useful, async copies and atomics in the main loop, FLOP and least HBM bytes.
 
 TFLOP/s are those of the work model below (pla_flop, causal attention 2·T²·d per head), i.e. useful
 work per second, whatever the kernel really computes (fla's parallel_based is quadratic). "× floor" is
@@ -30,7 +31,8 @@ On a GPU (bf16), a few minutes each:
 
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test.
-`python bench.py --suite compile [--jobs N]` writes bench/compile.json (about 2 minutes on 2 cores).
+`python bench.py --suite compile [--jobs N]` writes out/compile.json unless --out says otherwise (about
+2 minutes on 2 cores; compile_check.py).
 """
 import argparse
 import gc
