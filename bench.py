@@ -547,7 +547,11 @@ class Sink:
     def __init__(self, folder, meta, S, max_rows=None):
         self.folder, self.meta, self.S, self.max_rows, self.rows = folder, meta, S, max_rows, []
         self.jsonl = open(os.path.join(folder, "gpu.jsonl"), "w")
-        self.line(dict(section="meta", **meta))
+
+    def start(self, **more):
+        """The meta line first, with what the suite found out before its first row (the SDPA backend)."""
+        self.meta.update(more)
+        self.line(dict(section="meta", **self.meta))
         self.save()
 
     def line(self, rec):
@@ -588,7 +592,7 @@ def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
     A row starts only while --budget_s lasts."""
     elt, recs, T5, B5 = torch.finfo(dtype).bits // 8, [], S["T"][-1], S["B"]
     attn_fn, attn_name, sdpa_info = attention(dev, dtype, S)
-    sink.meta.update(sdpa_info)
+    sink.start(**sdpa_info)
     ds = designs(dev, backend)
     mods = {}
 
@@ -847,35 +851,35 @@ def exit_status(results):
     return 1 if bad or results.get("cut") else 0
 
 
-def check_out(p, args, suite):
+def check_out(args, suite):
     """--out before any work: the gpu suite's folder is made (with its parents) or refused in one line;
     another suite's JSON file gets its folder made; a folder given as a file (or a file as the folder) is refused."""
     out = args.out
     if suite == "gpu":
         if os.path.isfile(out):
-            p.error(f"--out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), but this is a file")
+            sys.exit(f"bench.py --out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), but this is a file")
         folder = out
     else:
         if os.path.isdir(out):
-            p.error(f"--out={out}: a folder; give a .json file path (the suite writes one JSON file)")
+            sys.exit(f"bench.py --out={out}: a folder; give a .json file path (the suite writes one JSON file)")
         folder = os.path.dirname(out) or "."
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        p.error(f"--out={out}: cannot make the folder {folder}: {e.strerror}")
+        sys.exit(f"bench.py --out={out}: cannot make the folder {folder}: {e.strerror}")
     if not os.access(folder, os.W_OK):
-        p.error(f"--out={out}: the folder {folder} is not writable")
+        sys.exit(f"bench.py --out={out}: the folder {folder} is not writable")
 
 
-def check_plot(p, fmt):
+def check_plot(fmt):
     """--plot before any work: matplotlib must be there (it is optional) and know the image format."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        p.error("--plot needs matplotlib, which is not installed (pip install matplotlib); or drop --plot")
+        sys.exit("bench.py --plot needs matplotlib, which is not installed (pip install matplotlib); or drop --plot")
     known = Figure().canvas.get_supported_filetypes()
     if fmt not in known:
-        p.error(f"--plot={fmt}: unknown image format; matplotlib writes {', '.join(sorted(known))}")
+        sys.exit(f"bench.py --plot={fmt}: unknown image format; matplotlib writes {', '.join(sorted(known))}")
 
 
 def main(argv=None):
@@ -905,22 +909,22 @@ def main(argv=None):
         import compile_check
         return compile_check.main(args.out, args.jobs, git_commit())
     if args.commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", args.commit):
-        p.error(f"--commit={args.commit}: give a git commit id, 7 to 40 hex digits (e.g. $(git rev-parse HEAD))")
+        sys.exit(f"bench.py --commit={args.commit}: give a git commit id, 7 to 40 hex digits (e.g. $(git rev-parse HEAD))")
     if args.budget_s <= 0:
-        p.error(f"--budget_s={args.budget_s:g}: must be > 0 seconds")
+        sys.exit(f"bench.py --budget_s={args.budget_s:g}: must be > 0 seconds")
     if args.max_rows is not None and args.max_rows < 1:
-        p.error(f"--max_rows={args.max_rows}: must be >= 1")
+        sys.exit(f"bench.py --max_rows={args.max_rows}: must be >= 1")
     try:
         dev = resolve_device(args.device)
     except ValueError as e:
-        p.error(f"--device: {e}")
+        sys.exit(f"bench.py --device: {e}")
     if args.plot:  # before the long runs, not after them
         if args.suite == "gpu":
-            p.error("--plot: the gpu suite writes tables only; use --suite prefill, decode, train or all")
-        check_plot(p, args.plot)
+            sys.exit("bench.py --plot: the gpu suite writes tables only; use --suite prefill, decode, train or all")
+        check_plot(args.plot)
     cuda = dev.type == "cuda"
     if args.suite == "gpu" and not cuda and not args.tiny:
-        p.error(f"--suite gpu: no CUDA device here (device {dev}, torch {torch.__version__}, CUDA available: "
+        sys.exit(f"bench.py --suite gpu: no CUDA device here (device {dev}, torch {torch.__version__}, CUDA available: "
                 f"{torch.cuda.is_available()}); --tiny runs its tiny CPU form")
 
     dtype = torch.bfloat16 if cuda else torch.float32
@@ -939,7 +943,7 @@ def main(argv=None):
     date = datetime.now(timezone.utc)
     if args.out is None:
         args.out = f"out/gpu-{slug}-{date:%Y-%m-%d}" if args.suite == "gpu" else f"out/bench-{args.suite}-{slug}.json"
-    check_out(p, args, args.suite)
+    check_out(args, args.suite)
     meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda, commit=commit,
                 date=date.isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
                 sizes="tiny" if tiny else "gpu", size_table=S, dtype=str(dtype),

@@ -13,7 +13,8 @@
 #   6. decode; 7. a training step of the 360M presets.
 # Each row is written to DIR as soon as it is measured: DIR/gpu.jsonl (a line per row), DIR/gpu.json and
 # DIR/gpu.md (rewritten whole), so a run cut short keeps what it finished. Rows start only within
-# --budget_s (300 s). The exit status is 1 if a row failed or the run was cut, 2 for bad arguments.
+# --budget_s (300 s). The exit status is 1 if a row failed (an error or a wrong result), the run was cut
+# short, or an argument was refused (one line, before any work).
 #
 # Without CUDA it refuses, unless --tiny is given (the tiny CPU form, seconds). Where .git is absent
 # (a copy of the tree), pass --commit "$(git rev-parse HEAD)" from the checkout it was copied from.
