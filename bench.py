@@ -14,9 +14,10 @@ Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JS
   compile  no GPU needed: every Triton kernel compiled for sm_90 and sm_80 (compile_check.py).
 
 TFLOP/s are those of the work model below (pla_flop, causal attention 2·T²·d per head; forward + backward
-3.5× the forward), i.e. useful work per second, whatever the kernel really computes (fla's parallel_based is
-quadratic). "× floor" is latency over max(FLOP / peak, least bytes / bandwidth) on the devices of PEAK. Our
-kernels compute the normaliser too; the paper's CUDA kernels did not. Decode is eager PyTorch (no CUDA graphs).
+3.5× the forward), i.e. useful work per second, whatever the kernel really computes (fla's parallel_based
+is quadratic). "× floor" is latency over max(FLOP / peak, least bytes / bandwidth) on the devices of PEAK.
+Our kernels compute the normaliser too; the paper's CUDA kernels did not. Decode is eager PyTorch (no CUDA
+graphs).
 
 On a GPU (bf16), a few minutes each:
 
@@ -55,17 +56,18 @@ from model import Config, Model, resolve_device
 
 SIZES = {
     "gpu": dict(
-        H=16, f=16, dv=64,                             # JRT paper, Table 5: 16 heads, f = 16, dv = 64 (FA2: 16 of 64)
-        T=(2048, 4096, 8192, 16384, 32768), B=16,      # prefill sweep over T at B = 16: the paper's table
-        B_sweep=(2, 4, 8, 16, 32, 64), T_at=16384,     # prefill sweep over B at T = 16k
-        check_T=512,                                   # queries per row checked against the reference (8 chunks)
-        runs=(3, 10, 1.0),                             # warm-up calls; at least 10 timed; more while < 1 s
+        H=16, f=16, dv=64,                         # JRT paper, Table 5: 16 heads, f 16, dv 64 (FA2: 16 of 64)
+        T=(2048, 4096, 8192, 16384, 32768), B=16,  # prefill sweep over T at B = 16: the paper's table
+        B_sweep=(2, 4, 8, 16, 32, 64), T_at=16384,  # prefill sweep over B at T = 16k
+        check_T=512,                               # queries per row checked against the reference (8 chunks)
+        runs=(3, 10, 1.0),                         # warm-up calls; at least 10 timed; more while < 1 s
         decode=("jrt-360m", "transformer-360m"), decode_T=(1024, 2048, 4096, 8192, 16384, 32768),
         decode_B=(1, 2, 4, 8, 16, 32, 64), decode_steps=16,
-        train=("jrt-360m", "based-360m", "transformer-360m"), train_B=8, train_T=2048,   # T, M = 2048, 1024 (JRT paper)
-        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv) with pads and a state
-        grad_T=1024,  # gpu suite: T of the gradient checks at the timed B, H, dv, dtype (float64 reference memory)
-        quick_T=(8192,), quick_B=(1, 16)),                       # gpu suite: decode at one context
+        train=("jrt-360m", "based-360m", "transformer-360m"),
+        train_B=8, train_T=2048,                   # T, M = 2048, 1024 (JRT paper)
+        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv), pads, a state
+        grad_T=1024,          # gpu suite: T of the gradient checks at the timed B, H, dv (float64 memory)
+        quick_T=(8192,), quick_B=(1, 16)),         # gpu suite: decode at one context
     "tiny": dict(
         H=2, f=16, dv=64, T=(128, 256), B=2, B_sweep=(1, 2), T_at=128, check_T=256, runs=(1, 2, 0.0),
         decode=("jrt-tiny", "transformer-tiny"), decode_T=(64, 128), decode_B=(1, 2), decode_steps=4,
@@ -83,20 +85,21 @@ TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-4}  # max |y - ref| / max |ref|
 
 # ----------------------------------------------------------------------------- work models (per head)
 
-BACKWARD = 2.5  # backward FLOP / forward FLOP: FlashAttention-2's count (Dao 2023, §4), and PLA's (kernels.py)
+BACKWARD = 2.5  # backward FLOP / forward FLOP: FlashAttention-2's count (Dao 2023, §4); PLA's (kernels.py)
 
 
 def work(kind, T, S, elt, backward=False):
-    """(FLOP, bytes) of one call per head. Causal softmax attention: 2·2·T²·d/2, QKᵀ and PV on half the scores.
-    The bytes are the least traffic: read the inputs, write the output. With backward, of the forward and the
-    backward together: (1 + BACKWARD)× the FLOP; the backward reads the inputs and the output's gradient and
-    writes the inputs' gradients."""
+    """(FLOP, bytes) of one call per head. Causal softmax attention: 2·2·T²·d/2, QKᵀ and PV on half the
+    scores. The bytes are the least traffic: read the inputs, write the output. With backward, of the forward
+    and the backward together: (1 + BACKWARD)× the FLOP; the backward reads the inputs and the output's
+    gradient and writes the inputs' gradients."""
     f, dv = S["f"], S["dv"]
     if kind == "attn":
         flop, n_in, n_out = 2 * T * T * dv, 3 * T * dv, T * dv
     else:
         T, M = (2 * T, 0) if kind == "prompt" else (T, T // 2 if kind == "pla" else 0)
-        flop, n_in, n_out = pla_flop(T, M, f, dv), T * (2 * f + dv) + M * (f + dv), T * dv  # q, k, v, k_enc, v_enc
+        n_in = T * (2 * f + dv) + M * (f + dv)  # q, k, v, k_enc, v_enc
+        flop, n_out = pla_flop(T, M, f, dv), T * dv
     if backward:
         return (1 + BACKWARD) * flop, elt * (3 * n_in + 2 * n_out)
     return flop, elt * (n_in + n_out)
@@ -164,9 +167,9 @@ def sdpa(q, k, v):
     return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-FLA_HOW = ("carry a folder of wheels made with `pip download --no-deps --only-binary=:all: -d .whl fla-core==0.6.0` "
-           "and run `bash bench/gpu.sh --wheels .whl ...` (it installs them with pip --target into a temporary folder "
-           "put on PYTHONPATH)")
+FLA_HOW = ("carry a folder of wheels made with `pip download --no-deps --only-binary=:all: -d .whl "
+           "fla-core==0.6.0` and run `bash bench/gpu.sh --wheels .whl ...` (it installs them with "
+           "pip --target into a temporary folder put on PYTHONPATH)")
 
 
 def fla_rows(names=("fused_chunk_based", "parallel_based")):
@@ -181,10 +184,10 @@ def fla_rows(names=("fused_chunk_based", "parallel_based")):
         fn = getattr(based, name)
 
         # fla takes (B, T, H, ·), scales q by f^-½ itself (so s = q·k/√f, as ours) and adds 1e-6 to the
-        # normaliser. It transposes to (B, H, T, ·), and fla 0.6.0's input_guard then makes q, k, v contiguous:
-        # a copy unless they already are. Our inputs are contiguous (B, H, T, ·), handed over as (B, T, H, ·)
-        # views, so fla's transpose gives the contiguous tensors back and that copy is a no-op: the time is
-        # fla's kernels' (and its division by the normaliser), not a layout change.
+        # normaliser. It transposes to (B, H, T, ·), and fla 0.6.0's input_guard then makes q, k, v
+        # contiguous: a copy unless they already are. Our inputs are contiguous (B, H, T, ·), handed over as
+        # (B, T, H, ·) views, so fla's transpose gives the contiguous tensors back and that copy is a no-op:
+        # the time is fla's kernels' (and its division by the normaliser), not a layout change.
         def run(q, k, v, fn=fn):
             return fn(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)).transpose(1, 2)
         rows.append(Row(f"Based, fla {name}", "based", run))
@@ -200,7 +203,7 @@ def default_rows(backend):
     if backend != "torch":  # the PyTorch backend as rows of their own, "OOM" where it does not fit
         rows += [Row("Based, ours (torch)", "based", ours("torch")),
                  Row("JRT-RNN, ours (torch, M = T/2)", "pla", ours("torch"))]
-    return rows + [r for r in fla_rows() if r.skip is None]  # the prefill suite leaves fla out if it is missing
+    return rows + [r for r in fla_rows() if r.skip is None]  # the prefill suite leaves out a missing fla
 
 
 def make_inputs(row, B, T, S, dev, dtype):
@@ -275,7 +278,7 @@ def derive(rec, row, recs, S, elt, peak):
                ref_implementation=base[0]["implementation"] if base else None,
                speedup_vs_fa2=base[0]["ms"] / rec["ms"] if base else None)
     if peak:
-        rec["floor_ms"] = 1e3 * max(flop / peak[0], nbytes / peak[1])  # compute- or memory-bound, whichever is slower
+        rec["floor_ms"] = 1e3 * max(flop / peak[0], nbytes / peak[1])  # compute- or memory-bound: the slower
         rec["x_floor"] = rec["ms"] / rec["floor_ms"]
     return rec
 
@@ -327,7 +330,7 @@ def decode_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
                 try:
                     if one is None:
                         one = model.prefill(torch.randint(cfg.vocab_size, (1, T), device=dev))[1]
-                    rec["cache_bytes_per_seq"] = sum(t.nbytes for t in tensors(one))  # all layers, at context T
+                    rec["cache_bytes_per_seq"] = sum(t.nbytes for t in tensors(one))  # all layers, context T
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
                     cache, tok = batched(one, B), torch.randint(cfg.vocab_size, (B,), device=dev)
@@ -341,7 +344,7 @@ def decode_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
                     dt = time.perf_counter() - t0
                     rec.update(status="ok", ms_per_step=1e3 * dt / n, tokens_per_s=B * n / dt)
                     if dev.type == "cuda":
-                        rec["peak_bytes"] = torch.cuda.max_memory_allocated()  # weights + caches + activations
+                        rec["peak_bytes"] = torch.cuda.max_memory_allocated()  # weights, caches, activations
                 except Exception as e:  # noqa: BLE001
                     rec.update(failure(e))
                 del cache
@@ -414,7 +417,8 @@ def designs(dev, backend):
     try:
         prev = load_prev()
     except Exception as e:  # noqa: BLE001  (reported as the rows' status)
-        return out + [("pla_prev (triton)", None, None, f"bench/pla_prev.py cannot be loaded: {failure(e)['error']}")]
+        why = f"bench/pla_prev.py cannot be loaded: {failure(e)['error']}"
+        return out + [("pla_prev (triton)", None, None, why)]
     return out + [("pla_prev (triton)", prev.pla, prev, None)]
 
 
@@ -445,7 +449,7 @@ def attention(dev, dtype, S):
                 warnings.simplefilter("always")
                 F.scaled_dot_product_attention(x, x, x, is_causal=True)
         except Exception as e:  # noqa: BLE001  (no kernel of this backend for these inputs on this device)
-            why = [str(w.message).splitlines()[0] for w in said] + [f"{type(e).__name__}: {e}".splitlines()[0]]
+            why = [str(w.message).splitlines()[0] for w in said] + [failure(e)["error"]]
             tried[name] = "; ".join(why)[:300]
             continue
 
@@ -465,15 +469,18 @@ def kernel_checks(S, dev, dtype, backend):
     D = 1 + f + f * f
     for B, H, T, M, dv in S["checks"]:
         r = lambda *shape: torch.randn(*shape, generator=g).to(dtype).double()  # noqa: E731   (rounded once)
-        x = dict(q=r(B, H, T, f), k=r(B, H, T, f), v=r(B, H, T, dv), k_enc=r(B, H, M, f), v_enc=r(B, H, M, dv))
-        x["S"], x["z"] = pla_reference(r(B, H, 20, f), r(B, H, 20, f), r(B, H, 20, dv))[1]  # an earlier prefill's
-        pads = {n: (torch.rand(B, L, generator=g) < 0.2).to(dev) for n, L in (("pad_mask", T), ("enc_pad_mask", M))}
+        x = dict(q=r(B, H, T, f), k=r(B, H, T, f), v=r(B, H, T, dv), k_enc=r(B, H, M, f),
+                 v_enc=r(B, H, M, dv))
+        x["S"], x["z"] = pla_reference(r(B, H, 20, f), r(B, H, 20, f), r(B, H, 20, dv))[1]  # a prefill's
+        pads = {n: (torch.rand(B, L, generator=g) < 0.2).to(dev)
+                for n, L in (("pad_mask", T), ("enc_pad_mask", M))}
         w = [torch.randn(n, generator=g, dtype=torch.float64).to(dev)  # the loss's weights on y, S, z
              for n in ((B, H, T, dv), (B, H, D, dv), (B, H, D))]
         out = {}
         for name in ("ours", "reference"):
-            t = {n: a.to(dev, torch.float64 if name == "reference" else torch.float32 if n in ("S", "z") else dtype)
-                 .requires_grad_() for n, a in x.items()}
+            typ = {n: torch.float64 if name == "reference" else torch.float32 if n in ("S", "z") else dtype
+                   for n in x}
+            t = {n: a.to(dev, typ[n]).requires_grad_() for n, a in x.items()}
             args, state = [t[n] for n in ("q", "k", "v", "k_enc", "v_enc")], (t["S"], t["z"])
             try:
                 y, st = (pla(*args, state=state, return_state=True, backend=backend, **pads) if name == "ours"
@@ -500,8 +507,9 @@ def grad_check(fn, kind, B, T, S, dev, dtype):
     """y and every input's gradient of fn (a pla-like function) against the float64 reference on the same
     device and the same rounded inputs, at unit scale, without pads: max |got - ref| / max |ref| each."""
     H, f, dv, M = S["H"], S["f"], S["dv"], T // 2 if kind == "pla" else 0
-    shapes = dict(q=(B, H, T, f), k=(B, H, T, f), v=(B, H, T, dv), **(dict(k_enc=(B, H, M, f), v_enc=(B, H, M, dv))
-                                                                       if M else {}))
+    shapes = dict(q=(B, H, T, f), k=(B, H, T, f), v=(B, H, T, dv))
+    if M:
+        shapes.update(k_enc=(B, H, M, f), v_enc=(B, H, M, dv))
     x = {n: torch.randn(*s, device=dev, dtype=dtype) for n, s in shapes.items()}
     w = torch.randn(B, H, T, dv, device=dev, dtype=torch.float64)  # the loss's weights on y
     out = {}
@@ -560,7 +568,8 @@ class Sink:
         os.fsync(self.jsonl.fileno())
 
     def save(self):
-        atomic_write(os.path.join(self.folder, "gpu.json"), json.dumps(dict(meta=self.meta, rows=self.rows), indent=1))
+        atomic_write(os.path.join(self.folder, "gpu.json"),
+                     json.dumps(dict(meta=self.meta, rows=self.rows), indent=1))
         atomic_write(os.path.join(self.folder, "gpu.md"), gpu_markdown(self.meta, self.rows, self.S))
 
     def add(self, section, rec):
@@ -568,7 +577,7 @@ class Sink:
         self.rows.append(rec)
         self.line(rec)
         self.save()
-        name = rec.get("implementation") or rec.get("design") or rec.get("model") or f"dv = {rec.get('dv')}"
+        name = row_name(rec)
         ms = f" {rec['ms']:.3f} ms" if rec.get("ms") else ""
         print(f"{section}: {name} B={rec.get('B')} T={rec.get('T')}: {rec['status'][:80]}{ms}", flush=True)
         if self.max_rows is not None and len(self.rows) >= self.max_rows:
@@ -585,7 +594,8 @@ def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
          while it ran: 0 means it ran binaries checked here;
       2. the JRT paper's Table-5 row (T 32768, B 16, forward): FlashAttention-2, JRT-RNN, JRT-Prompt and
          Based of both designs, fla's fused_chunk_based, with speed-ups over FlashAttention-2 in the same run;
-      3. forward + backward of JRT-RNN (both designs) and of fla, against FlashAttention-2's forward + backward;
+      3. forward + backward of JRT-RNN (both designs) and of fla, against FlashAttention-2's forward +
+         backward;
       4. the sweeps of Table 5: T from 2k to 32k at B 16, B from 2 to 64 at T 16k;
       5. pads, a starting state, odd T and M and dv 112 against the reference (the model's paths);
       6. decode at one context, 7. a training step of the 360M presets.
@@ -632,8 +642,9 @@ def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
 
     for label, fn, mod, why in ds:  # 1.
         for kind in ("pla", "based"):
-            rec = dict(design=label, kind=kind, B=B5, H=S["H"], T=S["grad_T"], M=S["grad_T"] // 2 if kind == "pla"
-                       else 0, dv=S["dv"], dtype=str(dtype), err=None)
+            M = S["grad_T"] // 2 if kind == "pla" else 0
+            rec = dict(design=label, kind=kind, B=B5, H=S["H"], T=S["grad_T"], M=M, dv=S["dv"],
+                       dtype=str(dtype), err=None)
             if why or budget.over():
                 sink.add("grad_checks", dict(rec, status=f"skipped: {why}" if why else budget.over()))
                 continue
@@ -650,9 +661,10 @@ def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
     for row in rows(True, kinds=("pla",)):  # 3.
         timed("fwd_bwd", row, B5, T5)
     sweep_rows = rows(False, kinds=("pla", "prompt"), prev_kinds=("pla",))
-    for sweep, cells in (("T", [(B5, T) for T in S["T"]]), ("B", [(B, S["T_at"]) for B in S["B_sweep"]])):  # 4.
+    cells = dict(T=[(B5, T) for T in S["T"]], B=[(B, S["T_at"]) for B in S["B_sweep"]])
+    for sweep in ("T", "B"):  # 4.
         for row in sweep_rows:
-            for B, T in cells:
+            for B, T in cells[sweep]:
                 timed("sweep", row, B, T, sweep)
     over = budget.over()  # 5.
     for rec in ([dict(B=B, H=H, T=T, M=M, dv=dv, dtype=str(dtype), backend=backend, status=over)
@@ -665,8 +677,8 @@ def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
                 for B in S["quick_B"]:
                     sink.add("decode", dict(model=preset, T=T, B=B, tokens_per_s=None, status=over))
             continue
-        decode_suite(dict(S, decode=(preset,), decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype, "auto",
-                     peak, emit=lambda r: sink.add("decode", r))
+        decode_suite(dict(S, decode=(preset,), decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype,
+                     "auto", peak, emit=lambda r: sink.add("decode", r))
     for preset in S["train"]:  # 7.
         over = budget.over()
         if over:
@@ -683,12 +695,12 @@ def pivot(recs, keys, col, cell, extra=None):
     """Markdown: one line per distinct value of `keys`, one column per value of `col`, cell(rec) in each
     cell that ran (else its status)."""
     cols = list(dict.fromkeys(r[col] for r in recs))
-    lines = ["| " + " | ".join([*keys, *(f"{col} = {c}" for c in cols), *([extra[0]] if extra else [])]) + " |",
-             "|" + "---|" * (len(keys) + len(cols) + bool(extra))]
+    head = [*keys, *(f"{col} = {c}" for c in cols), *([extra[0]] if extra else [])]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key in dict.fromkeys(tuple(r[k] for k in keys) for r in recs):
         mine = [r for r in recs if tuple(r[k] for k in keys) == key]
         by = {r[col]: r for r in mine}
-        show = lambda r: cell(r) if r["status"] == "ok" else r["status"].split(":")[0]  # noqa: E731   (wrong, OOM, ...)
+        show = lambda r: cell(r) if r["status"] == "ok" else word(r)  # noqa: E731   (wrong, OOM, skipped)
         lines.append("| " + " | ".join([*map(str, key), *(show(by[c]) if c in by else "" for c in cols),
                                         *([extra[1](mine)] if extra else [])]) + " |")
     return lines
@@ -708,9 +720,9 @@ def tables(suite, recs, S):
         for r in recs:
             e = r.get("err") or {}
             grads = [v for n, v in e.items() if n[0] == "d"]
-            cells = [f"{e['y']:.1e}", f"{max(e['S'], e['z']):.1e}", f"{max(grads):.1e}"] if e else ["", "", ""]
-            out.append("| " + " | ".join([", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv")), r["dtype"],
-                                          r["backend"], *cells, r["status"].split(":")[0]]) + " |")
+            cells = [f"{e['y']:.1e}", f"{max(e['S'], e['z']):.1e}", f"{max(grads):.1e}"] if e else [""] * 3
+            shape = ", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv"))
+            out.append("| " + " | ".join([shape, r["dtype"], r["backend"], *cells, word(r)]) + " |")
     elif suite == "prefill":
         for sweep, col, fixed in (("T", "T", f"B = {S['B']}"), ("B", "B", f"T = {S['T_at']}")):
             rs = [r for r in recs if r["sweep"] == sweep]
@@ -720,35 +732,45 @@ def tables(suite, recs, S):
             out += [f"\n### prefill latency, ms ({fixed}, H = {S['H']}; × = speed-up vs FlashAttention-2)\n"]
             out += pivot(rs, ["implementation"], col, lambda r: f"{r['ms']:.3f}{x(r)}", ("check", verdict))
             fl = lambda r: f" ({r['x_floor']:.1f}× floor)" if r.get("x_floor") else ""  # noqa: E731
-            out += [f"\n### prefill TFLOP/s by the work model ({fixed}; × floor = latency / roofline floor)\n"]
+            out += [f"\n### prefill TFLOP/s by the work model ({fixed}; × floor = latency / roofline floor)"
+                    "\n"]
             out += pivot(rs, ["implementation"], col, lambda r: f"{r['tflops']:.3g}{fl(r)}")
     elif suite == "decode":
-        mb = lambda r: f"{r['cache_bytes_per_seq'] / 1e6:.2f}" if "cache_bytes_per_seq" in r else "-"  # noqa: E731
+        mb = lambda r: f"{r['cache_bytes_per_seq'] / 1e6:.2f}" if "cache_bytes_per_seq" in r else "-"  # noqa
         rs = [dict(r, **{"cache MB/seq": mb(r)}) for r in recs]
         out += ["\n### decode tokens/s (greedy Model.step; cache MB per sequence at context T)\n"]
         out += pivot(rs, ["model", "T", "cache MB/seq"], "B",
-                     lambda r: f"{r['tokens_per_s']:.0f}" if r["tokens_per_s"] >= 100 else f"{r['tokens_per_s']:.3g}")
+                     lambda r: format(r["tokens_per_s"], ".0f" if r["tokens_per_s"] >= 100 else ".3g"))
         if any("peak_bytes" in r for r in recs):
             out += ["\n### decode peak GPU memory, GB (weights + caches + activations)\n"]
             out += pivot(recs, ["model", "T"], "B", lambda r: f"{r.get('peak_bytes', 0) / 1e9:.2f}")
     else:
         out += ["\n### train step (forward, backward, AdamW)\n",
-                "| model | params | B × T | ms/step | tokens/s | TFLOP/s | MFU |", "|---|---|---|---|---|---|---|"]
+                "| model | params | B × T | ms/step | tokens/s | TFLOP/s | MFU |", "|" + "---|" * 7]
         for r in recs:
             mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
             cells = ([f"{r['params'] / 1e6:.1f}M", f"{r['B']} × {r['T']}", f"{r['ms']:.1f}",
                       f"{r['tokens_per_s']:.0f}", f"{r['tflops']:.3g}", mfu]
-                     if r["status"] == "ok" else ["", f"{r['B']} × {r['T']}", r["status"].split(":")[0], "", "", ""])
+                     if r["status"] == "ok" else ["", f"{r['B']} × {r['T']}", word(r), "", "", ""])
             out.append("| " + " | ".join([r["model"], *cells]) + " |")
     return "\n".join(out + notes(recs))
+
+
+def word(r):
+    """A row's status in one word for a table cell: ok, wrong, OOM, error, skipped (the reason goes below)."""
+    return r["status"].split(":")[0]
+
+
+def row_name(r):
+    return (r.get("implementation") or r.get("design") or r.get("model")
+            or f"T = {r.get('T')}, dv = {r.get('dv')}")
 
 
 def notes(recs):
     """One line per row that could not run: its error, or why it was skipped (once per distinct reason)."""
     out, seen = [], set()
     for r in recs:
-        name = (r.get("implementation") or r.get("design") or r.get("model")
-                or f"T = {r.get('T')}, dv = {r.get('dv')}")
+        name = row_name(r)
         line = (f"- {name}: error: {r['error']}" if r["status"] == "error" else
                 f"- {name}: {r['status']}" if r["status"].startswith("skipped") else None)
         if line and line not in seen:
@@ -763,9 +785,10 @@ def cells_table(recs):
     for r in recs:
         ok = r["status"] == "ok"
         f = lambda k, fmt: format(r[k], fmt) if ok and r.get(k) is not None else ""  # noqa: E731
-        check = r["status"].split(":")[0] + (f" (err {r['err']:.1e})" if r.get("err") is not None else "")
-        out.append("| " + " | ".join([r["implementation"], f("ms", ".3f"), f("speedup_vs_fa2", ".3g"),
-                                      f("tflops", ".3g"), f("x_floor", ".1f"), f("x_forward", ".2f"), check]) + " |")
+        check = word(r) + (f" (err {r['err']:.1e})" if r.get("err") is not None else "")
+        cells = [f("ms", ".3f"), f("speedup_vs_fa2", ".3g"), f("tflops", ".3g"), f("x_floor", ".1f"),
+                 f("x_forward", ".2f")]
+        out.append("| " + " | ".join([r["implementation"], *cells, check]) + " |")
     return out
 
 
@@ -778,18 +801,20 @@ def gpu_markdown(meta, rows, S):
            + (f" (did not run: {meta['sdpa_not_run']})" if meta.get("sdpa_not_run") else "")]
     sec = lambda name: [r for r in rows if r["section"] == name]  # noqa: E731
     if sec("grad_checks"):
-        out += ["\n### forward and every gradient at the timed B, H, dv and dtype, against the float64 reference",
+        out += ["\n### forward and every gradient at the timed B, H, dv and dtype, against the float64 "
+                "reference"
                 "(max |got - ref| / max |ref|; no pads, T and M multiples of 64: the timed kernels)\n",
                 "| design | kind | B, H, T, M, dv | dtype | y | worst gradient | check |", "|" + "---|" * 7]
         for r in sec("grad_checks"):
             e = r.get("err") or {}
             grads = [v for n, v in e.items() if n[0] == "d"]
             cells = [f"{e['y']:.1e}", f"{max(grads):.1e}"] if e else ["", ""]
-            out.append("| " + " | ".join([r["design"], r["kind"], ", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv")),
-                                          r["dtype"], *cells, r["status"].split(":")[0]]) + " |")
+            shape = ", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv"))
+            out.append("| " + " | ".join([r["design"], r["kind"], shape, r["dtype"], *cells, word(r)]) + " |")
         out += notes(sec("grad_checks"))
-    for name, title in (("table5", "forward"), ("fwd_bwd", "forward + backward, against FlashAttention-2's forward + "
-                                                "backward; work model 3.5× the forward")):
+    for name, title in (("table5", "forward"),
+                        ("fwd_bwd", "forward + backward, against FlashAttention-2's forward + backward; work "
+                                    "model 3.5× the forward")):
         if sec(name):
             r0 = sec(name)[0]
             out += [f"\n### JRT paper Table 5 row, {title} (B = {r0['B']}, T = {r0['T']}, H = {S['H']})\n"]
@@ -836,16 +861,16 @@ def git_commit():
 
 def failed(results):
     """The rows that failed (an error, or a result that disagrees with the reference), over all suites."""
-    return [r for k, v in results.items() if k not in ("meta", "cut") for r in v if r["status"] in ("error", "wrong")]
+    return [r for k, v in results.items() if k not in ("meta", "cut") for r in v
+            if r["status"] in ("error", "wrong")]
 
 
 def exit_status(results):
     """1 when the run was cut short or a row failed (each failure named on one line), else 0."""
     bad = failed(results)
     for r in bad:
-        name = r.get("implementation") or r.get("design") or r.get("model") or f"T = {r.get('T')}, dv = {r.get('dv')}"
-        print(f"bench.py: {r.get('section', '')} {name}: {r['status']} {r.get('error', r.get('err', ''))}"[:400],
-              file=sys.stderr)
+        why = r.get("error", r.get("err", ""))
+        print(f"bench.py: {r.get('section', '')} {row_name(r)}: {r['status']} {why}"[:400], file=sys.stderr)
     if results.get("cut"):
         print(f"bench.py: cut short: {results['cut']}", file=sys.stderr)
     return 1 if bad or results.get("cut") else 0
@@ -853,15 +878,17 @@ def exit_status(results):
 
 def check_out(args, suite):
     """--out before any work: the gpu suite's folder is made (with its parents) or refused in one line;
-    another suite's JSON file gets its folder made; a folder given as a file (or a file as the folder) is refused."""
+    another suite's JSON file gets its folder made; a folder given as a file (or a file as the folder) is
+    refused."""
     out = args.out
     if suite == "gpu":
         if os.path.isfile(out):
-            sys.exit(f"bench.py --out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), but this is a file")
+            sys.exit(f"bench.py --out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), "
+                     "but this is a file")
         folder = out
     else:
         if os.path.isdir(out):
-            sys.exit(f"bench.py --out={out}: a folder; give a .json file path (the suite writes one JSON file)")
+            sys.exit(f"bench.py --out={out}: a folder; give a .json file path (the suite writes one file)")
         folder = os.path.dirname(out) or "."
     try:
         os.makedirs(folder, exist_ok=True)
@@ -876,7 +903,8 @@ def check_plot(fmt):
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        sys.exit("bench.py --plot needs matplotlib, which is not installed (pip install matplotlib); or drop --plot")
+        sys.exit("bench.py --plot needs matplotlib, which is not installed (pip install matplotlib); "
+                 "or drop --plot")
     known = Figure().canvas.get_supported_filetypes()
     if fmt not in known:
         sys.exit(f"bench.py --plot={fmt}: unknown image format; matplotlib writes {', '.join(sorted(known))}")
@@ -885,31 +913,35 @@ def check_plot(fmt):
 def main(argv=None):
     p = argparse.ArgumentParser(prog="bench.py", description="JRT-RNN benchmarks (JRT paper, Table 5); "
                                                              "see the docstring of bench.py")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "gpu", "compile"), default="prefill")
-    p.add_argument("--tiny", action="store_true", help="the tiny sizes (automatic without CUDA, except --suite gpu)")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "gpu", "compile"),
+                   default="prefill")
+    p.add_argument("--tiny", action="store_true",
+                   help="the tiny sizes (automatic without CUDA, except for --suite gpu, which refuses)")
     p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
     p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
-                   help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; torch on CPU)")
+                   help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; "
+                        "torch on CPU)")
     p.add_argument("--out", default=None, help="JSON file (default out/bench-<suite>-<device>.json); "
                                                "--suite gpu: a folder (default out/gpu-<device>-<date>)")
     p.add_argument("--plot", nargs="?", const="png", default=None, metavar="FORMAT",
-                   help="also draw figures beside the JSON, as png (default) or another format matplotlib writes "
-                        "(needs matplotlib: pip install matplotlib)")
+                   help="also draw figures beside the JSON, as png (default) or another format matplotlib "
+                        "writes (needs matplotlib: pip install matplotlib)")
     p.add_argument("--peak", type=float, nargs=2, metavar=("TFLOPS", "TBPS"),
                    help="the device's dense bf16 TFLOP/s and memory TB/s, for the floor and MFU")
     p.add_argument("--commit", default=None, help="the commit measured, for a copy of the tree without .git "
                                                   "(default: git describe, else 'unknown')")
-    p.add_argument("--budget_s", type=float, default=300., help="gpu suite: rows start only within this many "
-                                                                "seconds (the whole run then ends in about a minute more)")
-    p.add_argument("--max_rows", type=int, default=None, help="gpu suite: stop after this many rows, as a lease cut "
-                                                              "short would (exits 1; the rows stay)")
+    p.add_argument("--budget_s", type=float, default=300.,
+                   help="gpu suite: rows start only within these seconds (the run ends about a minute later)")
+    p.add_argument("--max_rows", type=int, default=None,
+                   help="gpu suite: stop after this many rows, as a cut lease would (exits 1; the rows stay)")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compile suite: parallel compiles")
     args = p.parse_args(argv)
     if args.suite == "compile":  # compile_check.py: what the GPU compiler makes of kernels.py, no GPU needed
         import compile_check
         return compile_check.main(args.out, args.jobs, git_commit())
     if args.commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", args.commit):
-        sys.exit(f"bench.py --commit={args.commit}: give a git commit id, 7 to 40 hex digits (e.g. $(git rev-parse HEAD))")
+        sys.exit(f"bench.py --commit={args.commit}: give a git commit id, 7 to 40 hex digits "
+                 "(e.g. $(git rev-parse HEAD))")
     if args.budget_s <= 0:
         sys.exit(f"bench.py --budget_s={args.budget_s:g}: must be > 0 seconds")
     if args.max_rows is not None and args.max_rows < 1:
@@ -920,12 +952,13 @@ def main(argv=None):
         sys.exit(f"bench.py --device: {e}")
     if args.plot:  # before the long runs, not after them
         if args.suite == "gpu":
-            sys.exit("bench.py --plot: the gpu suite writes tables only; use --suite prefill, decode, train or all")
+            sys.exit("bench.py --plot: the gpu suite writes tables only; use --suite prefill, decode, train "
+                     "or all")
         check_plot(args.plot)
     cuda = dev.type == "cuda"
     if args.suite == "gpu" and not cuda and not args.tiny:
-        sys.exit(f"bench.py --suite gpu: no CUDA device here (device {dev}, torch {torch.__version__}, CUDA available: "
-                f"{torch.cuda.is_available()}); --tiny runs its tiny CPU form")
+        sys.exit(f"bench.py --suite gpu: no CUDA device here (device {dev}, torch {torch.__version__}, "
+                 f"CUDA available: {torch.cuda.is_available()}); --tiny runs its tiny CPU form")
 
     dtype = torch.bfloat16 if cuda else torch.float32
     tiny = args.tiny or not cuda
@@ -939,17 +972,20 @@ def main(argv=None):
     except ImportError:
         triton_version = None
     commit = args.commit or git_commit() or "unknown (no .git here and no --commit given)"
-    slug = (re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu") + ("-tiny" if tiny else "")
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
+    slug += "-tiny" if tiny else ""
     date = datetime.now(timezone.utc)
     if args.out is None:
-        args.out = f"out/gpu-{slug}-{date:%Y-%m-%d}" if args.suite == "gpu" else f"out/bench-{args.suite}-{slug}.json"
+        args.out = (f"out/gpu-{slug}-{date:%Y-%m-%d}" if args.suite == "gpu"
+                    else f"out/bench-{args.suite}-{slug}.json")
     check_out(args, args.suite)
-    meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda, commit=commit,
-                date=date.isoformat(timespec="seconds"), command=" ".join(["python", *sys.argv]),
+    meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
+                commit=commit, date=date.isoformat(timespec="seconds"),
+                command=" ".join(["python", *sys.argv]),
                 sizes="tiny" if tiny else "gpu", size_table=S, dtype=str(dtype),
                 peak_flops=peak and peak[0], peak_bytes_per_s=peak and peak[1])
-    print(f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · {meta['date']} · "
-          f"{meta['sizes']} sizes, {dtype}", flush=True)
+    print(f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · "
+          f"{meta['date']} · {meta['sizes']} sizes, {dtype}", flush=True)
     results = dict(meta=meta)
     torch.manual_seed(0)
     if args.suite == "gpu":
@@ -974,7 +1010,7 @@ def main(argv=None):
         fn = {"prefill": prefill_suite, "decode": decode_suite, "train": train_suite}[suite]
         results[suite] = fn(S, dev, dtype, backend, peak)
         print(tables(suite, results[suite], S))
-        atomic_write(args.out, json.dumps(results, indent=1))  # after every suite: a run cut short keeps those done
+        atomic_write(args.out, json.dumps(results, indent=1))  # after every suite: a cut run keeps those done
     print(f"\nwrote {args.out}")
     if args.plot:
         plot(results, os.path.splitext(args.out)[0], args.plot)
@@ -983,4 +1019,4 @@ def main(argv=None):
 
 if __name__ == "__main__":
     res = main()
-    sys.exit(exit_status(res if isinstance(res, dict) else {"compile": res}))  # the compile suite returns its rows
+    sys.exit(exit_status(res if isinstance(res, dict) else {"compile": res}))  # compile returns its rows

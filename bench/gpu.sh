@@ -4,8 +4,9 @@
 #   bash bench/gpu.sh --out DIR [--commit SHA] [--wheels FOLDER] [more bench.py options]
 #
 # In this order, most important first (bench.py's gpu_suite says more):
-#   1. forward and every gradient of both kernel designs, kernels.pla and the previous one (bench/pla_prev.py),
-#      against the float64 reference on the device, at the timed B, H, dv and bf16 (T 1024: the same kernels);
+#   1. forward and every gradient of both kernel designs, kernels.pla and the previous one
+#      (bench/pla_prev.py), against the float64 reference on the device, at the timed B, H, dv and bf16
+#      (T 1024: the same compiled kernels);
 #   2. the JRT paper's Table-5 row (T 32768, B 16): FlashAttention-2 (the SDPA backend that ran is recorded),
 #      JRT-RNN, JRT-Prompt and Based of both designs side by side, fla's fused_chunk_based;
 #   3. forward + backward against FlashAttention-2's forward + backward;
