@@ -554,7 +554,7 @@ class Sink:
 
     def __init__(self, folder, meta, S, max_rows=None):
         self.folder, self.meta, self.S, self.max_rows, self.rows = folder, meta, S, max_rows, []
-        self.jsonl = open(os.path.join(folder, "gpu.jsonl"), "w")
+        self.jsonl, self.t0 = open(os.path.join(folder, "gpu.jsonl"), "w"), time.monotonic()
 
     def start(self, **more):
         """The meta line first, with what the suite found out before its first row (the SDPA backend)."""
@@ -573,7 +573,7 @@ class Sink:
         atomic_write(os.path.join(self.folder, "gpu.md"), gpu_markdown(self.meta, self.rows, self.S))
 
     def add(self, section, rec):
-        rec = dict(rec, section=section)
+        rec = dict(rec, section=section, done_s=round(time.monotonic() - self.t0, 1))  # to size later budgets
         self.rows.append(rec)
         self.line(rec)
         self.save()
@@ -677,15 +677,24 @@ def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
                 for B in S["quick_B"]:
                     sink.add("decode", dict(model=preset, T=T, B=B, tokens_per_s=None, status=over))
             continue
-        decode_suite(dict(S, decode=(preset,), decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype,
-                     "auto", peak, emit=lambda r: sink.add("decode", r))
+        try:
+            decode_suite(dict(S, decode=(preset,), decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype,
+                         "auto", peak, emit=lambda r: sink.add("decode", r))
+        except Exception as e:  # noqa: BLE001  (the model itself could not be built: one row says why)
+            sink.add("decode", dict(model=preset, T=S["quick_T"][0], B=S["quick_B"][0], tokens_per_s=None,
+                                    **failure(e)))
+            free(True)
     for preset in S["train"]:  # 7.
         over = budget.over()
         if over:
             sink.add("train", dict(model=preset, B=S["train_B"], T=S["train_T"], ms=None, status=over))
             continue
-        train_suite(dict(S, train=(preset,), runs=(2, 5, 0.5)), dev, dtype, "auto", peak,
-                    emit=lambda r: sink.add("train", r))
+        try:
+            train_suite(dict(S, train=(preset,), runs=(2, 5, 0.5)), dev, dtype, "auto", peak,
+                        emit=lambda r: sink.add("train", r))
+        except Exception as e:  # noqa: BLE001  (as for decode)
+            sink.add("train", dict(model=preset, B=S["train_B"], T=S["train_T"], ms=None, **failure(e)))
+            free(True)
     return sink.rows
 
 
@@ -802,7 +811,7 @@ def gpu_markdown(meta, rows, S):
     sec = lambda name: [r for r in rows if r["section"] == name]  # noqa: E731
     if sec("grad_checks"):
         out += ["\n### forward and every gradient at the timed B, H, dv and dtype, against the float64 "
-                "reference"
+                "reference",
                 "(max |got - ref| / max |ref|; no pads, T and M multiples of 64: the timed kernels)\n",
                 "| design | kind | B, H, T, M, dv | dtype | y | worst gradient | check |", "|" + "---|" * 7]
         for r in sec("grad_checks"):
