@@ -776,12 +776,15 @@ def row_name(r):
 
 
 def notes(recs):
-    """One line per row that could not run: its error, or why it was skipped (once per distinct reason)."""
+    """One line per row that could not run (its error, or why it was skipped; once per distinct reason), or
+    that ran kernels the gradient checks did not (Triton compiled some while it was timed)."""
     out, seen = [], set()
     for r in recs:
         name = row_name(r)
         line = (f"- {name}: error: {r['error']}" if r["status"] == "error" else
-                f"- {name}: {r['status']}" if r["status"].startswith("skipped") else None)
+                f"- {name}: {r['status']}" if r["status"].startswith("skipped") else
+                f"- {name}: Triton compiled {r['kernels_compiled_while_timed']} kernels while it was timed: its "
+                "binaries are not those the gradient checks ran" if r.get("kernels_compiled_while_timed") else None)
         if line and line not in seen:
             seen.add(line)
             out.append(("\n" if not out else "") + line)
