@@ -9,8 +9,9 @@ Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JS
   decode   tokens/s of Model.step and the cache memory per sequence at growing context: constant
            state (jrt-360m) vs growing KV cache (transformer-360m).
   train    tokens/s and MFU of one training step (forward, backward, AdamW) of the 360M presets.
-  gpu      the first run on a GPU, `bash bench/gpu.sh --out DIR` (≤ 6 minutes on one H100, see gpu_suite):
-           every row written to DIR as soon as it is measured, most important first.
+  gpu      the first run on a GPU, `bash bench/gpu.sh --out DIR`, sized to end within 6 minutes on one H100
+           (--budget_s; see gpu_suite): every row written to DIR as soon as it is measured, most
+           important first.
   compile  no GPU needed: every Triton kernel compiled for sm_90 and sm_80 (compile_check.py).
 
 TFLOP/s are those of the work model below (pla_flop, causal attention 2·T²·d per head; forward + backward

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The first run on a GPU, one command, at most about 6 minutes on one H100:
+# The first run on a GPU, one command, sized to end within 6 minutes on one H100 (--budget_s):
 #
 #   bash bench/gpu.sh --out DIR [--commit SHA] [--wheels FOLDER] [more bench.py options]
 #
