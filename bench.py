@@ -34,6 +34,7 @@ under out/ (git-ignored) unless --out says otherwise. The exit status is 1 when 
 or a wrong result) or the run was cut short.
 """
 import argparse
+import contextlib
 import gc
 import importlib.util
 import json
@@ -535,8 +536,9 @@ class Budget:
                 else None)
 
 
-class Cut(Exception):
-    """The run stops before its end (--max_rows, SIGTERM or Ctrl-C); the rows written so far stay."""
+class Cut(BaseException):
+    """The run stops before its end (--max_rows, SIGTERM or Ctrl-C); the rows written so far stay. A
+    BaseException, like KeyboardInterrupt, so that a row's `except Exception` does not take it for its error."""
 
 
 def atomic_write(path, text):
@@ -546,6 +548,20 @@ def atomic_write(path, text):
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(path + ".tmp", path)
+
+
+@contextlib.contextmanager
+def held_signals():
+    """SIGINT and SIGTERM wait until the block is done (where the platform can hold them)."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class Sink:
@@ -575,9 +591,10 @@ class Sink:
 
     def add(self, section, rec):
         rec = dict(rec, section=section, done_s=round(time.monotonic() - self.t0, 1))  # to size later budgets
-        self.rows.append(rec)
-        self.line(rec)
-        self.save()
+        with held_signals():  # a row is in all three files or in none, whenever a stop comes
+            self.rows.append(rec)
+            self.line(rec)
+            self.save()
         name = row_name(rec)
         ms = f" {rec['ms']:.3f} ms" if rec.get("ms") else ""
         print(f"{section}: {name} B={rec.get('B')} T={rec.get('T')}: {rec['status'][:80]}{ms}", flush=True)

@@ -4,8 +4,10 @@ Times themselves are not checked."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -204,14 +206,34 @@ def test_gpu_fwd_bwd_row_is_against_fa2_fwd_bwd(gpu_tiny):
         assert r["x_forward"] == pytest.approx(r["ms"] / fwd[r["implementation"]]["ms"])
 
 
-def test_gpu_cut_short_keeps_its_rows_and_fails(tmp_path):
-    """A run stopped after 3 rows (as a lease cut short) keeps those rows on disk and exits non-zero."""
-    run = gpu_sh(tmp_path / "cut", "--max_rows", "3")
-    assert run.returncode == 1 and "cut short: stopped after 3 rows" in run.stderr, run.stderr[-2000:]
+def test_gpu_cut_short_keeps_its_rows_and_fails(tmp_path, monkeypatch):
+    """A run stopped after 3 rows (as a lease cut short) keeps those rows on disk and fails."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the previous design is skipped: no interpreted kernels here
+    res = bench.main(["--suite", "gpu", "--tiny", "--out", str(tmp_path / "cut"), "--max_rows", "3"])
+    assert res["cut"] == "stopped after 3 rows (--max_rows 3)" and bench.exit_status(res) == 1
     lines = (tmp_path / "cut" / "gpu.jsonl").read_text().splitlines()
     rows = json.loads((tmp_path / "cut" / "gpu.json").read_text())["rows"]
-    assert len(lines) == 4 and [json.loads(x) for x in lines[1:]] == rows and len(rows) == 3
+    assert len(lines) == 4 and [json.loads(x) for x in lines[1:]] == rows == res["gpu"] and len(rows) == 3
     assert tables((tmp_path / "cut" / "gpu.md").read_text())  # the finished rows' table
+
+
+def test_gpu_sigterm_keeps_its_rows_and_exits_nonzero(tmp_path):
+    """SIGTERM (how a lease or a cluster ends a job) mid-run: every row finished is in all three files, and
+    the exit status is 1."""
+    out = tmp_path / "term"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHON": sys.executable}
+    p = subprocess.Popen(["bash", "bench/gpu.sh", "--tiny", "--out", str(out)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while time.monotonic() < end and p.poll() is None and (
+            not (out / "gpu.jsonl").exists() or len((out / "gpu.jsonl").read_text().splitlines()) < 6):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "cut short: signal SIGTERM" in err, err[-2000:]
+    lines = (out / "gpu.jsonl").read_text().splitlines()
+    rows = json.loads((out / "gpu.json").read_text())["rows"]
+    assert len(rows) >= 5 and [json.loads(x) for x in lines[1:]] == rows
 
 
 def test_gpu_failed_row_is_written_and_exits_nonzero(tmp_path, monkeypatch):
