@@ -538,7 +538,8 @@ class Budget:
 
 class Cut(BaseException):
     """The run stops before its end (--max_rows, SIGTERM or Ctrl-C); the rows written so far stay. A
-    BaseException, like KeyboardInterrupt, so that a row's `except Exception` does not take it for its error."""
+    BaseException, like KeyboardInterrupt, so that a row's `except Exception` does not take it for its
+    error."""
 
 
 def atomic_write(path, text):
@@ -799,10 +800,11 @@ def notes(recs):
     out, seen = [], set()
     for r in recs:
         name = row_name(r)
+        new = r.get("kernels_compiled_while_timed")
         line = (f"- {name}: error: {r['error']}" if r["status"] == "error" else
                 f"- {name}: {r['status']}" if r["status"].startswith("skipped") else
-                f"- {name}: Triton compiled {r['kernels_compiled_while_timed']} kernels while it was timed: its "
-                "binaries are not those the gradient checks ran" if r.get("kernels_compiled_while_timed") else None)
+                f"- {name}: Triton compiled {new} kernels while it was timed: its binaries are not those the "
+                "gradient checks ran" if new else None)
         if line and line not in seen:
             seen.add(line)
             out.append(("\n" if not out else "") + line)

@@ -248,8 +248,8 @@ def test_gpu_failed_row_is_written_and_exits_nonzero(tmp_path, monkeypatch):
     assert bench.exit_status(res) == 1 and bench.exit_status(dict(res, cut=None)) == 1
     assert bench.exit_status({"meta": {}, "train": [{"status": "ok"}], "decode": [{"status": "OOM"}]}) == 0
     said = bench.notes([dict(implementation="x", status="ok", kernels_compiled_while_timed=2)])
-    assert said == ["\n- x: Triton compiled 2 kernels while it was timed: its binaries are not those the gradient "
-                    "checks ran"]
+    assert said == ["\n- x: Triton compiled 2 kernels while it was timed: its binaries are not those the "
+                    "gradient checks ran"]
 
 
 def test_gpu_suite_refuses_without_cuda(tmp_path, capsys):
