@@ -831,6 +831,8 @@ def gpu_markdown(meta, rows, S):
            f"commit {meta['commit']} · {meta['date']} · {meta['sizes']} sizes, {meta['dtype']}\n",
            f"softmax attention ran as SDPA backend {meta.get('sdpa_backend')}"
            + (f" (did not run: {meta['sdpa_not_run']})" if meta.get("sdpa_not_run") else "")]
+    if meta.get("cut"):
+        out.append(f"\n**This run was cut short ({meta['cut']}): the rows below are those it finished.**")
     sec = lambda name: [r for r in rows if r["section"] == name]  # noqa: E731
     if sec("grad_checks"):
         out += ["\n### forward and every gradient at the timed B, H, dv and dtype, against the float64 "
@@ -1030,9 +1032,11 @@ def main(argv=None):
         try:
             gpu_suite(S, dev, dtype, backend, peak, sink, Budget(args.budget_s))
         except (Cut, KeyboardInterrupt) as e:
-            results["cut"] = str(e) or "interrupted (Ctrl-C)"
+            results["cut"] = sink.meta["cut"] = str(e) or "interrupted (Ctrl-C)"
+            sink.save()  # gpu.json and gpu.md say that the run was cut short, and why
         finally:
             signal.signal(signal.SIGTERM, old)
+            sink.jsonl.close()
         results["gpu"] = sink.rows
         print("\n" + gpu_markdown(meta, sink.rows, S))
         print(f"wrote {args.out}/gpu.json, gpu.jsonl and gpu.md ({len(sink.rows)} rows)")

@@ -214,7 +214,9 @@ def test_gpu_cut_short_keeps_its_rows_and_fails(tmp_path, monkeypatch):
     lines = (tmp_path / "cut" / "gpu.jsonl").read_text().splitlines()
     rows = json.loads((tmp_path / "cut" / "gpu.json").read_text())["rows"]
     assert len(lines) == 4 and [json.loads(x) for x in lines[1:]] == rows == res["gpu"] and len(rows) == 3
-    assert tables((tmp_path / "cut" / "gpu.md").read_text())  # the finished rows' table
+    md = (tmp_path / "cut" / "gpu.md").read_text()
+    assert tables(md) and "cut short (stopped after 3 rows" in md  # the finished rows' table, and why no more
+    assert json.loads((tmp_path / "cut" / "gpu.json").read_text())["meta"]["cut"] == res["cut"]
 
 
 def test_gpu_sigterm_keeps_its_rows_and_exits_nonzero(tmp_path):
