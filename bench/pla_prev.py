@@ -1,8 +1,8 @@
 """
 The previous design of the Triton PLA kernels, frozen: a verbatim copy of the Triton part of kernels.py as
-of commit 1a42602 (before the kernels were redesigned so that each MMA is issued once and the chunk loops
-prefetch). It is kept only so that `bash bench/gpu.sh` can time it side by side with kernels.pla in the
-same run; nothing else imports it, and it is not maintained. kernels.py holds the algorithm and its docs.
+of commit 1a42602, the design before the current kernels.py. It is kept only so that `bash bench/gpu.sh`
+can time it side by side with kernels.pla in the same run; only bench.py (and its test) load it, and it
+is not maintained. kernels.py holds the algorithm and its docs.
 
     pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None, return_state=False)
 
