@@ -4,8 +4,10 @@ Times themselves are not checked."""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -34,7 +36,7 @@ def tables(text):
 
 
 def test_prefill_tables_shape_and_checks(tmp_path, capsys):
-    out = tmp_path / "prefill.json"
+    out = tmp_path / "a" / "b" / "prefill.json"  # a missing folder is made, before the work
     res = bench.main(["--suite", "prefill", "--out", str(out), *TINY])
     ts = tables(capsys.readouterr().out)
     assert len(ts) == 4  # latency and TFLOP/s, for the sweep over T and the sweep over B
@@ -72,12 +74,13 @@ def test_wrong_failing_and_oom_rows_are_reported_not_timed():
     status = {}
     for r in recs:
         status.setdefault(r["implementation"], set()).add(r["status"])
-    assert status == {"right": {"ok"}, "s twice too big": {"wrong"}, "encoder ignored": {"wrong"}, "NaN": {"wrong"},
-                      "oom": {"OOM"}, "broken": {"error"}}
+    assert status == {"right": {"ok"}, "s twice too big": {"wrong"}, "encoder ignored": {"wrong"},
+                      "NaN": {"wrong"}, "oom": {"OOM"}, "broken": {"error"}}
     assert all(r["ms"] is None for r in recs if r["implementation"] != "right")
     t = tables(bench.tables("prefill", recs, S))[0]
     cells = {r[0]: r[1:] for r in t[1:]}
-    assert cells["s twice too big"][:-1] == ["wrong"] * len(S["T"]) and cells["s twice too big"][-1].startswith("wrong")
+    assert cells["s twice too big"][:-1] == ["wrong"] * len(S["T"])
+    assert cells["s twice too big"][-1].startswith("wrong")
     assert cells["oom"][:-1] == ["OOM"] * len(S["T"]) and cells["broken"][0] == "error"
     assert "broken: error: RuntimeError: kernel launch failed" in bench.tables("prefill", recs, S)
 
@@ -87,11 +90,18 @@ def test_flop_model_is_the_jrt_papers_table_5_shape():
     flop, nbytes = (x * 16 * 16 for x in bench.work("pla", 32768, bench.SIZES["gpu"], 2))  # 32k, B = H = 16
     assert abs(flop / 0.83e12 - 1) < 0.01 and abs(nbytes / 3.4e9 - 1) < 0.02  # Table 5: 0.83 TFLOP, 3.4 GB
     assert abs(bench.work("attn", 32768, bench.SIZES["gpu"], 2)[0] * 256 / 35e12 - 1) < 0.01  # FA2: 35 TFLOP
+    for kind in ("attn", "pla", "prompt"):  # forward + backward: 3.5× the FLOP, the gradients' traffic on top
+        (f1, b1), (f2, b2) = (bench.work(kind, 4096, bench.SIZES["gpu"], 2, backward=b)
+                              for b in (False, True))
+        assert f2 == 3.5 * f1 and 2.5 * b1 < b2 < 3 * b1
 
 
-def test_decode_table_and_cache_constant_vs_growing(tmp_path, capsys):
-    out = tmp_path / "decode.json"
-    bench.main(["--suite", "decode", "--out", str(out), *TINY])
+def test_decode_table_and_cache_constant_vs_growing(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default output goes under out/ (git-ignored), never bench/ or results/
+    bench.main(["--suite", "decode", *TINY])
+    out = tmp_path / "out" / "bench-decode-cpu-tiny.json"
+    if torch.cuda.is_available():
+        out = next((tmp_path / "out").glob("bench-decode-*-tiny.json"))
     S = bench.SIZES["tiny"]
     t = tables(capsys.readouterr().out)[0]
     assert t[0] == ["model", "T", "cache MB/seq", *(f"B = {b}" for b in S["decode_B"])]
@@ -99,7 +109,7 @@ def test_decode_table_and_cache_constant_vs_growing(tmp_path, capsys):
     assert all(re.fullmatch(NUM, c) for r in t[1:] for c in r[2:]), t
     recs = json.loads(out.read_text())["decode"]
     assert all(r["status"] == "ok" and r["tokens_per_s"] > 0 for r in recs)
-    for name in S["decode"]:  # the bytes are the model's state numbers at 4 bytes (fp32), plus attn's bool masks
+    for name in S["decode"]:  # the bytes: the model's state numbers at 4 bytes (fp32), plus attn's bool masks
         model = Model(Config.from_preset(name))
         for r in (r for r in recs if r["model"] == name):
             extra = r["cache_bytes_per_seq"] - 4 * model.state_size(r["T"])["total"]
@@ -120,31 +130,174 @@ def test_train_table(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["flop_per_token"] > 6 * r["params"] for r in res["train"])
 
 
-def test_gpu_script_runs_its_tiny_form(tmp_path):
-    """bash bench/gpu.sh is the one command for a GPU; here its tiny form (the CPU, or --tiny) must run
-    every part and write its JSON and markdown: kernel checks, the Table-5 row, decode, train."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    assert subprocess.run(["bash", "-n", "bench/gpu.sh"], cwd=root).returncode == 0
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0"}  # one thread: the models are tiny
-    out = subprocess.run(["bash", "bench/gpu.sh", "--tiny", "--out", str(tmp_path / "g.json")], cwd=root, env=env,
-                         capture_output=True, text=True, timeout=240)
-    assert out.returncode == 0, out.stderr[-3000:]
-    ts, md = tables(out.stdout), (tmp_path / "g.md").read_text()
-    assert len(ts) == 5 and all(tables(md)[i] == t for i, t in enumerate(ts))  # checks, prefill ×2, decode, train
-    assert [r[-1] for r in ts[0][1:]] == ["ok", "ok"] and {r[0].split(", ")[-1] for r in ts[0][1:]} == {"64", "112"}
-    names = [r[0] for r in ts[1][1:]]
-    assert names[0] == bench.FA2 and any(n.startswith("JRT-RNN") and n.endswith("forward + backward") for n in names)
-    assert all(r[-1].startswith("ok") for r in ts[1][1:]) and ts[1][0][1] == f"T = {bench.SIZES['tiny']['T'][-1]}"
-    res = json.loads((tmp_path / "g.json").read_text())["gpu"]
-    assert set(res) == {"checks", "prefill", "decode", "train"}
-    assert all(r["status"] == "ok" for part in res.values() for r in part)
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_bad_device_and_plot_without_matplotlib_stop_up_front(monkeypatch, capsys):
+def gpu_sh(out, *args, env=None):
+    """bash bench/gpu.sh --tiny --out out ... on one thread, without the interpreter (the previous Triton
+    design is then skipped, said so in its rows), with this Python."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHON": sys.executable,
+           **(env or {})}
+    return subprocess.run(["bash", "bench/gpu.sh", "--tiny", "--out", str(out), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+
+
+@pytest.fixture(scope="module")
+def gpu_tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu") / "run"  # a folder that does not exist yet: the script makes it
+    return out, gpu_sh(out, "--commit", "0123abc")
+
+
+def test_gpu_script_tiny_form_writes_a_row_per_measurement(gpu_tiny):
+    """bash bench/gpu.sh is the one command for a GPU; its tiny form runs every step and leaves one JSON line
+    per finished row, the same rows in gpu.json and their tables in gpu.md."""
+    out, run = gpu_tiny
+    assert subprocess.run(["bash", "-n", "bench/gpu.sh"], cwd=ROOT).returncode == 0
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(x) for x in (out / "gpu.jsonl").read_text().splitlines()]
+    meta, rows = lines[0], lines[1:]
+    assert meta["section"] == "meta" and meta["commit"] == "0123abc" and meta["sizes"] == "tiny"
+    assert {"device", "torch", "triton", "cuda", "date", "command", "sdpa_backend"} <= set(meta)
+    saved = json.loads((out / "gpu.json").read_text())
+    assert saved["rows"] == rows and saved["meta"]["commit"] == "0123abc"
+    order = ["grad_checks", "table5", "fwd_bwd", "sweep", "checks", "decode", "train"]
+    assert list(dict.fromkeys(r["section"] for r in rows)) == order  # the most important steps first
+    assert all(r["status"] == "ok" or r["status"].startswith("skipped: ") for r in rows)
+    S = bench.SIZES["tiny"]
+    table5 = [r for r in rows if r["section"] == "table5"]
+    assert {(r["B"], r["T"]) for r in table5} == {(S["B"], S["T"][-1])}
+    names = [r["implementation"] for r in table5]
+    assert names[0] == (bench.FA2 if meta["sdpa_backend"] == "FLASH_ATTENTION" else names[0])
+    assert names[0].startswith("FlashAttention-2") == (meta["sdpa_backend"] == "FLASH_ATTENTION")
+    cuda = torch.cuda.is_available()
+    for kind in ("JRT-RNN", "JRT-Prompt", "Based"):  # both designs side by side
+        assert {n.split(", ")[1] for n in names if n.startswith(kind + ",") and ", fla" not in n} == \
+            {f"kernels.pla ({'triton' if cuda else 'torch'})", "pla_prev (triton)"}
+    prev = [r for r in rows if "pla_prev" in (r.get("implementation") or r.get("design") or "")]
+    assert prev and all(r["status"] == "ok" if cuda else "needs CUDA (or TRITON_INTERPRET=1" in r["status"]
+                        for r in prev)  # without CUDA it is said, not silent
+    fla = [r for r in rows if (r.get("implementation") or "").startswith("Based, fla")]
+    assert fla and all(r["status"].startswith("skipped: fla not importable") and "--wheels" in r["status"]
+                       for r in fla) or all(r["status"] == "ok" for r in fla)
+    grads = [r for r in rows if r["section"] == "grad_checks" and r["status"] == "ok"]
+    assert {(r["kind"], r["B"], r["H"], r["T"], r["dv"]) for r in grads} == \
+        {(k, S["B"], S["H"], S["grad_T"], S["dv"]) for k in ("pla", "based")}  # the timed B, H, dv
+    assert all({"y", "dq", "dk", "dv"} <= set(r["err"]) for r in grads)
+    sweep = {(r["sweep"], r["B"], r["T"]) for r in rows if r["section"] == "sweep"}
+    assert sweep == {("T", S["B"], T) for T in S["T"]} | {("B", B, S["T_at"]) for B in S["B_sweep"]}
+    md = (out / "gpu.md").read_text()
+    assert tables(md) and tables(md) == tables(run.stdout[run.stdout.index("# bash bench/gpu.sh"):])
+    assert "0123abc" in md and "SDPA backend" in md
+
+
+def test_gpu_fwd_bwd_row_is_against_fa2_fwd_bwd(gpu_tiny):
+    """The forward + backward rows' speed-up is over FlashAttention-2's forward + backward of the same run
+    (not its forward), and their TFLOP/s come from the forward + backward work model."""
+    rows = json.loads((gpu_tiny[0] / "gpu.json").read_text())["rows"]
+    fb = [r for r in rows if r["section"] == "fwd_bwd" and r["status"] == "ok"]
+    ref = [r for r in fb if r["ref"]]
+    assert len(ref) == 1 and ref[0]["step"] == "forward + backward" and ref[0]["speedup_vs_fa2"] == 1
+    fwd = {r["implementation"]: r for r in rows if r["section"] == "table5" and r["status"] == "ok"}
+    assert fwd[ref[0]["implementation"]]["ms"] != ref[0]["ms"]
+    ours = [r for r in fb if r["implementation"].startswith("JRT-RNN, kernels.pla")]
+    assert len(ours) == 1
+    for r in ours:
+        assert r["step"] == "forward + backward" and r["ref_implementation"] == ref[0]["implementation"]
+        assert r["speedup_vs_fa2"] == pytest.approx(ref[0]["ms"] / r["ms"])
+        assert r["flop"] == pytest.approx((1 + bench.BACKWARD) * fwd[r["implementation"]]["flop"])
+        assert r["x_forward"] == pytest.approx(r["ms"] / fwd[r["implementation"]]["ms"])
+
+
+def test_gpu_cut_short_keeps_its_rows_and_fails(tmp_path, monkeypatch):
+    """A run stopped after 3 rows (as a lease cut short) keeps those rows on disk and fails."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # the previous design is skipped: no interpreted kernels here
+    res = bench.main(["--suite", "gpu", "--tiny", "--out", str(tmp_path / "cut"), "--max_rows", "3"])
+    assert res["cut"] == "stopped after 3 rows (--max_rows 3)" and bench.exit_status(res) == 1
+    lines = (tmp_path / "cut" / "gpu.jsonl").read_text().splitlines()
+    rows = json.loads((tmp_path / "cut" / "gpu.json").read_text())["rows"]
+    assert len(lines) == 4 and [json.loads(x) for x in lines[1:]] == rows == res["gpu"] and len(rows) == 3
+    md = (tmp_path / "cut" / "gpu.md").read_text()
+    assert tables(md) and "cut short (stopped after 3 rows" in md  # the finished rows' table, and why no more
+    assert json.loads((tmp_path / "cut" / "gpu.json").read_text())["meta"]["cut"] == res["cut"]
+
+
+def test_gpu_sigterm_keeps_its_rows_and_exits_nonzero(tmp_path):
+    """SIGTERM (how a lease or a cluster ends a job) mid-run: every row finished is in all three files, and
+    the exit status is 1."""
+    out = tmp_path / "term"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TRITON_INTERPRET": "0", "PYTHON": sys.executable}
+    p = subprocess.Popen(["bash", "bench/gpu.sh", "--tiny", "--out", str(out)], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    end = time.monotonic() + 120
+    while time.monotonic() < end and p.poll() is None and (
+            not (out / "gpu.jsonl").exists() or len((out / "gpu.jsonl").read_text().splitlines()) < 6):
+        time.sleep(0.1)
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 1 and "cut short: signal SIGTERM" in err, err[-2000:]
+    lines = (out / "gpu.jsonl").read_text().splitlines()
+    rows = json.loads((out / "gpu.json").read_text())["rows"]
+    assert len(rows) >= 5 and [json.loads(x) for x in lines[1:]] == rows
+
+
+def test_gpu_failed_row_is_written_and_exits_nonzero(tmp_path, monkeypatch):
+    """A row that raises is a row with its error, the run goes on, and the exit status is 1."""
+    def broken(*a, **k):
+        raise RuntimeError("kernel launch failed (simulated)")
+    monkeypatch.setattr(bench, "pla", broken)
+    res = bench.main(["--suite", "gpu", "--tiny", "--out", str(tmp_path), "--max_rows", "2"])
+    assert [r["status"] for r in res["gpu"]] == ["error", "error"] and res["cut"]
+    assert "kernel launch failed" in res["gpu"][0]["error"]
+    assert json.loads((tmp_path / "gpu.json").read_text())["rows"] == res["gpu"]
+    assert bench.exit_status(res) == 1 and bench.exit_status(dict(res, cut=None)) == 1
+    assert bench.exit_status({"meta": {}, "train": [{"status": "ok"}], "decode": [{"status": "OOM"}]}) == 0
+    said = bench.notes([dict(implementation="x", status="ok", kernels_compiled_while_timed=2)])
+    assert said == ["\n- x: Triton compiled 2 kernels while it was timed: its binaries are not those the "
+                    "gradient checks ran"]
+
+
+def test_gpu_suite_refuses_without_cuda(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--suite", "gpu", "--device", "cpu", "--out", str(tmp_path / "g")])
+    assert "--suite gpu: no CUDA device here" in str(e.value) and "--tiny" in str(e.value)
+    assert "\n" not in str(e.value) and not (tmp_path / "g").exists()  # one line, before any work
+
+
+def test_grad_check_finds_a_wrong_kernel_and_passes_the_previous_design():
+    """grad_check, which the gpu suite runs at the timed shapes: a kernel with s twice too large fails it;
+    the frozen previous Triton design (bench/pla_prev.py) passes it, here under Triton's interpreter."""
+    S, cpu = dict(H=1, f=16, dv=16), torch.device("cpu")
+    bad = bench.grad_check(lambda q, k, v, *e: pla(2 * q, k, v, *e, backend="torch"), "pla", 1, 64, S, cpu,
+                           torch.float32)
+    assert bad["y"] > 1e-2 and bad["dq"] > 1e-2
+    if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
+        pytest.skip("the previous design needs Triton: CUDA or TRITON_INTERPRET=1")
+    pytest.importorskip("triton")
+    dev = torch.device("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda")
+    err = bench.grad_check(bench.load_prev().pla, "pla", 1, 64, S, dev, torch.float32)
+    assert set(err) == {"y", "dq", "dk", "dv", "dk_enc", "dv_enc"} and max(err.values()) < 1e-4, err
+
+
+def test_bad_arguments_stop_up_front(tmp_path, monkeypatch):
     for bad in ("cuda:7" if not torch.cuda.is_available() else "tpu", "gpu0"):
         with pytest.raises(SystemExit, match="--device: device="):
             bench.main(["--suite", "prefill", "--device", bad, *TINY])
+    (tmp_path / "file").write_text("")
+    monkeypatch.setattr(bench, "prefill_suite", lambda *a: pytest.fail("ran before checking the arguments"))
+    for args, said in ((["--suite", "gpu", "--out", str(tmp_path / "file")], "writes a folder"),
+                       (["--out", str(tmp_path)], "a folder; give a .json file"),
+                       (["--commit", "not-a-sha"], "--commit=not-a-sha: give a git commit id"),
+                       (["--suite", "gpu", "--budget_s", "0"], "--budget_s=0: must be > 0")):
+        with pytest.raises(SystemExit, match=said):
+            bench.main([*args, *TINY])
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
-    monkeypatch.setattr(bench, "prefill_suite", lambda *a: pytest.fail("ran before checking --plot"))
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(SystemExit, match="needs matplotlib"):
         bench.main(["--suite", "prefill", "--plot", *TINY])
+
+
+def test_plot_format_is_checked_up_front(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.setattr(bench, "prefill_suite", lambda *a: pytest.fail("ran before checking --plot"))
+    with pytest.raises(SystemExit, match="--plot=nope: unknown image format"):
+        bench.main(["--suite", "prefill", "--plot", "nope", "--out", str(tmp_path / "p.json"), *TINY])
