@@ -1,6 +1,7 @@
 """
 Models from the Hugging Face hub: the released JRT-RNN / Based checkpoints mapped into our `Model`
-(HazyResearch/prefix-linear-attention), and transformers' recurrent LMs behind the interface prompt.py and chunked.py decode through.
+(HazyResearch/prefix-linear-attention), and transformers' causal LMs (Transformers and the Mamba family)
+behind the interface prompt.py and chunked.py decode through.
 
 The interface (our `Model` meets it itself; `model.ModelLM` fixes its prefill options):
 
@@ -15,10 +16,13 @@ extra package). `HFLM` puts a transformers causal LM behind the interface. trans
 datasets and safetensors are optional (requirements-extra.txt), each imported only where it is used.
 """
 import copy
+import importlib.machinery
+import importlib.util
 import inspect
 import json
 import os
 import re
+import sys
 
 import torch
 import torch.nn.functional as F
@@ -38,22 +42,58 @@ def require(module, what):
                           f"({EXTRAS}; nothing else here needs it)") from None
 
 
-def _select_rows(obj, rows, B):
-    """A copy of a cache object keeping batch rows `rows`: every tensor whose first dim is the batch size B
-    is indexed, inside lists, tuples, dicts and plain objects (transformers' cache classes); the rest is
-    shared. The original is left as it was."""
+def import_transformers(what):
+    """transformers, with its hub-kernels integration bound to the installed `kernels` package.
+
+    transformers (>= 5.2x) imports the Hugging Face package `kernels` when its model code loads, and a
+    script run from this folder finds our kernels.py under that name first (the script's folder leads
+    sys.path). So the installed package stands under the name while that code imports, and ours is put
+    back after. USE_HUB_KERNELS=NO, transformers' own switch, keeps it from asking for the package later
+    (hub kernels are CUDA builds downloaded on request; nothing here uses them)."""
+    transformers = require("transformers", what)
+    if "transformers.integrations.hub_kernels" in sys.modules:
+        return transformers
+    os.environ.setdefault("USE_HUB_KERNELS", "NO")
+    path = [p for p in sys.path if not os.path.isfile(os.path.join(p or ".", "kernels.py"))]  # not a lone file
+    spec = importlib.machinery.PathFinder.find_spec("kernels", path)
+    if spec is None:  # not installed: transformers sees no hub kernels and uses its own stubs
+        import transformers.integrations.hub_kernels  # noqa: F401
+        return transformers
+    ours = sys.modules.get("kernels")
+    try:
+        sys.modules["kernels"] = theirs = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(theirs)
+        import transformers.integrations.hub_kernels  # noqa: F401  (the modules that import `kernels`)
+        import transformers.modeling_utils  # noqa: F401
+    finally:
+        if ours is None:
+            sys.modules.pop("kernels", None)  # a later `import kernels` finds our file again
+        else:
+            sys.modules["kernels"] = ours
+    return transformers
+
+
+def _map_tensors(obj, fn):
+    """A copy of a cache object with fn applied to every tensor inside lists, tuples, dicts and plain
+    objects (transformers' cache classes). The original is left as it was."""
     if isinstance(obj, torch.Tensor):
-        return obj.index_select(0, rows.to(obj.device)) if obj.dim() and obj.shape[0] == B else obj
+        return fn(obj)
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_select_rows(o, rows, B) for o in obj)
+        return type(obj)(_map_tensors(o, fn) for o in obj)
     if isinstance(obj, dict):
-        return {k: _select_rows(v, rows, B) for k, v in obj.items()}
+        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
     if hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
         new = copy.copy(obj)
         for k, v in vars(obj).items():
-            setattr(new, k, _select_rows(v, rows, B))
+            setattr(new, k, _map_tensors(v, fn))
         return new
     return obj
+
+
+def _select_rows(obj, rows, B):
+    """A copy of a cache object keeping batch rows `rows`: every tensor whose first dim is the batch size B
+    is indexed; the rest is shared."""
+    return _map_tensors(obj, lambda t: t.index_select(0, rows.to(t.device)) if t.dim() and t.shape[0] == B else t)
 
 
 # ----------------------------------------------------------------------------- the released checkpoints (HazyResearch/prefix-linear-attention)
@@ -244,34 +284,51 @@ def _load_weights(path):
 class HFLM:
     """A Hugging Face causal LM behind the interface.
 
-    mode "cache"  (Mamba, Falcon-Mamba, Mamba-2): prefill, then one token per step from the model's own
-                  cache object; rows are selected by indexing its batch-first tensors. Left padding is
-                  exact: these models take attention_mask and zero the pads' inputs before and after
-                  their convolution, so a pad never enters the conv or SSM state (tested: a left-padded
-                  batch gives the logits and states of each row alone). OPRM needs this mode.
-    mode "rerun"  (RWKV, RecurrentGemma, anything else): the "cache" is the token ids so far, and each
-                  step re-reads the whole sequence: O(T) work per token, slow but correct for any model.
-                  Neither masks left padding exactly, so `supports_padding` is False and prompt.greedy
-                  batches only prompts of equal length; chunked.py refuses these families.
-    Checked on tiny random models with transformers 5.24 (Mamba, Falcon-Mamba, Mamba-2: step and select
-    match the full forward pass); other versions may name or lay out the cache differently.
+    mode "cache"  (any model that returns a transformers `Cache`: GPT-2, Llama and other Transformers,
+                  Mamba, Falcon-Mamba, Mamba-2): prefill, then one token per step from the model's own
+                  cache; rows are selected by indexing its batch-first tensors. The model writes into the
+                  cache it is given, so `step` hands it a copy: the caller's cache stays as it was, as with
+                  our Model.
+    mode "rerun"  (RWKV, RecurrentGemma: no `Cache` object): the "cache" is the token ids so far, and each
+                  step re-reads the whole sequence: O(T) work per token, slow but correct.
+
+    `supports_padding`: left padding is exact, i.e. a padded row gives the logits of the row alone, for
+      - Transformers whose every cached layer is attention and that take position_ids: the pads are
+        masked out of every softmax and each row's positions count from its first real token;
+      - the Mamba family (CACHED): it zeroes the pads' inputs before and after its convolution, so a pad
+        never enters the conv or SSM state.
+    Elsewhere (RWKV, RecurrentGemma, hybrids with other recurrent layers) pads would enter the state:
+    prompt.greedy then batches only prompts of equal length, and OPRM refuses the model.
+    Checked on tiny random GPT-2, Llama, Mamba, Falcon-Mamba and Mamba-2 models with transformers 5.25.
     """
-    CACHED = ("mamba", "falcon_mamba", "mamba2")
+    CACHED = ("mamba", "falcon_mamba", "mamba2")  # recurrent families whose cache keeps left pads out
+    PADDED = "Transformers with a KV cache (GPT-2, Llama, ...), " + ", ".join(CACHED)
 
     def __init__(self, model, mode="auto"):
         if mode not in ("auto", "cache", "rerun"):
             raise ValueError(f"mode must be 'auto', 'cache' or 'rerun'; got {mode!r}")
-        kind = model.config.model_type
-        if mode == "cache" and kind not in self.CACHED:
-            raise ValueError(f"a {kind!r} model cannot be decoded from a selectable cache that keeps left pads out "
-                             f"of its state; supported families: {', '.join(self.CACHED)} (others run in "
-                             "mode='rerun', exact only for batches of equal-length prompts)")
         self.model = model.eval()
-        self.mode = ("cache" if kind in self.CACHED else "rerun") if mode == "auto" else mode
-        self.supports_padding = kind in self.CACHED
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
-        # transformers >= 5.2x names the recurrent cache `cache`; earlier versions `cache_params`
-        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "cache_params"
+        args = inspect.signature(model.forward).parameters
+        # transformers 5.25 names every cache `cache`; earlier versions past_key_values or cache_params
+        self._cache_arg = next((a for a in ("cache", "past_key_values", "cache_params") if a in args), None)
+        cache = self._probe() if self._cache_arg else None
+        Cache = import_transformers("HFLM").Cache
+        attention = isinstance(cache, Cache) and not any(getattr(cache, "is_linear", [])) and "position_ids" in args
+        kind = model.config.model_type
+        self._positions = attention  # pass position_ids counted from each row's first real token
+        self.supports_padding = attention or (isinstance(cache, Cache) and kind in self.CACHED)
+        if mode == "cache" and not self.supports_padding:
+            raise ValueError(f"a {kind!r} model cannot be decoded from a selectable cache that keeps left pads out "
+                             f"of its state; supported: {self.PADDED} (others run in mode='rerun', exact only "
+                             "for batches of equal-length prompts)")
+        self.mode = "cache" if isinstance(cache, Cache) and mode != "rerun" else "rerun"
+
+    @torch.no_grad()
+    def _probe(self):
+        """The cache the model returns for one token: its kind decides the mode and whether padding is exact."""
+        out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=True)
+        return self._out_cache(out)
 
     @property
     def device(self):
@@ -280,35 +337,55 @@ class HFLM:
     @classmethod
     def from_pretrained(cls, name, mode="auto", **kwargs):
         """e.g. HFLM.from_pretrained("state-spaces/mamba-130m-hf") (downloads the weights once)."""
-        transformers = require("transformers", f"the Hugging Face model {name!r}")
+        transformers = import_transformers(f"the Hugging Face model {name!r}")
         return cls(transformers.AutoModelForCausalLM.from_pretrained(name, **kwargs), mode)
 
-    def _out_cache(self, out):
-        return out.get("cache", None) if out.get("cache", None) is not None else out.get("cache_params", None)
+    @staticmethod
+    def _out_cache(out):
+        return next((out[k] for k in ("cache", "past_key_values", "cache_params") if out.get(k) is not None), None)
+
+    def _forward(self, idx, mask, pos, cache=None):
+        """logits (B, V) of the last position, and the model's new cache. mask (B, T) long: 1 = real token;
+        pos (B, idx's T): each token's position."""
+        kw = {"position_ids": pos} if self._positions else {}
+        limit = getattr(self.model.config, "n_positions", None)  # a learned position table (GPT-2) ends there
+        if self._positions and isinstance(limit, int) and pos.max() >= limit:
+            raise ValueError(f"the prompt and answer need {int(pos.max()) + 1} positions, but this "
+                             f"{self.model.config.model_type!r} model has n_positions = {limit}: shorten the input "
+                             "or the answer (max_new_tokens)")
+        if cache is not None:
+            kw[self._cache_arg] = cache
+        if cache is None or self._positions:  # the Mamba family reads the mask only while the pads go by
+            kw["attention_mask"] = mask
+        out = self.model(input_ids=idx, use_cache=self.mode == "cache", **kw)
+        return out.logits[:, -1].float(), self._out_cache(out)
 
     @torch.no_grad()
     def prefill(self, idx, pad_mask=None):
-        am = None if pad_mask is None else (~pad_mask).long()
+        mask = torch.ones_like(idx) if pad_mask is None else (~pad_mask).long()   # (B, T)
+        pos = (mask.cumsum(1) - 1).clamp(min=0)                                    # a row starts at 0
+        logits, hf = self._forward(idx, mask, pos)
         if self.mode == "rerun":
-            out = self.model(input_ids=idx, attention_mask=am)
-            return out.logits[:, -1].float(), {"idx": idx, "pad": pad_mask}
-        out = self.model(input_ids=idx, attention_mask=am, use_cache=True)
-        return out.logits[:, -1].float(), {"hf": self._out_cache(out), "B": idx.shape[0]}
+            return logits, {"idx": idx, "mask": mask}
+        return logits, {"hf": hf, "B": idx.shape[0], "mask": mask, "pos": mask.sum(1)}  # pos: the next position
 
     @torch.no_grad()
     def step(self, idx_t, cache):
         if self.mode == "rerun":
-            idx = torch.cat([cache["idx"], idx_t[:, None]], 1)
-            pad = None if cache["pad"] is None else F.pad(cache["pad"], (0, 1), value=False)
-            return self.prefill(idx, pad)
-        out = self.model(input_ids=idx_t[:, None], use_cache=True, **{self._cache_arg: cache["hf"]})
-        return out.logits[:, -1].float(), {"hf": self._out_cache(out), "B": idx_t.shape[0]}
+            idx, mask = torch.cat([cache["idx"], idx_t[:, None]], 1), F.pad(cache["mask"], (0, 1), value=1)
+            logits, _ = self._forward(idx, mask, (mask.cumsum(1) - 1).clamp(min=0))
+            return logits, {"idx": idx, "mask": mask}
+        hf = _map_tensors(cache["hf"], torch.clone)   # the model writes into the cache it gets: give it a copy
+        mask = F.pad(cache["mask"], (0, 1), value=1)
+        logits, hf = self._forward(idx_t[:, None], mask, cache["pos"][:, None], hf)
+        return logits, {"hf": hf, "B": idx_t.shape[0], "mask": mask, "pos": cache["pos"] + 1}
 
     def select(self, cache, rows):
         rows = torch.as_tensor(rows, dtype=torch.long)
         if self.mode == "rerun":
-            return {"idx": cache["idx"][rows], "pad": None if cache["pad"] is None else cache["pad"][rows]}
-        return {"hf": _select_rows(cache["hf"], rows, cache["B"]), "B": len(rows)}
+            return {"idx": cache["idx"][rows], "mask": cache["mask"][rows]}
+        return {"hf": _select_rows(cache["hf"], rows, cache["B"]), "B": len(rows), "mask": cache["mask"][rows],
+                "pos": cache["pos"][rows]}
 
 
 class HFTokenizer:
@@ -319,7 +396,7 @@ class HFTokenizer:
 
     @classmethod
     def from_pretrained(cls, name):
-        transformers = require("transformers", f"the tokenizer of {name!r}")
+        transformers = import_transformers(f"the tokenizer of {name!r}")
         return cls(transformers.AutoTokenizer.from_pretrained(name))
 
     def encode_ordinary(self, s):
@@ -339,7 +416,7 @@ class HFTokenizer:
 def load(name, device="cpu", mode="auto"):
     """A hub name or local path -> (HFLM on `device`, HFTokenizer). One ValueError line when it cannot load
     (no such model, offline, a family transformers does not know)."""
-    require("transformers", f"--hf {name}")
+    import_transformers(f"--hf {name}")
     try:
         lm, tok = HFLM.from_pretrained(name, mode), HFTokenizer.from_pretrained(name)
     except (OSError, ValueError, KeyError) as e:  # what from_pretrained raises for a missing or unknown model
