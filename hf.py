@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import read_checkpoint
-from model import Config, Model
+from model import Config, Model, _is_int, _is_number
 
 EXTRAS = "pip install -r requirements-extra.txt"
 
@@ -112,23 +112,95 @@ OFFICIAL_NAMES = {  # ours -> the official module name inside transformer.layers
 }
 
 
+# Official options that change the function the model computes, each with the one value our Model implements
+# and the official default (train/src/models/gpt.py, flash-attn's GatedMlp, based/models/mixers/*). A config
+# that sets another value, or leaves a key out whose default differs, is refused: it builds another model.
+# Options for speed or training only (dropouts, init, fused_dropout_add_ln, fused_bias_fc, use_flash_attn,
+# residual_in_fp32, l_max, implementation, feature_name, num_key_value_heads, kernel_sizes) are not read.
+FIXED = {  # option: (what we implement, the official default, what it means)
+    "rms_norm": (True, False, "RMSNorm blocks"),
+    "activation_function": ("swiglu", "gelu_new", "the gated SiLU MLP"),
+    "mlp_type": ("base", "base", "GatedMlp with fc1 -> [value, gate]"),
+    "mlp_fc1_bias": (False, True, "MLP without bias"),
+    "mlp_fc2_bias": (False, True, "MLP without bias"),
+    "fused_mlp": (False, False, "the gated MLP"),
+    "fused_dense_sqrelu_dense": (False, False, "the gated MLP"),
+    "prenorm": (True, True, "pre-norm blocks"),
+    "parallel_block": (False, False, "the MLP after the mixer"),
+    "word_embed_proj_dim": (None, None, "no projection between embedding and width"),
+    "lm_head_bias": (False, False, "an output layer without bias"),
+    "fixed_decay": (False, False, "no decay in linear attention"),
+}
+FIXED_SWA = {  # read for sliding-window layers only (sliding_window_additions)
+    "qkv_proj_bias": (False, True, "Wqkv without bias"),
+    "out_proj_bias": (False, True, "out_proj without bias"),
+    "rotary_emb_fraction": (1, 0.0, "rotary over the full head dim"),
+    "rotary_emb_interleaved": (False, False, "rotation of halves"),
+    "rotary_emb_scale_base": (None, None, "plain rotary, no XPos"),
+    "scale_attn_weights": (True, True, "softmax scale 1/sqrt(head dim)"),
+    "scale_attn_by_inverse_layer_idx": (False, False, "one softmax scale in every layer"),
+    "n_head_kv": (None, None, "as many key/value heads as query heads"),
+    "num_head_kv": (None, None, "as many key/value heads as query heads"),
+}
+FIXED_MIXER = {  # our mixer: {option of its spec: (what we implement, the official default, what it means)}
+    "conv": {"use_bias": (True, True, "in_proj and out_proj with bias"), "expand_proj": (4, 2, "in_proj d -> 4d"),
+             "use_cuda": (False, False, "a conv without bias (causal-conv1d's adds one)")},
+    "pla": {"eps": (1e-12, 1e-12, "the normaliser's epsilon"), "scale_dim": (None, None, "the Taylor map scaled by f"),
+            "use_mask": (True, True, "the pads' keys zeroed in prefill_official")},
+    "la": {"eps": (1e-12, 1e-12, "the normaliser's epsilon"), "use_decay_proj": (False, False, "no decay"),
+           "head_dim": (None, None, "head dim d_model / n_head")},
+    "swa": {"causal": (True, True, "a causal window")},
+}
+
+
+def _same(got, want):
+    """got is want's value with want's type (True is not 1, 1.0 is 1)."""
+    if want is None or isinstance(want, (bool, str)):
+        return got is want if want is None or isinstance(want, bool) else got == want
+    return isinstance(got, (int, float)) and not isinstance(got, bool) and got == want
+
+
 def official_config(config):
-    """The official config.json (a dict) -> our Config. A mixer, norm or option we do not have is a
-    ValueError that names it and says what is supported."""
+    """The official config.json (a dict) -> our Config. An option, mixer or value that we do not implement,
+    or a value of the wrong type, is a ValueError that names it and says what is supported."""
+    if not isinstance(config, dict):
+        raise ValueError(f"config: expected a JSON object (the official config.json), got {type(config).__name__}")
     c = dict(config)
     missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in c]
     if missing:
         raise ValueError(f"config: missing {missing}; a released config.json has n_embd, n_layer, n_head, vocab_size, "
                          "alt_mixer_layers, alt_mixer_2_layers and the mixer settings")
+
+    def need(where, name, got, ok, what):  # one line naming the option, its value and what is allowed
+        if not ok(got):
+            raise ValueError(f"config: {where}{name} = {got!r}; expected {what}")
+        return got
+    pos_int = lambda x: _is_int(x) and x >= 1
+    for k in ("n_embd", "n_layer", "n_head", "vocab_size"):
+        need("", k, c[k], pos_int, "a positive int")
     d, n_layer, H = c["n_embd"], c["n_layer"], c["n_head"]
+    need("", "n_embd", d, lambda x: x % H == 0, f"a multiple of n_head = {H}")
+    need("", "pad_vocab_size_multiple", c.get("pad_vocab_size_multiple", 1), pos_int, "a positive int")
+    for k in ("n_inner", "enc_length"):
+        need("", k, c.get(k), lambda x: x is None or pos_int(x), "a positive int or null")
+    for k in ("layer_norm_epsilon", "rotary_emb_base"):
+        need("", k, c.get(k, 1.0), lambda x: _is_number(x) and x > 0, "a number > 0")
+    need("", "tie_word_embeddings", c.get("tie_word_embeddings", True), lambda x: isinstance(x, bool), "true or false")
+    for k in ("alt_mixer_layers", "alt_mixer_2_layers"):
+        need("", k, c.get(k), lambda x: x is None or isinstance(x, list) and all(_is_int(i) and 0 <= i < n_layer
+                                                                               for i in x),
+             f"a list of layer indices in [0, n_layer = {n_layer})")
+    for k in ("mixer", "alt_mixer", "alt_mixer_2"):
+        need("", k, c.get(k), lambda x: x is None or isinstance(x, dict) and isinstance(x.get("_target_"), str),
+             "an object with a `_target_` class name, or null")
 
     def kind(key):  # the mixer a config entry builds: None when absent (the official code then uses MHA)
         spec = c.get(key)
         if spec is None:
             return None
-        target = str(spec.get("_target_", "")).rsplit(".", 1)[-1]
+        target = spec["_target_"].rsplit(".", 1)[-1]
         if target not in OFFICIAL_MIXERS:
-            raise ValueError(f"config: {key} is {spec.get('_target_')!r}, a mixer we do not have; "
+            raise ValueError(f"config: {key} is {spec['_target_']!r}, a mixer we do not have; "
                              f"supported: {sorted(OFFICIAL_MIXERS)}")
         return OFFICIAL_MIXERS[target]
     layers = []
@@ -140,19 +212,42 @@ def official_config(config):
                              f"then builds full attention, which this loader does not map); supported mixers: "
                              f"{sorted(OFFICIAL_MIXERS)}")
         layers.append(kind(key))
-    la, swa, conv = c.get("alt_mixer") or {}, c.get("alt_mixer_2") or {}, c.get("mixer") or {}
-    for name, spec in (("alt_mixer", la), ("alt_mixer_2", swa)):
-        if spec and spec.get("num_heads", H) != H:
-            raise ValueError(f"config: {name}.num_heads = {spec['num_heads']} differs from n_head = {H}; "
-                             "our Config has one head count for every mixer")
-    unsupported = {"rms_norm": (c.get("rms_norm", False), True, "LayerNorm models are not supported"),
-                   "activation_function": (c.get("activation_function", "gelu_new"), "swiglu", "only SwiGLU MLPs"),
-                   "rotary_emb_fraction": (c.get("rotary_emb_fraction", 0.0), 1, "rotary over the full head dim"),
-                   "rotary_emb_interleaved": (c.get("rotary_emb_interleaved", False), False, "rotation of halves"),
-                   "mixer.expand_proj": (conv.get("expand_proj", 2) if "conv" in layers else 4, 4, "in_proj d -> 4d")}
-    for name, (got, want, why) in unsupported.items():
-        if got != want:
-            raise ValueError(f"config: {name} = {got!r}; supported: {want!r} ({why})")
+    if "swa" in layers and (d // H) % 2:
+        raise ValueError(f"config: n_embd / n_head = {d // H}; the sliding-window layers' rotary needs an even head dim")
+    fixed = {**FIXED, **(FIXED_SWA if "swa" in layers else {})}
+    for name, (want, default, why) in fixed.items():
+        if not _same(c.get(name, default), want):
+            raise ValueError(f"config: {name} = {c.get(name, default)!r}{' (the default)' * (name not in c)}; "
+                             f"supported: {want!r} ({why})")
+    specs = {key: c[key] for key in ("mixer", "alt_mixer", "alt_mixer_2") if kind(key) in layers}
+    for key, spec in specs.items():
+        m = kind(key)
+        for name, (want, default, why) in FIXED_MIXER[m].items():
+            got = spec.get(name, default)
+            if name == "scale_dim" and got == spec.get("feature_dim", 16) or name == "head_dim" and got == d // H:
+                continue  # the value the default stands for, spelled out
+            if not _same(got, want):
+                raise ValueError(f"config: {key}.{name} = {got!r}{' (the default)' * (name not in spec)}; "
+                                 f"supported: {want!r} ({why})")
+        heads = spec.get("num_heads", 16 if m == "la" else None)  # LinearAttention's default is 16 heads
+        if m != "conv" and heads != H:
+            raise ValueError(f"config: {key}.num_heads = {heads!r}{' (the default)' * ('num_heads' not in spec)} "
+                             f"differs from n_head = {H}; our Config has one head count for every mixer")
+        sizes = {"conv": {"kernel_size": 3}, "pla": {"feature_dim": 16, "enc_length": c.get("enc_length") or 1024},
+                 "la": {"feature_dim": 16}, "swa": {"window_size": 256}}[m]
+        for name, default in sizes.items():
+            low = 2 if name == "window_size" else 1                 # a window of w looks w/2 back
+            need(f"{key}.", name, spec.get(name, default), lambda x: _is_int(x) and x >= low, f"an int >= {low}")
+        fmap = spec.get("feature_map")
+        if m == "la" and fmap is not None and not (isinstance(fmap, dict) and str(fmap.get("_target_", "")).endswith(
+                "TaylorExp") and fmap.get("input_dim", spec.get("feature_dim", 16)) == spec.get("feature_dim", 16)):
+            raise ValueError(f"config: {key}.feature_map = {fmap!r}; supported: TaylorExp over feature_dim "
+                             "(the Based feature map)")
+    swa = c.get("alt_mixer_2") or {}
+    if swa.get("window_size") == 4096 and {7, 17} & {i for i, m in enumerate(layers) if m == "swa"}:
+        raise ValueError("config: alt_mixer_2.window_size = 4096; the official SlidingAttention then uses 256 at "
+                         "layers 7 and 17 only, and our Config has one window for every layer")
+    la, conv = c.get("alt_mixer") or {}, c.get("mixer") or {}
     multiple = c.get("pad_vocab_size_multiple", 1)
     hidden = -(-(c.get("n_inner") or int(8 * d / 3)) // 256) * 256  # GatedMlp rounds up to a multiple of 256
     return Config(vocab_size=-(-c["vocab_size"] // multiple) * multiple, d_model=d, layers=tuple(layers), n_head=H,

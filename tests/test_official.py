@@ -4,6 +4,7 @@ written here from the official modules' definitions, on the official key names."
 import json
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -26,6 +27,7 @@ def official_conf(linear="pla", vocab=60, d=32, H=2, f=4, enc=8, window_size=8):
     return {"vocab_size": vocab, "pad_vocab_size_multiple": 8, "n_embd": d, "n_layer": 5, "n_head": H,
             "n_inner": 2 * d, "rms_norm": True, "activation_function": "swiglu", "rotary_emb_fraction": 1,
             "layer_norm_epsilon": 1e-5, "alt_mixer_layers": [1, 3], "alt_mixer_2_layers": [2],
+            "mlp_fc1_bias": False, "mlp_fc2_bias": False, "qkv_proj_bias": False, "out_proj_bias": False,
             "mixer": {"_target_": TARGET["conv"], "expand_proj": 4, "kernel_sizes": [3], "use_bias": True},
             "alt_mixer": {"_target_": TARGET[linear], "feature_dim": f, "num_heads": H, "enc_length": enc},
             "alt_mixer_2": {"_target_": TARGET["swa"], "window_size": window_size, "num_heads": H}}
@@ -177,14 +179,80 @@ def test_official_config_refuses_what_we_do_not_have():
              ({"rms_norm": False}, r"rms_norm = False; supported: True"),
              ({"activation_function": "gelu"}, r"activation_function = 'gelu'"),
              ({"alt_mixer": {"_target_": TARGET["pla"], "num_heads": 4}}, r"alt_mixer.num_heads = 4 differs"),
-             ({"n_head": None}, None)]
-    for change, msg in cases[:-1]:
-        with pytest.raises(ValueError, match=msg):
+             # options the official code reads that would build another model (train/src/models/gpt.py)
+             ({"scale_attn_by_inverse_layer_idx": True}, r"^config: scale_attn_by_inverse_layer_idx = True; "
+                                                        r"supported: False \(one softmax scale in every layer\)$"),
+             ({"scale_attn_weights": False}, r"scale_attn_weights = False; supported: True"),
+             ({"mlp_type": "alt"}, r"mlp_type = 'alt'; supported: 'base'"),
+             ({"mlp_fc1_bias": True}, r"mlp_fc1_bias = True; supported: False"),
+             ({"n_head_kv": 1}, r"n_head_kv = 1; supported: None"),
+             ({"rotary_emb_scale_base": 512}, r"rotary_emb_scale_base = 512"),
+             ({"parallel_block": True}, r"parallel_block = True"),
+             ({"fixed_decay": True}, r"fixed_decay = True"),
+             ({"word_embed_proj_dim": 16}, r"word_embed_proj_dim = 16"),
+             ({"lm_head_bias": True}, r"lm_head_bias = True"),
+             ({"alt_mixer_2": {"_target_": TARGET["swa"], "window_size": 8, "num_heads": 2, "causal": False}},
+              r"alt_mixer_2.causal = False; supported: True"),
+             ({"alt_mixer": {"_target_": TARGET["pla"], "num_heads": 2, "scale_dim": 7}}, r"alt_mixer.scale_dim = 7"),
+             ({"alt_mixer": {"_target_": TARGET["pla"], "num_heads": 2, "use_mask": False}}, r"alt_mixer.use_mask"),
+             ({"alt_mixer": {"_target_": TARGET["pla"]}}, r"alt_mixer.num_heads = None \(the default\) differs"),
+             ({"mixer": {"_target_": TARGET["conv"], "expand_proj": 4, "use_bias": False}}, r"mixer.use_bias = False"),
+             ({"mixer": {"_target_": TARGET["conv"]}}, r"mixer.expand_proj = 2 \(the default\); supported: 4"),
+             # wrongly typed values: one line naming the option
+             ({"rms_norm": "true"}, r"rms_norm = 'true'; supported: True"),
+             ({"rotary_emb_fraction": True}, r"rotary_emb_fraction = True; supported: 1"),
+             ({"n_embd": 32.0}, r"n_embd = 32.0; expected a positive int"),
+             ({"n_layer": "5"}, r"n_layer = '5'; expected a positive int"),
+             ({"n_embd": 31}, r"n_embd = 31; expected a multiple of n_head = 2"),
+             ({"n_embd": 30}, r"n_embd / n_head = 15; the sliding-window layers' rotary needs an even head dim"),
+             ({"vocab_size": -1}, r"vocab_size = -1; expected a positive int"),
+             ({"n_inner": "64"}, r"n_inner = '64'; expected a positive int or null"),
+             ({"layer_norm_epsilon": "1e-5"}, r"layer_norm_epsilon = '1e-5'; expected a number > 0"),
+             ({"tie_word_embeddings": 1}, r"tie_word_embeddings = 1; expected true or false"),
+             ({"alt_mixer_layers": [1.0, 3]}, r"alt_mixer_layers = \[1.0, 3\]; expected a list of layer indices"),
+             ({"alt_mixer_2_layers": [5]}, r"alt_mixer_2_layers = \[5\]; expected a list of layer indices in "
+                                           r"\[0, n_layer = 5\)"),
+             ({"mixer": "BaseConv"}, r"mixer = 'BaseConv'; expected an object with a `_target_`"),
+             ({"alt_mixer_2": {"_target_": TARGET["swa"], "num_heads": 2, "window_size": "8"}},
+              r"alt_mixer_2.window_size = '8'; expected an int >= 2"),
+             ({"alt_mixer": {"_target_": TARGET["la"], "num_heads": 2, "feature_dim": 0}},
+              r"alt_mixer.feature_dim = 0; expected an int >= 1"),
+             ({"alt_mixer": {"_target_": TARGET["la"], "num_heads": 2, "feature_map": {"_target_": "x.PosELU"}}},
+              r"alt_mixer.feature_map = .*PosELU.*supported: TaylorExp")]
+    for change, msg in cases:
+        with pytest.raises(ValueError, match=msg) as e:
             official_config({**official_conf(), **change})
+        assert len(str(e.value).splitlines()) == 1, str(e.value)
     conf = official_conf()
     del conf["n_embd"]
     with pytest.raises(ValueError, match=r"missing \['n_embd'\]"):
         official_config(conf)
+    with pytest.raises(ValueError, match=r"config: expected a JSON object \(the official config.json\), got NoneType"):
+        official_config(None)
+    conv_only = {**official_conf(), "alt_mixer_layers": [], "alt_mixer_2_layers": [], "qkv_proj_bias": True}
+    assert official_config(conv_only).layers == ("conv",) * 5          # attention options matter only with swa
+
+
+def test_every_option_the_loader_fixes_is_refused_when_changed():
+    from hf import FIXED, FIXED_MIXER, FIXED_SWA
+
+    def other(want):  # a value of the option that the loader does not implement
+        return 3 if want is None else (not want) if isinstance(want, bool) else want + "2" if isinstance(want, str) \
+            else 2 * want
+    for name, (want, _, _) in {**FIXED, **FIXED_SWA}.items():
+        with pytest.raises(ValueError, match=rf"^config: {name} = {re.escape(repr(other(want)))}; supported"):
+            official_config({**official_conf(), name: other(want)})
+    keys = {"conv": "mixer", "pla": "alt_mixer", "swa": "alt_mixer_2"}
+    for linear in ("pla", "la"):
+        for m, options in FIXED_MIXER.items():
+            key = keys.get(m, "alt_mixer")
+            if m in ("pla", "la") and m != linear:
+                continue
+            for name, (want, _, _) in options.items():
+                conf = official_conf(linear)
+                conf[key] = {**conf[key], name: other(want)}
+                with pytest.raises(ValueError, match=rf"^config: {key}.{name} = "):
+                    official_config(conf)
 
 
 @pytest.mark.parametrize("name,preset,millions", [("jrt-360m", "jrt-360m", 356.6), ("jrt-1.3b", "jrt-1.3b", 1375.1)])
