@@ -16,6 +16,7 @@ extra package). `HFLM` puts a transformers causal LM behind the interface. trans
 datasets and safetensors are optional (requirements-extra.txt), each imported only where it is used.
 """
 import copy
+import hashlib
 import importlib.machinery
 import importlib.util
 import inspect
@@ -314,17 +315,45 @@ def from_official(state_dict, config):
 
 
 def from_pretrained(name_or_dir, device="cpu"):
-    """`Model.from_pretrained`: config.json and the weights of a released checkpoint -> Model in eval mode."""
+    """`Model.from_pretrained`: config.json and the weights of a released checkpoint -> Model in eval mode.
+    Weights from huggingface_hub's cache are checked against the sha256 the hub recorded for them; a damaged,
+    truncated or malformed file is one ValueError line that names it."""
     config_path, weight_paths = _pretrained_files(name_or_dir)
     try:
-        with open(config_path) as f:
+        with open(config_path, encoding="utf-8") as f:
             config = json.load(f)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{config_path}: expected a JSON object (the official config), got {json.dumps(config)[:40]}")
+    try:
+        cfg = official_config(config)
+    except ValueError as e:
+        raise ValueError(f"{config_path}: {str(e).removeprefix('config: ')}") from None
     state_dict = {}
     for path in weight_paths:
+        _check_hub_blob(path)
         state_dict.update(_load_weights(path))
-    return from_official(state_dict, config).to(device).eval()
+    return from_official(state_dict, cfg).to(device).eval()
+
+
+def _check_hub_blob(path):
+    """huggingface_hub keeps each downloaded file as blobs/<etag> and links to it from the snapshot folder;
+    for LFS files (the weights) the etag is the sha256 of the content. A file that no longer hashes to its
+    name was cut short or damaged after the download: refused in one line. Files elsewhere (a local
+    directory) and small git files such as config.json have no sha256 to compare; JSON and the safetensors
+    header catch what they can."""
+    blob = os.path.realpath(path)
+    sha = os.path.basename(blob)
+    if not os.path.islink(path) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+        return
+    h = hashlib.sha256()
+    with open(blob, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    if h.hexdigest() != sha:
+        raise ValueError(f"{path}: damaged: its sha256 is {h.hexdigest()[:12]}..., the hub recorded {sha[:12]}...; "
+                         f"delete {blob} and load again to download it anew")
 
 
 def _pretrained_files(name_or_dir):
@@ -366,7 +395,11 @@ def _load_weights(path):
             from safetensors.torch import load_file
         except ImportError:
             raise ValueError(f"{path}: reading *.safetensors needs `pip install safetensors`") from None
-        return load_file(path)
+        try:
+            return load_file(path)
+        except Exception as e:  # safetensors checks the header and the byte ranges: a cut or garbled file
+            raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged ({type(e).__name__}: "
+                             f"{(str(e).splitlines() or [''])[0][:200]})") from None
     sd = read_checkpoint(path)  # weights_only=True: a file that would run code is refused, in one line
     sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd  # a Lightning checkpoint keeps it one level down
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):

@@ -376,3 +376,68 @@ def test_select_keeps_rows_and_leaves_the_cache_alone():
     assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(flat(cache), flat(before)))
     l_all, _ = model.step(torch.tensor([5, 9, 4]), cache)
     torch.testing.assert_close(l_sub, l_all[[2, 0]])
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def test_from_pretrained_names_a_damaged_file_in_one_line(tmp_path):
+    pytest.importorskip("safetensors", reason="optional extra (requirements-extra.txt)")
+    conf, sd = official_conf(), official_state_dict(official_conf())
+    folder = _write(tmp_path / "st", conf, sd, fmt="safetensors")
+    weights, config = os.path.join(folder, "model.safetensors"), os.path.join(folder, "config.json")
+    data = open(weights, "rb").read()
+    cases = [(config, b"null", r"config.json: expected a JSON object \(the official config\), got null"),
+             (config, b"\xff\xfe{", r"config.json: not valid JSON"),
+             (config, json.dumps({**conf, "scale_attn_by_inverse_layer_idx": True}).encode(),
+              r"config.json: scale_attn_by_inverse_layer_idx = True; supported: False"),
+             (weights, data[:len(data) // 2], r"model.safetensors: not a readable safetensors file, truncated or "
+                                              r"damaged"),
+             (weights, data[:5], r"model.safetensors: not a readable safetensors file")]
+    good = open(config, "rb").read()
+    for path, body, msg in cases:
+        with open(path, "wb") as f:
+            f.write(body)
+        with pytest.raises(ValueError, match=msg) as e:
+            Model.from_pretrained(folder)
+        assert len(str(e.value).splitlines()) == 1
+        with open(path, "wb") as f:
+            f.write(good if path == config else data)
+    Model.from_pretrained(folder)                                    # restored: loads again
+
+
+def _hub_cache(tmp_path, conf, sd):
+    """A folder laid out as huggingface_hub's cache: snapshots/<commit>/<file> links to blobs/<etag>, the
+    etag of the LFS weights being their sha256."""
+    import hashlib
+    src = _write(tmp_path / "src", conf, sd, fmt="safetensors")
+    blobs, snap = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        data = open(os.path.join(src, name), "rb").read()
+        etag = hashlib.sha256(data).hexdigest() if name.endswith(".safetensors") else hashlib.sha1(data).hexdigest()
+        (blobs / etag).write_bytes(data)
+        os.symlink(os.path.join("..", "..", "blobs", etag), snap / name)
+    return str(snap), str(blobs / os.path.basename(os.readlink(snap / "model.safetensors")))
+
+
+def test_a_hub_download_whose_bytes_changed_is_refused(tmp_path, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub", reason="optional extra (requirements-extra.txt)")
+    pytest.importorskip("safetensors", reason="optional extra (requirements-extra.txt)")
+    conf, sd = official_conf(), official_state_dict(official_conf())
+    snap, blob = _hub_cache(tmp_path, conf, sd)
+    monkeypatch.setattr(hub, "snapshot_download", lambda *args, **kwargs: snap)
+    idx = torch.randint(0, 60, (1, 9))
+    want = official_forward(sd, conf, idx)
+    torch.testing.assert_close(Model.from_pretrained("hazyresearch/JRT-360M-30B").double()(idx)[0], want,
+                               rtol=1e-9, atol=1e-9)
+    data = bytearray(open(blob, "rb").read())
+    data[-3] ^= 0x40                                                 # one flipped bit in a weight: still loads...
+    with open(blob, "wb") as f:
+        f.write(data)
+    from safetensors.torch import load_file
+    assert load_file(blob)                                           # ...as far as safetensors can tell
+    with pytest.raises(ValueError, match=r"model.safetensors: damaged: its sha256 is [0-9a-f]{12}\.\.\., the hub "
+                                         r"recorded [0-9a-f]{12}\.\.\.; delete .* and load again") as e:
+        Model.from_pretrained("hazyresearch/JRT-360M-30B")
+    assert len(str(e.value).splitlines()) == 1
