@@ -97,8 +97,7 @@ def as_lm(lm):
         return ModelLM(lm)
     if not getattr(lm, "supports_padding", True):
         raise ValueError(f"{type(lm).__name__} (mode {getattr(lm, 'mode', '?')!r}) cannot keep left pads out of its "
-                         f"state, which OPRM's chunks of unequal length need; supported Hugging Face families: "
-                         f"{', '.join(hf.HFLM.CACHED)}")
+                         f"state, which OPRM's chunks of unequal length need; supported: {hf.HFLM.PADDED}")
     return lm
 
 
