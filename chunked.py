@@ -30,9 +30,9 @@ Variants (the official code's, then ours):
     read_twice         JRT-Prompt inside each chunk: X_i = [P, C_i, S, C_i, S] (JRT paper)
 
 Any model of the one interface (lm.prefill / lm.step / lm.select, see hf.py) works: our Model (wrapped in
-model.ModelLM to choose each row's prefix), and Hugging Face recurrent LMs whose cache keeps left pads out
-of the state (hf.HFLM: Mamba, Falcon-Mamba, Mamba-2). A chunk is read once: the states of the speculative
-prefill are the ones decoded from.
+model.ModelLM to choose each row's prefix), and Hugging Face causal LMs whose cache keeps left pads out
+of the state (hf.HFLM: Transformers such as GPT-2 and Llama, Mamba, Falcon-Mamba, Mamba-2). A chunk is read
+once: the states of the speculative prefill are the ones decoded from.
 
 Symbols: b chunks, L chunk length, V vocabulary, B rows of one prefill group.
 

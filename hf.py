@@ -35,7 +35,7 @@ EXTRAS = "pip install -r requirements-extra.txt"
 
 
 def require(module, what):
-    """Import an optional extra, or raise one ImportError line that says what needs it and how to install it."""
+    """Import an optional extra, or raise one ImportError line: what needs it and how to install it."""
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
@@ -55,7 +55,7 @@ def import_transformers(what):
     if "transformers.integrations.hub_kernels" in sys.modules:
         return transformers
     os.environ.setdefault("USE_HUB_KERNELS", "NO")
-    path = [p for p in sys.path if not os.path.isfile(os.path.join(p or ".", "kernels.py"))]  # not a lone file
+    path = [p for p in sys.path if not os.path.isfile(os.path.join(p or ".", "kernels.py"))]  # skip our file
     spec = importlib.machinery.PathFinder.find_spec("kernels", path)
     if spec is None:  # not installed: transformers sees no hub kernels and uses its own stubs
         import transformers.integrations.hub_kernels  # noqa: F401
@@ -94,10 +94,11 @@ def _map_tensors(obj, fn):
 def _select_rows(obj, rows, B):
     """A copy of a cache object keeping batch rows `rows`: every tensor whose first dim is the batch size B
     is indexed; the rest is shared."""
-    return _map_tensors(obj, lambda t: t.index_select(0, rows.to(t.device)) if t.dim() and t.shape[0] == B else t)
+    pick = lambda t: t.index_select(0, rows.to(t.device)) if t.dim() and t.shape[0] == B else t  # noqa: E731
+    return _map_tensors(obj, pick)
 
 
-# ----------------------------------------------------------------------------- the released checkpoints (HazyResearch/prefix-linear-attention)
+# ---------------------------------------------------------------- the released checkpoints (official code)
 # The official code (HazyResearch/prefix-linear-attention, train/src/models/gpt.py) builds a GPT-2 style
 # config whose layer layout is alt_mixer_2_layers (sliding window), alt_mixer_layers (PLA or Based linear
 # attention), and `mixer` (BaseConv) everywhere else. Its weights are those of our mixers under other names.
@@ -109,7 +110,7 @@ OFFICIAL_NAMES = {  # ours -> the official module name inside transformer.layers
             "out": "out_proj"},
     "la": {"q": "proj_q", "k": "proj_k", "v": "proj_v", "out": "out_proj"},
     "swa": {"qkv": "Wqkv", "out": "out_proj"},  # Wqkv's rows are [q, k, v], each (heads, head dim): ours too
-    "conv": {"inp": "in_proj", "conv": "conv.conv", "out": "out_proj"},  # in_proj's rows: [u1 (conv), u2 (gate)]
+    "conv": {"inp": "in_proj", "conv": "conv.conv", "out": "out_proj"},  # in_proj: [u1 (conv), u2 (gate)]
 }
 
 
@@ -144,9 +145,11 @@ FIXED_SWA = {  # read for sliding-window layers only (sliding_window_additions)
     "num_head_kv": (None, None, "as many key/value heads as query heads"),
 }
 FIXED_MIXER = {  # our mixer: {option of its spec: (what we implement, the official default, what it means)}
-    "conv": {"use_bias": (True, True, "in_proj and out_proj with bias"), "expand_proj": (4, 2, "in_proj d -> 4d"),
+    "conv": {"use_bias": (True, True, "in_proj and out_proj with bias"),
+             "expand_proj": (4, 2, "in_proj d -> 4d"),
              "use_cuda": (False, False, "a conv without bias (causal-conv1d's adds one)")},
-    "pla": {"eps": (1e-12, 1e-12, "the normaliser's epsilon"), "scale_dim": (None, None, "the Taylor map scaled by f"),
+    "pla": {"eps": (1e-12, 1e-12, "the normaliser's epsilon"),
+            "scale_dim": (None, None, "the Taylor map scaled by f"),
             "use_mask": (True, True, "the pads' keys zeroed in prefill_official")},
     "la": {"eps": (1e-12, 1e-12, "the normaliser's epsilon"), "use_decay_proj": (False, False, "no decay"),
            "head_dim": (None, None, "head dim d_model / n_head")},
@@ -165,12 +168,13 @@ def official_config(config):
     """The official config.json (a dict) -> our Config. An option, mixer or value that we do not implement,
     or a value of the wrong type, is a ValueError that names it and says what is supported."""
     if not isinstance(config, dict):
-        raise ValueError(f"config: expected a JSON object (the official config.json), got {type(config).__name__}")
+        raise ValueError(f"config: expected a JSON object (the official config.json), "
+                         f"got {type(config).__name__}")
     c = dict(config)
     missing = [k for k in ("n_embd", "n_layer", "n_head", "vocab_size") if k not in c]
     if missing:
-        raise ValueError(f"config: missing {missing}; a released config.json has n_embd, n_layer, n_head, vocab_size, "
-                         "alt_mixer_layers, alt_mixer_2_layers and the mixer settings")
+        raise ValueError(f"config: missing {missing}; a released config.json has n_embd, n_layer, n_head, "
+                         "vocab_size, alt_mixer_layers, alt_mixer_2_layers and the mixer settings")
 
     def need(where, name, got, ok, what):  # one line naming the option, its value and what is allowed
         if not ok(got):
@@ -186,14 +190,14 @@ def official_config(config):
         need("", k, c.get(k), lambda x: x is None or pos_int(x), "a positive int or null")
     for k in ("layer_norm_epsilon", "rotary_emb_base"):
         need("", k, c.get(k, 1.0), lambda x: _is_number(x) and x > 0, "a number > 0")
-    need("", "tie_word_embeddings", c.get("tie_word_embeddings", True), lambda x: isinstance(x, bool), "true or false")
+    need("", "tie_word_embeddings", c.get("tie_word_embeddings", True), lambda x: isinstance(x, bool),
+         "true or false")
+    indices = lambda x: x is None or isinstance(x, list) and all(_is_int(i) and 0 <= i < n_layer for i in x)
     for k in ("alt_mixer_layers", "alt_mixer_2_layers"):
-        need("", k, c.get(k), lambda x: x is None or isinstance(x, list) and all(_is_int(i) and 0 <= i < n_layer
-                                                                               for i in x),
-             f"a list of layer indices in [0, n_layer = {n_layer})")
+        need("", k, c.get(k), indices, f"a list of layer indices in [0, n_layer = {n_layer})")
+    spec_ok = lambda x: x is None or isinstance(x, dict) and isinstance(x.get("_target_"), str)
     for k in ("mixer", "alt_mixer", "alt_mixer_2"):
-        need("", k, c.get(k), lambda x: x is None or isinstance(x, dict) and isinstance(x.get("_target_"), str),
-             "an object with a `_target_` class name, or null")
+        need("", k, c.get(k), spec_ok, "an object with a `_target_` class name, or null")
 
     def kind(key):  # the mixer a config entry builds: None when absent (the official code then uses MHA)
         spec = c.get(key)
@@ -209,59 +213,67 @@ def official_config(config):
         key = ("alt_mixer_2" if i in (c.get("alt_mixer_2_layers") or []) else
                "alt_mixer" if i in (c.get("alt_mixer_layers") or []) else "mixer")
         if kind(key) is None:
-            raise ValueError(f"config: layer {i} uses {key}, which the config does not define (the official code "
-                             f"then builds full attention, which this loader does not map); supported mixers: "
-                             f"{sorted(OFFICIAL_MIXERS)}")
+            raise ValueError(f"config: layer {i} uses {key}, which the config does not define (the official "
+                             f"code then builds full attention, which this loader does not map); supported "
+                             f"mixers: {sorted(OFFICIAL_MIXERS)}")
         layers.append(kind(key))
     if "swa" in layers and (d // H) % 2:
-        raise ValueError(f"config: n_embd / n_head = {d // H}; the sliding-window layers' rotary needs an even head dim")
+        raise ValueError(f"config: n_embd / n_head = {d // H}; the sliding-window layers' rotary needs an "
+                         "even head dim")
     fixed = {**FIXED, **(FIXED_SWA if "swa" in layers else {})}
     for name, (want, default, why) in fixed.items():
-        if not _same(c.get(name, default), want):
-            raise ValueError(f"config: {name} = {c.get(name, default)!r}{' (the default)' * (name not in c)}; "
+        got = c.get(name, default)
+        if not _same(got, want):
+            raise ValueError(f"config: {name} = {got!r}{' (the default)' * (name not in c)}; "
                              f"supported: {want!r} ({why})")
     specs = {key: c[key] for key in ("mixer", "alt_mixer", "alt_mixer_2") if kind(key) in layers}
     for key, spec in specs.items():
         m = kind(key)
         for name, (want, default, why) in FIXED_MIXER[m].items():
             got = spec.get(name, default)
-            if name == "scale_dim" and got == spec.get("feature_dim", 16) or name == "head_dim" and got == d // H:
-                continue  # the value the default stands for, spelled out
+            spelled_out = {"scale_dim": spec.get("feature_dim", 16), "head_dim": d // H}  # None's meaning
+            if name in spelled_out and got == spelled_out[name]:
+                continue
             if not _same(got, want):
                 raise ValueError(f"config: {key}.{name} = {got!r}{' (the default)' * (name not in spec)}; "
                                  f"supported: {want!r} ({why})")
         heads = spec.get("num_heads", 16 if m == "la" else None)  # LinearAttention's default is 16 heads
         if m != "conv" and heads != H:
-            raise ValueError(f"config: {key}.num_heads = {heads!r}{' (the default)' * ('num_heads' not in spec)} "
-                             f"differs from n_head = {H}; our Config has one head count for every mixer")
-        sizes = {"conv": {"kernel_size": 3}, "pla": {"feature_dim": 16, "enc_length": c.get("enc_length") or 1024},
-                 "la": {"feature_dim": 16}, "swa": {"window_size": 256}}[m]
+            default = " (the default)" * ("num_heads" not in spec)
+            raise ValueError(f"config: {key}.num_heads = {heads!r}{default} differs from n_head = {H}; our "
+                             "Config has one head count for every mixer")
+        sizes = {"conv": {"kernel_size": 3}, "la": {"feature_dim": 16}, "swa": {"window_size": 256},
+                 "pla": {"feature_dim": 16, "enc_length": c.get("enc_length") or 1024}}[m]
         for name, default in sizes.items():
             low = 2 if name == "window_size" else 1                 # a window of w looks w/2 back
-            need(f"{key}.", name, spec.get(name, default), lambda x: _is_int(x) and x >= low, f"an int >= {low}")
-        fmap = spec.get("feature_map")
-        if m == "la" and fmap is not None and not (isinstance(fmap, dict) and str(fmap.get("_target_", "")).endswith(
-                "TaylorExp") and fmap.get("input_dim", spec.get("feature_dim", 16)) == spec.get("feature_dim", 16)):
+            need(f"{key}.", name, spec.get(name, default), lambda x: _is_int(x) and x >= low,
+                 f"an int >= {low}")
+        fmap, f = spec.get("feature_map"), spec.get("feature_dim", 16)
+        taylor = isinstance(fmap, dict) and str(fmap.get("_target_", "")).endswith("TaylorExp")
+        if m == "la" and fmap is not None and not (taylor and fmap.get("input_dim", f) == f):
             raise ValueError(f"config: {key}.feature_map = {fmap!r}; supported: TaylorExp over feature_dim "
                              "(the Based feature map)")
     swa = c.get("alt_mixer_2") or {}
     if swa.get("window_size") == 4096 and {7, 17} & {i for i, m in enumerate(layers) if m == "swa"}:
-        raise ValueError("config: alt_mixer_2.window_size = 4096; the official SlidingAttention then uses 256 at "
-                         "layers 7 and 17 only, and our Config has one window for every layer")
+        raise ValueError("config: alt_mixer_2.window_size = 4096; the official SlidingAttention then uses "
+                         "256 at layers 7 and 17 only, and our Config has one window for every layer")
     la, conv = c.get("alt_mixer") or {}, c.get("mixer") or {}
     multiple = c.get("pad_vocab_size_multiple", 1)
     hidden = -(-(c.get("n_inner") or int(8 * d / 3)) // 256) * 256  # GatedMlp rounds up to a multiple of 256
-    return Config(vocab_size=-(-c["vocab_size"] // multiple) * multiple, d_model=d, layers=tuple(layers), n_head=H,
-                  feature_dim=la.get("feature_dim", 16), window=swa.get("window_size", 256) // 2,  # window w: w/2 back
+    return Config(vocab_size=-(-c["vocab_size"] // multiple) * multiple, d_model=d, layers=tuple(layers),
+                  n_head=H, feature_dim=la.get("feature_dim", 16),
+                  window=swa.get("window_size", 256) // 2,                  # a window w looks w/2 back
                   conv_kernel=conv.get("kernel_size", 3), mlp_hidden=0 if hidden == 2 * d else hidden,
                   prefix_len=la.get("enc_length") or c.get("enc_length") or 1024,
-                  rope_base=float(c.get("rotary_emb_base", 10000.0)), norm_eps=c.get("layer_norm_epsilon", 1e-5),
+                  rope_base=float(c.get("rotary_emb_base", 10000.0)),
+                  norm_eps=c.get("layer_norm_epsilon", 1e-5),
                   tie_embeddings=c.get("tie_word_embeddings", True))
 
 
 def _official_keys(cfg):
     """Our parameter name -> the official key, for every parameter of Model(cfg)."""
-    keys = {"wte.weight": "transformer.embeddings.word_embeddings.weight", "norm_f.weight": "transformer.ln_f.weight"}
+    keys = {"wte.weight": "transformer.embeddings.word_embeddings.weight",
+            "norm_f.weight": "transformer.ln_f.weight"}
     if not cfg.tie_embeddings:
         keys["lm_head.weight"] = "lm_head.weight"
     for i, m in enumerate(cfg.layers):
@@ -275,11 +287,11 @@ def _official_keys(cfg):
 
 
 def from_official(state_dict, config):
-    """A state dict in the official key layout (HazyResearch's train/src/models/gpt.py) -> our Model (eval mode) with the same logits.
-    config: the official config.json as a dict, or our Config. Keys the official loader drops are dropped
-    too (a leading "model.", Lightning's "*metrics*" counters); rotary_emb.inv_freq buffers are checked
-    against our rotary, then ignored; any other unknown key, a missing key or a wrong shape is a ValueError
-    naming them."""
+    """A state dict in the official key layout (HazyResearch's train/src/models/gpt.py) -> our Model
+    (eval mode) with the same logits. config: the official config.json as a dict, or our Config. Keys the
+    official loader drops are dropped too (a leading "model.", Lightning's "*metrics*" counters);
+    rotary_emb.inv_freq buffers are checked against our rotary, then ignored; any other unknown key, a
+    missing key or a wrong shape is a ValueError naming them."""
     cfg = config if isinstance(config, Config) else official_config(config)
     sd = {re.sub(r"^model\.", "", k): v for k, v in state_dict.items() if "metrics" not in k}
     sd = {k.replace("conv1", "conv"): v for k, v in sd.items()}    # older checkpoints name the conv `conv1`
@@ -288,21 +300,23 @@ def from_official(state_dict, config):
         want = cfg.rope_base ** (-torch.arange(0, hd, 2, dtype=torch.float64) / hd)
         got = sd.pop(k)
         if tuple(got.shape) != (hd // 2,) or not torch.allclose(got.double().cpu(), want, rtol=1e-3, atol=0):
-            raise ValueError(f"{k}: not the rotary of base {cfg.rope_base} over head dim {hd} that this config gives")
-    if "lm_head.weight" in sd and cfg.tie_embeddings:              # tied: the same matrix, stored once or twice
+            raise ValueError(f"{k}: not the rotary of base {cfg.rope_base} over head dim {hd} that this "
+                             "config gives")
+    if "lm_head.weight" in sd and cfg.tie_embeddings:              # tied: one matrix, stored once or twice
         head = sd.pop("lm_head.weight")
         emb = sd.setdefault("transformer.embeddings.word_embeddings.weight", head)
         if emb.shape != head.shape or not torch.equal(emb, head):
-            raise ValueError("lm_head.weight differs from transformer.embeddings.word_embeddings.weight, but the "
-                             "config ties them (tie_word_embeddings); set tie_word_embeddings=false for untied weights")
+            raise ValueError("lm_head.weight differs from transformer.embeddings.word_embeddings.weight, but "
+                             "the config ties them (tie_word_embeddings); set tie_word_embeddings=false for "
+                             "untied weights")
     keys = _official_keys(cfg)
     missing = sorted(set(keys.values()) - set(sd))
     unknown = sorted(set(sd) - set(keys.values()))
     if missing or unknown:
         show = lambda ks: f"{ks[:4]}" + (f" and {len(ks) - 4} more" if len(ks) > 4 else "")
-        raise ValueError("the state dict does not fit the config's layout (" + ", ".join(cfg.layers[:3]) + ", ...): "
-                         + "; ".join(f"{what} {show(ks)}" for what, ks in (("missing", missing), ("unknown", unknown))
-                                     if ks))
+        what = "; ".join(f"{w} {show(ks)}" for w, ks in (("missing", missing), ("unknown", unknown)) if ks)
+        raise ValueError(f"the state dict does not fit the config's layout "
+                         f"({', '.join(cfg.layers[:3])}, ...): {what}")
     model = Model(cfg)
     params = dict(model.named_parameters())
     with torch.no_grad():
@@ -325,7 +339,8 @@ def from_pretrained(name_or_dir, device="cpu"):
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{config_path}: not valid JSON ({e})") from None
     if not isinstance(config, dict):
-        raise ValueError(f"{config_path}: expected a JSON object (the official config), got {json.dumps(config)[:40]}")
+        raise ValueError(f"{config_path}: expected a JSON object (the official config), "
+                         f"got {json.dumps(config)[:40]}")
     try:
         cfg = official_config(config)
     except ValueError as e:
@@ -352,8 +367,8 @@ def _check_hub_blob(path):
         for chunk in iter(lambda: f.read(1 << 24), b""):
             h.update(chunk)
     if h.hexdigest() != sha:
-        raise ValueError(f"{path}: damaged: its sha256 is {h.hexdigest()[:12]}..., the hub recorded {sha[:12]}...; "
-                         f"delete {blob} and load again to download it anew")
+        raise ValueError(f"{path}: damaged: its sha256 is {h.hexdigest()[:12]}..., the hub recorded "
+                         f"{sha[:12]}...; delete {blob} and load again to download it anew")
 
 
 def _pretrained_files(name_or_dir):
@@ -367,20 +382,20 @@ def _pretrained_files(name_or_dir):
         try:
             from huggingface_hub import snapshot_download
         except ImportError:
-            raise ValueError(f"{name_or_dir!r} is a hub name: downloading it needs `pip install huggingface_hub "
-                             "safetensors` (see requirements-extra.txt); or pass a local directory holding "
-                             "config.json and the weights") from None
+            raise ValueError(f"{name_or_dir!r} is a hub name: downloading it needs `pip install "
+                             "huggingface_hub safetensors` (see requirements-extra.txt); or pass a local "
+                             "directory holding config.json and the weights") from None
         try:
             folder = snapshot_download(name_or_dir, allow_patterns=["config.json", "*.safetensors"])
             if not any(f.endswith(".safetensors") for f in os.listdir(folder)):
                 folder = snapshot_download(name_or_dir, allow_patterns=["config.json", "pytorch_model*.bin"])
-        except Exception as e:  # offline, unknown repository, no access: one line, whatever the hub library raised
+        except Exception as e:  # offline, unknown repository, no access: one line, whatever the hub raised
             raise ValueError(f"could not download {name_or_dir!r} from the Hugging Face hub "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
                              "pass a local directory holding config.json and the weights instead") from None
     files = sorted(os.listdir(folder))
-    weights = [f for f in files if f.endswith(".safetensors")] or [f for f in files
-                                                                   if re.fullmatch(r"pytorch_model.*\.bin", f)]
+    weights = ([f for f in files if f.endswith(".safetensors")]
+               or [f for f in files if re.fullmatch(r"pytorch_model.*\.bin", f)])
     if "config.json" not in files or not weights:
         what = "config.json" if "config.json" not in files else "weights (pytorch_model.bin or *.safetensors)"
         raise ValueError(f"{folder}: no {what} in this directory; a released checkpoint directory holds the "
@@ -398,16 +413,16 @@ def _load_weights(path):
         try:
             return load_file(path)
         except Exception as e:  # safetensors checks the header and the byte ranges: a cut or garbled file
-            raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged ({type(e).__name__}: "
-                             f"{(str(e).splitlines() or [''])[0][:200]})") from None
+            raise ValueError(f"{path}: not a readable safetensors file, truncated or damaged "
+                             f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]})") from None
     sd = read_checkpoint(path)  # weights_only=True: a file that would run code is refused, in one line
-    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd  # a Lightning checkpoint keeps it one level down
+    sd = sd.get("state_dict", sd) if isinstance(sd, dict) else sd  # Lightning keeps it one level down
     if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
         raise ValueError(f"{path}: expected a state dict of tensors")
     return sd
 
 
-# ----------------------------------------------------------------------------- transformers' models behind the interface
+# ------------------------------------------------------------ transformers' models behind the interface
 
 class HFLM:
     """A Hugging Face causal LM behind the interface.
@@ -442,19 +457,20 @@ class HFLM:
         self._cache_arg = next((a for a in ("cache", "past_key_values", "cache_params") if a in args), None)
         cache = self._probe() if self._cache_arg else None
         Cache = import_transformers("HFLM").Cache
-        attention = isinstance(cache, Cache) and not any(getattr(cache, "is_linear", [])) and "position_ids" in args
+        linear = any(getattr(cache, "is_linear", []))            # a recurrent layer in the cache
+        attention = isinstance(cache, Cache) and not linear and "position_ids" in args
         kind = model.config.model_type
         self._positions = attention  # pass position_ids counted from each row's first real token
         self.supports_padding = attention or (isinstance(cache, Cache) and kind in self.CACHED)
         if mode == "cache" and not self.supports_padding:
-            raise ValueError(f"a {kind!r} model cannot be decoded from a selectable cache that keeps left pads out "
-                             f"of its state; supported: {self.PADDED} (others run in mode='rerun', exact only "
-                             "for batches of equal-length prompts)")
+            raise ValueError(f"a {kind!r} model cannot be decoded from a selectable cache that keeps left "
+                             f"pads out of its state; supported: {self.PADDED} (others run in mode='rerun', "
+                             "exact only for batches of equal-length prompts)")
         self.mode = "cache" if isinstance(cache, Cache) and mode != "rerun" else "rerun"
 
     @torch.no_grad()
     def _probe(self):
-        """The cache the model returns for one token: its kind decides the mode and whether padding is exact."""
+        """The cache the model returns for one token: its kind sets the mode and whether padding is exact."""
         out = self.model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=self.device), use_cache=True)
         return self._out_cache(out)
 
@@ -470,7 +486,8 @@ class HFLM:
 
     @staticmethod
     def _out_cache(out):
-        return next((out[k] for k in ("cache", "past_key_values", "cache_params") if out.get(k) is not None), None)
+        names = ("cache", "past_key_values", "cache_params")
+        return next((out[k] for k in names if out.get(k) is not None), None)
 
     def _forward(self, idx, mask, pos, cache=None):
         """logits (B, V) of the last position, and the model's new cache. mask (B, T) long: 1 = real token;
@@ -479,8 +496,8 @@ class HFLM:
         limit = getattr(self.model.config, "n_positions", None)  # a learned position table (GPT-2) ends there
         if self._positions and isinstance(limit, int) and pos.max() >= limit:
             raise ValueError(f"the prompt and answer need {int(pos.max()) + 1} positions, but this "
-                             f"{self.model.config.model_type!r} model has n_positions = {limit}: shorten the input "
-                             "or the answer (max_new_tokens)")
+                             f"{self.model.config.model_type!r} model has n_positions = {limit}: shorten the "
+                             "input or the answer (max_new_tokens)")
         if cache is not None:
             kw[self._cache_arg] = cache
         if cache is None or self._positions:  # the Mamba family reads the mask only while the pads go by
@@ -495,7 +512,7 @@ class HFLM:
         logits, hf = self._forward(idx, mask, pos)
         if self.mode == "rerun":
             return logits, {"idx": idx, "mask": mask}
-        return logits, {"hf": hf, "B": idx.shape[0], "mask": mask, "pos": mask.sum(1)}  # pos: the next position
+        return logits, {"hf": hf, "B": idx.shape[0], "mask": mask, "pos": mask.sum(1)}  # pos: the next one
 
     @torch.no_grad()
     def step(self, idx_t, cache):
@@ -503,7 +520,7 @@ class HFLM:
             idx, mask = torch.cat([cache["idx"], idx_t[:, None]], 1), F.pad(cache["mask"], (0, 1), value=1)
             logits, _ = self._forward(idx, mask, (mask.cumsum(1) - 1).clamp(min=0))
             return logits, {"idx": idx, "mask": mask}
-        hf = _map_tensors(cache["hf"], torch.clone)   # the model writes into the cache it gets: give it a copy
+        hf = _map_tensors(cache["hf"], torch.clone)   # the model writes into the cache it gets: a copy
         mask = F.pad(cache["mask"], (0, 1), value=1)
         logits, hf = self._forward(idx_t[:, None], mask, cache["pos"][:, None], hf)
         return logits, {"hf": hf, "B": idx_t.shape[0], "mask": mask, "pos": cache["pos"] + 1}
@@ -512,8 +529,8 @@ class HFLM:
         rows = torch.as_tensor(rows, dtype=torch.long)
         if self.mode == "rerun":
             return {"idx": cache["idx"][rows], "mask": cache["mask"][rows]}
-        return {"hf": _select_rows(cache["hf"], rows, cache["B"]), "B": len(rows), "mask": cache["mask"][rows],
-                "pos": cache["pos"][rows]}
+        return {"hf": _select_rows(cache["hf"], rows, cache["B"]), "B": len(rows),
+                "mask": cache["mask"][rows], "pos": cache["pos"][rows]}
 
 
 class HFTokenizer:
@@ -560,6 +577,7 @@ def load_dataset(path, name=None, split="test"):
     try:
         return datasets.load_dataset(path, name, split=split)
     except Exception as e:  # offline, unknown set, no access: whatever datasets raised, in one line
-        raise ValueError(f"could not load the data set {path}{'/' + name if name else ''} ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); a machine with internet downloads it once "
-                         "(then it is cached), or pass your own rows as a .jsonl file") from None
+        raise ValueError(f"could not load the data set {path}{'/' + name if name else ''} "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); a machine with "
+                         "internet downloads it once (then it is cached), or pass your own rows as a .jsonl "
+                         "file") from None
