@@ -442,7 +442,8 @@ class HFLM:
         never enters the conv or SSM state.
     Elsewhere (RWKV, RecurrentGemma, hybrids with other recurrent layers) pads would enter the state:
     prompt.greedy then batches only prompts of equal length, and OPRM refuses the model.
-    Checked on tiny random GPT-2, Llama, Mamba, Falcon-Mamba and Mamba-2 models with transformers 5.25.
+    Checked on tiny random GPT-2, Llama, Mamba, Falcon-Mamba and Mamba-2 models with transformers 5.24 and
+    5.25. Import transformers through `import_transformers` (below) when running from this folder.
     """
     CACHED = ("mamba", "falcon_mamba", "mamba2")  # recurrent families whose cache keeps left pads out
     PADDED = "Transformers with a KV cache (GPT-2, Llama, ...), " + ", ".join(CACHED)
@@ -453,7 +454,7 @@ class HFLM:
         self.model = model.eval()
         self.vocab_size = model.get_output_embeddings().weight.shape[0]
         args = inspect.signature(model.forward).parameters
-        # transformers 5.25 names every cache `cache`; earlier versions past_key_values or cache_params
+        # transformers 5.24+ names every cache `cache`; earlier versions past_key_values or cache_params
         self._cache_arg = next((a for a in ("cache", "past_key_values", "cache_params") if a in args), None)
         cache = self._probe() if self._cache_arg else None
         Cache = import_transformers("HFLM").Cache
