@@ -30,9 +30,9 @@ Variants (the official code's, then ours):
     read_twice         JRT-Prompt inside each chunk: X_i = [P, C_i, S, C_i, S] (JRT paper)
 
 Any model of the one interface (lm.prefill / lm.step / lm.select, see hf.py) works: our Model (wrapped in
-model.ModelLM to choose each row's prefix), and Hugging Face recurrent LMs whose cache keeps left pads out
-of the state (hf.HFLM: Mamba, Falcon-Mamba, Mamba-2). A chunk is read once: the states of the speculative
-prefill are the ones decoded from.
+model.ModelLM to choose each row's prefix), and Hugging Face causal LMs whose cache keeps left pads out
+of the state (hf.HFLM: Transformers such as GPT-2 and Llama, Mamba, Falcon-Mamba, Mamba-2). A chunk is read
+once: the states of the speculative prefill are the ones decoded from.
 
 Symbols: b chunks, L chunk length, V vocabulary, B rows of one prefill group.
 
@@ -97,8 +97,7 @@ def as_lm(lm):
         return ModelLM(lm)
     if not getattr(lm, "supports_padding", True):
         raise ValueError(f"{type(lm).__name__} (mode {getattr(lm, 'mode', '?')!r}) cannot keep left pads out of its "
-                         f"state, which OPRM's chunks of unequal length need; supported Hugging Face families: "
-                         f"{', '.join(hf.HFLM.CACHED)}")
+                         f"state, which OPRM's chunks of unequal length need; supported: {hf.HFLM.PADDED}")
     return lm
 
 

@@ -1,15 +1,18 @@
-"""hf.py: Hugging Face recurrent LMs behind the interface, on tiny random models built here (no download):
-left-padded batched prefill equals each prompt alone, steps and row selection match full forward passes,
-OPRM runs end to end, and families that cannot keep pads out of their state are refused."""
+"""hf.py: Hugging Face causal LMs (GPT-2, Llama, the Mamba family) behind the interface, on tiny random
+models built here (no download): left-padded batched prefill equals each prompt alone, steps and row
+selection match full forward passes and leave the cache they are given alone, OPRM runs end to end, and
+families that cannot keep pads out of their state are refused."""
 import json
 
 import pytest
 import torch
 
-transformers = pytest.importorskip("transformers", reason="optional extra (requirements-extra.txt)")
+pytest.importorskip("transformers", reason="optional extra (requirements-extra.txt)")
 
 import data  # noqa: E402
 import hf  # noqa: E402
+
+transformers = hf.import_transformers("the tests")
 from chunked import main as chunked_main, oprm_generate, speculative_prefill  # noqa: E402
 from hf import HFLM  # noqa: E402
 from prompt import greedy  # noqa: E402
@@ -17,21 +20,31 @@ from prompt import greedy  # noqa: E402
 V = 64
 
 
+TINY = {  # family: (config class, model class, settings): two layers of width 16 or 32
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel",                                # learned positions
+             dict(n_embd=16, n_layer=2, n_head=2, n_positions=128, bos_token_id=0, eos_token_id=0)),
+    "llama": ("LlamaConfig", "LlamaForCausalLM",                             # rotary, grouped-query attention
+              dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, bos_token_id=0, eos_token_id=0)),
+    "rwkv": ("RwkvConfig", "RwkvForCausalLM",
+             dict(hidden_size=16, num_hidden_layers=2, attention_hidden_size=16, intermediate_size=32,
+                  context_length=64)),
+    "mamba": ("MambaConfig", "MambaForCausalLM",
+              dict(hidden_size=16, state_size=4, num_hidden_layers=2, conv_kernel=3)),
+    "falcon_mamba": ("FalconMambaConfig", "FalconMambaForCausalLM",
+                     dict(hidden_size=16, state_size=4, num_hidden_layers=2, conv_kernel=3)),
+    "mamba2": ("Mamba2Config", "Mamba2ForCausalLM",
+               dict(hidden_size=32, state_size=8, num_hidden_layers=2, conv_kernel=3, num_heads=4,
+                    head_dim=16, n_groups=1, expand=2, chunk_size=8)),
+}
+
+
 def tiny(family, seed=0, vocab=V):
     torch.manual_seed(seed)
-    if family == "mamba":
-        cfg = transformers.MambaConfig(vocab_size=vocab, hidden_size=16, state_size=4, num_hidden_layers=2, conv_kernel=3)
-        model = transformers.MambaForCausalLM(cfg)
-    elif family == "falcon_mamba":
-        cfg = transformers.FalconMambaConfig(vocab_size=vocab, hidden_size=16, state_size=4, num_hidden_layers=2,
-                                             conv_kernel=3)
-        model = transformers.FalconMambaForCausalLM(cfg)
-    else:
-        cfg = transformers.Mamba2Config(vocab_size=vocab, hidden_size=32, state_size=8, num_hidden_layers=2, conv_kernel=3,
-                                        num_heads=4, head_dim=16, n_groups=1, expand=2, chunk_size=8)
-        model = transformers.Mamba2ForCausalLM(cfg)
+    config, model, settings = TINY[family]
+    model = getattr(transformers, model)(getattr(transformers, config)(vocab_size=vocab, **settings))
     with torch.no_grad():
-        model.lm_head.weight.mul_(20)                                      # varied greedy outputs
+        model.get_output_embeddings().weight.mul_(20)                     # varied greedy outputs
     return model.eval()
 
 
@@ -44,7 +57,7 @@ def full_greedy(model, prompt, n):
     return ids[len(prompt):]
 
 
-FAMILIES = ["mamba", "falcon_mamba", "mamba2"]
+FAMILIES = ["gpt2", "llama", "mamba", "falcon_mamba", "mamba2"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -53,6 +66,9 @@ def test_batched_left_padded_prefill_equals_one_by_one(family):
     lm = HFLM(model)
     assert lm.mode == "cache" and lm.supports_padding and lm.vocab_size == V
     prompts = [[3, 4, 5, 6, 7, 8, 9, 10, 11], [12, 13], [14, 15, 16, 17, 18]]
+    with torch.no_grad():                                                # a padded row: the model alone
+        alone = model(torch.tensor([prompts[1]])).logits[0, -1]
+    torch.testing.assert_close(lm.prefill(*hf_left_pad(prompts))[0][1], alone, rtol=1e-4, atol=1e-4)
     idx, pad = hf_left_pad(prompts)
     logits, cache = lm.prefill(idx, pad_mask=pad)
     nxt = torch.tensor([20, 21, 22])
@@ -79,14 +95,14 @@ def test_greedy_through_the_cache_equals_full_forward(family):
     model = tiny(family)
     prompts = [[3, 4, 5, 6, 7], [8, 9], [10, 11, 12, 13]]
     ref = [full_greedy(model, p, 6) for p in prompts]
-    assert greedy(HFLM(model), prompts, max_new_tokens=6, batch_size=3) == ref   # left-padded batch, cache steps
+    assert greedy(HFLM(model), prompts, max_new_tokens=6, batch_size=3) == ref   # left-padded, cache steps
     assert greedy(HFLM(model, mode="rerun"), prompts, max_new_tokens=6, batch_size=3) == ref
     stop = ref[0][2]
     got = greedy(HFLM(model), prompts, max_new_tokens=6, stop={stop}, batch_size=3)  # rows leave via select
     assert got == [r[:r.index(stop)] if stop in r else r for r in ref]
 
 
-@pytest.mark.parametrize("family", ["mamba", "mamba2"])
+@pytest.mark.parametrize("family", ["llama", "mamba", "mamba2"])
 def test_oprm_end_to_end_on_a_hf_model(family):
     model = tiny(family)
     lm = HFLM(model)
@@ -101,19 +117,51 @@ def test_oprm_end_to_end_on_a_hf_model(family):
     for selection in ("entropy", "likelihood"):
         r = oprm_generate(lm, P, C, S, 12, selection=selection, max_new_tokens=4)
         a, e = r.spans[r.chunk]
-        assert r.answer == full_greedy(model, P + C[a:e] + S, 4)        # decoded from that chunk's state alone
+        assert r.answer == full_greedy(model, P + C[a:e] + S, 4)        # from that chunk's state alone
     summ = oprm_generate(lm, P, C, S, 12, mode="summarize", max_new_tokens=3)
     assert summ.answers == [full_greedy(model, P + C[a:e] + S, 3) for a, e in summ.spans]
 
 
+def snapshot(obj):
+    """Every tensor reachable from a cache, cloned, in a fixed order."""
+    out = []
+    hf._map_tensors(obj, lambda t: out.append(t.clone()) or t)
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_step_and_select_leave_the_cache_they_are_given_alone(family):
+    lm = HFLM(tiny(family))
+    idx, pad = hf_left_pad([[3, 4, 5, 6], [7, 8]])
+    _, cache = lm.prefill(idx, pad_mask=pad)
+    before = snapshot(cache)
+    first, _ = lm.step(torch.tensor([9, 10]), cache)
+    lm.select(cache, [1])
+    again, _ = lm.step(torch.tensor([9, 10]), cache)                     # the same cache, used twice
+    after = snapshot(cache)
+    assert len(after) == len(before) > 2 and all(torch.equal(a, b) for a, b in zip(after, before))
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+
+
+def test_a_learned_position_table_is_not_read_past_its_end():
+    lm = HFLM(tiny("gpt2"))                                              # n_positions = 128
+    _, cache = lm.prefill(torch.ones(2, 128, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"need 129 positions, but this 'gpt2' model has n_positions = 128"):
+        lm.step(torch.tensor([1, 2]), cache)
+
+
 def test_families_that_cannot_keep_pads_out_are_refused():
-    cfg = transformers.GPT2Config(vocab_size=V, n_embd=16, n_layer=1, n_head=2, n_positions=64)
-    gpt2 = transformers.GPT2LMHeadModel(cfg).eval()
-    with pytest.raises(ValueError, match=r"'gpt2' model cannot be decoded.*supported families: mamba, falcon_mamba, mamba2"):
-        HFLM(gpt2, mode="cache")
-    rerun = HFLM(gpt2)                                                   # JRT-Prompt still works, unpadded batches
+    rwkv = tiny("rwkv")
+    with pytest.raises(ValueError, match=r"'rwkv' model cannot be decoded.*supported: Transformers with a KV "
+                                         r"cache "
+                                         r"\(GPT-2, Llama, ...\), mamba, falcon_mamba, mamba2"):
+        HFLM(rwkv, mode="cache")
+    rerun = HFLM(rwkv)                                                   # JRT-Prompt still works, unpadded
     assert rerun.mode == "rerun" and not rerun.supports_padding
-    with pytest.raises(ValueError, match=r"cannot keep left pads out of its state.*mamba, falcon_mamba, mamba2"):
+    prompts = [[3, 4, 5], [6, 7, 8]]
+    want = [full_greedy(rwkv, p, 3) for p in prompts]
+    assert greedy(rerun, prompts, max_new_tokens=3, batch_size=2) == want
+    with pytest.raises(ValueError, match=r"cannot keep left pads out of its state.*supported: Transformers"):
         oprm_generate(rerun, [1], [2] * 20, [3], 5)
 
 
@@ -178,3 +226,29 @@ def test_text_rows_answer_from_the_full_context_and_from_the_chosen_chunk():
     a, e = r.spans[r.chunk]
     assert oprm[30] == tok.decode(full_greedy(model, P + C[a:e] + S, 4))
 
+
+
+def test_prompt_cli_runs_a_saved_transformer_from_the_repository_root(tmp_path):
+    """`python prompt.py --hf DIR` puts the repository first on sys.path, where our kernels.py would stand in
+    for the `kernels` package transformers imports: the command must still load and decode the model."""
+    import os
+    import subprocess
+    import sys
+    tokenizers = pytest.importorskip("tokenizers")
+    words = ["[UNK]", "[PAD]", "the", "door", "is", "red", "key", "blue", "colour", ":", "of"]
+    vocab = {w: i for i, w in enumerate(words)}
+    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    folder = tmp_path / "tiny-gpt2"
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]")
+    fast.save_pretrained(folder)
+    tiny("gpt2", vocab=len(words)).save_pretrained(folder)
+    rows = tmp_path / "rows.jsonl"
+    row = {"kind": "qa", "cloze": "the door is", "answers": ["red"]}
+    rows.write_text("\n".join(json.dumps({**row, "context": c})
+                              for c in ("the door is red", "the key is blue the door is red")))
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    argv = [sys.executable, "prompt.py", "--hf", str(folder), "--task", str(rows), "--device", "cpu"]
+    r = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.splitlines()[2].startswith("| task | 2 | "), r.stdout            # both rows decoded

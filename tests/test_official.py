@@ -4,6 +4,7 @@ written here from the official modules' definitions, on the official key names."
 import json
 import math
 import os
+import re
 import sys
 
 import pytest
@@ -26,6 +27,7 @@ def official_conf(linear="pla", vocab=60, d=32, H=2, f=4, enc=8, window_size=8):
     return {"vocab_size": vocab, "pad_vocab_size_multiple": 8, "n_embd": d, "n_layer": 5, "n_head": H,
             "n_inner": 2 * d, "rms_norm": True, "activation_function": "swiglu", "rotary_emb_fraction": 1,
             "layer_norm_epsilon": 1e-5, "alt_mixer_layers": [1, 3], "alt_mixer_2_layers": [2],
+            "mlp_fc1_bias": False, "mlp_fc2_bias": False, "qkv_proj_bias": False, "out_proj_bias": False,
             "mixer": {"_target_": TARGET["conv"], "expand_proj": 4, "kernel_sizes": [3], "use_bias": True},
             "alt_mixer": {"_target_": TARGET[linear], "feature_dim": f, "num_heads": H, "enc_length": enc},
             "alt_mixer_2": {"_target_": TARGET["swa"], "window_size": window_size, "num_heads": H}}
@@ -62,7 +64,7 @@ def official_state_dict(conf, seed=0, scale=0.3):
     return sd
 
 
-# ----------------------------------------------------------------------------- the official forward, in float64
+# ------------------------------------------------------------------------- the official forward, in float64
 
 def rms(x, w, eps=1e-5):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
@@ -90,8 +92,9 @@ def official_forward(sd, conf, idx, kmask=None):
             hd, w = d // H, conf["alt_mixer_2"]["window_size"] // 2
             qkv = (h @ sd[m + "Wqkv.weight"].T).view(B, T, 3, H, hd)          # "(three h d)"
             ang = torch.arange(T, dtype=F64)[:, None] * sd[m + "rotary_emb.inv_freq"][None]   # (T, hd/2)
-            rot = lambda t: torch.cat([t[..., :hd // 2] * ang.cos()[:, None] - t[..., hd // 2:] * ang.sin()[:, None],
-                                       t[..., hd // 2:] * ang.cos()[:, None] + t[..., :hd // 2] * ang.sin()[:, None]], -1)
+            cos, sin, r = ang.cos()[:, None], ang.sin()[:, None], hd // 2                   # rotate halves
+            rot = lambda t: torch.cat([t[..., :r] * cos - t[..., r:] * sin,
+                                       t[..., r:] * cos + t[..., :r] * sin], -1)
             q, k, v = rot(qkv[:, :, 0]), rot(qkv[:, :, 1]), qkv[:, :, 2]        # (B, T, H, hd)
             s = torch.einsum("bihd,bjhd->bhij", q, k) / math.sqrt(hd)
             i_, j_ = torch.arange(T)[:, None], torch.arange(T)[None]
@@ -104,7 +107,8 @@ def official_forward(sd, conf, idx, kmask=None):
             pla = m + "proj_k_enc.weight" in sd
             if pla:
                 M = min(conf["alt_mixer"]["enc_length"], T)
-                ke, ve = heads(h[:, :M] @ sd[m + "proj_k_enc.weight"].T, f), heads(h[:, :M] @ sd[m + "proj_v_enc.weight"].T, d // H)
+                ke = heads(h[:, :M] @ sd[m + "proj_k_enc.weight"].T, f)
+                ve = heads(h[:, :M] @ sd[m + "proj_v_enc.weight"].T, d // H)
                 if kmask is not None:
                     k, ke = k * kmask[:, None, :, None], ke * kmask[:, None, :M, None]
             q, k = taylor(q), taylor(k)
@@ -113,14 +117,16 @@ def official_forward(sd, conf, idx, kmask=None):
             if pla:
                 ke = taylor(ke)
                 num, den = num + (q @ ke.transpose(-1, -2)) @ ve, den + (q * ke.sum(2, keepdim=True)).sum(-1)
-            h = (num / (den[..., None] + 1e-12)).transpose(1, 2).reshape(B, T, d) @ sd[m + "out_proj.weight"].T
+            y = (num / (den[..., None] + 1e-12)).transpose(1, 2).reshape(B, T, d)
+            h = y @ sd[m + "out_proj.weight"].T
         else:                                                                 # BaseConv
             u = h @ sd[m + "in_proj.weight"].T + sd[m + "in_proj.bias"]
             u1, u2 = u.split(2 * d, -1)
             c = F.conv1d(u1.transpose(1, 2), sd[m + "conv.conv.weight"], padding=2, groups=2 * d)[..., :T]
             h = (F.silu(c.transpose(1, 2)) * u2) @ sd[m + "out_proj.weight"].T + sd[m + "out_proj.bias"]
         x = x + h
-        val, gate = (rms(x, sd[p + "norm2.weight"]) @ sd[p + "mlp.fc1.weight"].T).chunk(2, -1)   # [value, gate]
+        fc1 = rms(x, sd[p + "norm2.weight"]) @ sd[p + "mlp.fc1.weight"].T
+        val, gate = fc1.chunk(2, -1)                                                      # [value, gate]
         x = x + (val * F.silu(gate)) @ sd[p + "mlp.fc2.weight"].T
     return rms(x, sd["transformer.ln_f.weight"]) @ emb.T
 
@@ -133,7 +139,8 @@ def test_from_official_gives_the_official_logits(linear):
     sd = official_state_dict(conf)
     model = from_official(sd, conf).double()
     assert model.config.layers == ("conv", linear, "swa", linear, "conv")
-    assert model.config.vocab_size == 64 and model.config.window == 4 and model.config.mlp_hidden == 256  # 64 rounded up
+    assert model.config.vocab_size == 64 and model.config.window == 4
+    assert model.config.mlp_hidden == 256                            # n_inner 64, rounded up to 256
     idx = torch.randint(0, 60, (2, 20), generator=torch.Generator().manual_seed(1))
     want = official_forward(sd, conf, idx)
     got, _ = model(idx)
@@ -164,7 +171,8 @@ def test_from_official_names_what_does_not_fit():
               r"unknown \['transformer.layers.2.mixer.Wqkv.bias'\]"),
              ({**sd, "transformer.layers.0.mlp.fc2.weight": torch.zeros(32, 64)},
               r"transformer.layers.0.mlp.fc2.weight: shape \(32, 64\), but the config gives \(32, 256\)"),
-             ({**sd, "transformer.layers.2.mixer.rotary_emb.inv_freq": torch.ones(8)}, r"rotary_emb.inv_freq"),
+             ({**sd, "transformer.layers.2.mixer.rotary_emb.inv_freq": torch.ones(8)},
+              r"rotary_emb.inv_freq"),
              ({**sd, "lm_head.weight": sd["lm_head.weight"] + 1}, r"lm_head.weight differs")]
     for bad, msg in cases:
         with pytest.raises(ValueError, match=msg):
@@ -172,22 +180,93 @@ def test_from_official_names_what_does_not_fit():
 
 
 def test_official_config_refuses_what_we_do_not_have():
-    cases = [({"mixer": {"_target_": "based.models.mixers.mamba.Mamba"}}, r"mixer is .*Mamba.*supported: \['BaseConv'"),
+    pla, conv = {"_target_": TARGET["pla"], "num_heads": 2}, {"_target_": TARGET["conv"], "expand_proj": 4}
+    cases = [({"mixer": {"_target_": "based.models.mixers.mamba.Mamba"}},
+              r"mixer is .*Mamba.*supported: \['BaseConv'"),
              ({"alt_mixer_2": None}, r"layer 2 uses alt_mixer_2, which the config does not define"),
              ({"rms_norm": False}, r"rms_norm = False; supported: True"),
              ({"activation_function": "gelu"}, r"activation_function = 'gelu'"),
              ({"alt_mixer": {"_target_": TARGET["pla"], "num_heads": 4}}, r"alt_mixer.num_heads = 4 differs"),
-             ({"n_head": None}, None)]
-    for change, msg in cases[:-1]:
-        with pytest.raises(ValueError, match=msg):
+             # options the official code reads that would build another model (train/src/models/gpt.py)
+             ({"scale_attn_by_inverse_layer_idx": True},
+              r"^config: scale_attn_by_inverse_layer_idx = True; supported: False \(one softmax scale in "
+              r"every layer\)$"),
+             ({"scale_attn_weights": False}, r"scale_attn_weights = False; supported: True"),
+             ({"mlp_type": "alt"}, r"mlp_type = 'alt'; supported: 'base'"),
+             ({"mlp_fc1_bias": True}, r"mlp_fc1_bias = True; supported: False"),
+             ({"n_head_kv": 1}, r"n_head_kv = 1; supported: None"),
+             ({"rotary_emb_scale_base": 512}, r"rotary_emb_scale_base = 512"),
+             ({"parallel_block": True}, r"parallel_block = True"),
+             ({"fixed_decay": True}, r"fixed_decay = True"),
+             ({"word_embed_proj_dim": 16}, r"word_embed_proj_dim = 16"),
+             ({"lm_head_bias": True}, r"lm_head_bias = True"),
+             ({"alt_mixer_2": {"_target_": TARGET["swa"], "window_size": 8, "num_heads": 2, "causal": False}},
+              r"alt_mixer_2.causal = False; supported: True"),
+             ({"alt_mixer": {**pla, "scale_dim": 7}}, r"alt_mixer.scale_dim = 7"),
+             ({"alt_mixer": {**pla, "use_mask": False}}, r"alt_mixer.use_mask"),
+             ({"alt_mixer": {"_target_": TARGET["pla"]}}, r"alt_mixer.num_heads = None \(the default\)"),
+             ({"mixer": {**conv, "use_bias": False}}, r"mixer.use_bias = False"),
+             ({"mixer": {"_target_": TARGET["conv"]}}, r"mixer.expand_proj = 2 \(the default\); supported"),
+             # wrongly typed values: one line naming the option
+             ({"rms_norm": "true"}, r"rms_norm = 'true'; supported: True"),
+             ({"rotary_emb_fraction": True}, r"rotary_emb_fraction = True; supported: 1"),
+             ({"n_embd": 32.0}, r"n_embd = 32.0; expected a positive int"),
+             ({"n_layer": "5"}, r"n_layer = '5'; expected a positive int"),
+             ({"n_embd": 31}, r"n_embd = 31; expected a multiple of n_head = 2"),
+             ({"n_embd": 30}, r"n_embd / n_head = 15; the sliding-window layers' rotary needs an even head"),
+             ({"vocab_size": -1}, r"vocab_size = -1; expected a positive int"),
+             ({"n_inner": "64"}, r"n_inner = '64'; expected a positive int or null"),
+             ({"layer_norm_epsilon": "1e-5"}, r"layer_norm_epsilon = '1e-5'; expected a number > 0"),
+             ({"tie_word_embeddings": 1}, r"tie_word_embeddings = 1; expected true or false"),
+             ({"alt_mixer_layers": [1.0, 3]}, r"alt_mixer_layers = \[1.0, 3\]; expected a list of layer"),
+             ({"alt_mixer_2_layers": [5]}, r"alt_mixer_2_layers = \[5\]; expected a list of layer indices in "
+                                           r"\[0, n_layer = 5\)"),
+             ({"mixer": "BaseConv"}, r"mixer = 'BaseConv'; expected an object with a `_target_`"),
+             ({"alt_mixer_2": {"_target_": TARGET["swa"], "num_heads": 2, "window_size": "8"}},
+              r"alt_mixer_2.window_size = '8'; expected an int >= 2"),
+             ({"alt_mixer": {"_target_": TARGET["la"], "num_heads": 2, "feature_dim": 0}},
+              r"alt_mixer.feature_dim = 0; expected an int >= 1"),
+             ({"alt_mixer": {**pla, "_target_": TARGET["la"], "feature_map": {"_target_": "m.PosELU"}}},
+              r"alt_mixer.feature_map = .*PosELU.*supported: TaylorExp")]
+    for change, msg in cases:
+        with pytest.raises(ValueError, match=msg) as e:
             official_config({**official_conf(), **change})
+        assert len(str(e.value).splitlines()) == 1, str(e.value)
     conf = official_conf()
     del conf["n_embd"]
     with pytest.raises(ValueError, match=r"missing \['n_embd'\]"):
         official_config(conf)
+    with pytest.raises(ValueError, match=r"config: expected a JSON object \(the official config.json\)"):
+        official_config(None)
+    conv_only = {**official_conf(), "alt_mixer_layers": [], "alt_mixer_2_layers": [], "qkv_proj_bias": True}
+    assert official_config(conv_only).layers == ("conv",) * 5          # attention options: swa only
 
 
-@pytest.mark.parametrize("name,preset,millions", [("jrt-360m", "jrt-360m", 356.6), ("jrt-1.3b", "jrt-1.3b", 1375.1)])
+def test_every_option_the_loader_fixes_is_refused_when_changed():
+    from hf import FIXED, FIXED_MIXER, FIXED_SWA
+
+    def other(want):  # a value of the option that the loader does not implement
+        if want is None or isinstance(want, bool):
+            return 3 if want is None else not want
+        return want + "2" if isinstance(want, str) else 2 * want
+    for name, (want, _, _) in {**FIXED, **FIXED_SWA}.items():
+        with pytest.raises(ValueError, match=rf"^config: {name} = {re.escape(repr(other(want)))}; supported"):
+            official_config({**official_conf(), name: other(want)})
+    keys = {"conv": "mixer", "pla": "alt_mixer", "swa": "alt_mixer_2"}
+    for linear in ("pla", "la"):
+        for m, options in FIXED_MIXER.items():
+            key = keys.get(m, "alt_mixer")
+            if m in ("pla", "la") and m != linear:
+                continue
+            for name, (want, _, _) in options.items():
+                conf = official_conf(linear)
+                conf[key] = {**conf[key], name: other(want)}
+                with pytest.raises(ValueError, match=rf"^config: {key}.{name} = "):
+                    official_config(conf)
+
+
+@pytest.mark.parametrize("name,preset,millions",
+                         [("jrt-360m", "jrt-360m", 356.6), ("jrt-1.3b", "jrt-1.3b", 1375.1)])
 def test_released_configs_give_the_papers_models(name, preset, millions):
     with open(os.path.join(FIXTURES, name, "config.json")) as f:
         cfg = official_config(json.load(f))
@@ -279,17 +358,20 @@ def test_prefill_official_pads_count_as_the_official_code_lets_them():
     assert (exact - logits).abs().max() > 1e-3                       # so the quirk changes the answer
     for t, tok in enumerate([40, 41, 42]):                           # decoding continues the padded prefill
         logits, cache = model.step(torch.tensor([tok, tok]), cache)
-        full, kmask = torch.cat([full, torch.tensor([[tok], [tok]])], 1), torch.cat([kmask, torch.ones(2, 1, dtype=bool)], 1)
-        torch.testing.assert_close(logits, official_forward(sd, conf, full, kmask)[:, -1], rtol=1e-9, atol=1e-9)
+        full = torch.cat([full, torch.tensor([[tok], [tok]])], 1)
+        kmask = torch.cat([kmask, torch.ones(2, 1, dtype=bool)], 1)
+        want = official_forward(sd, conf, full, kmask)
+        torch.testing.assert_close(logits, want[:, -1], rtol=1e-9, atol=1e-9)
 
 
 def test_prefill_official_masks_nothing_past_M_and_equals_prefill_without_pads():
     conf = official_conf(enc=8)
     sd = official_state_dict(conf)
     model = from_official(sd, conf).double()
-    idx, pad = left_pad([[5, 6, 7], list(range(20, 32))])             # T = 12 > M = 8: the official code masks nothing
+    idx, pad = left_pad([[5, 6, 7], list(range(20, 32))])             # T = 12 > M = 8: no mask officially
     logits, _ = model.prefill_official(idx, pad, pad_id=3)
-    torch.testing.assert_close(logits, official_forward(sd, conf, idx.masked_fill(pad, 3))[:, -1], rtol=1e-9, atol=1e-9)
+    want = official_forward(sd, conf, idx.masked_fill(pad, 3))
+    torch.testing.assert_close(logits, want[:, -1], rtol=1e-9, atol=1e-9)
     full = torch.randint(0, 60, (2, 8))                               # T = M, no pads: the same as prefill
     torch.testing.assert_close(model.prefill_official(full, pad_id=3)[0], model.prefill(full)[0])
     with pytest.raises(ValueError, match=r"pad_id=220: expected a token id in \[0, vocab_size = 64\)"):
@@ -305,6 +387,73 @@ def test_select_keeps_rows_and_leaves_the_cache_alone():
     l_sub, _ = model.step(torch.tensor([4, 5]), Model.select(cache, torch.tensor([2, 0])))
     flat = lambda c: [t for layer in c for t in (layer.values() if isinstance(layer, dict) else
                                                   layer if isinstance(layer, tuple) else [layer])]
-    assert all(torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b for a, b in zip(flat(cache), flat(before)))
+    same = lambda a, b: torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+    assert all(same(a, b) for a, b in zip(flat(cache), flat(before)))
     l_all, _ = model.step(torch.tensor([5, 9, 4]), cache)
     torch.testing.assert_close(l_sub, l_all[[2, 0]])
+
+
+# ----------------------------------------------------------------------------- damaged files
+
+def test_from_pretrained_names_a_damaged_file_in_one_line(tmp_path):
+    pytest.importorskip("safetensors", reason="optional extra (requirements-extra.txt)")
+    conf, sd = official_conf(), official_state_dict(official_conf())
+    folder = _write(tmp_path / "st", conf, sd, fmt="safetensors")
+    weights, config = os.path.join(folder, "model.safetensors"), os.path.join(folder, "config.json")
+    data = open(weights, "rb").read()
+    cases = [(config, b"null", r"config.json: expected a JSON object \(the official config\), got null"),
+             (config, b"\xff\xfe{", r"config.json: not valid JSON"),
+             (config, json.dumps({**conf, "scale_attn_by_inverse_layer_idx": True}).encode(),
+              r"config.json: scale_attn_by_inverse_layer_idx = True; supported: False"),
+             (weights, data[:len(data) // 2],
+              r"model.safetensors: not a readable safetensors file, truncated or damaged"),
+             (weights, data[:5], r"model.safetensors: not a readable safetensors file")]
+    good = open(config, "rb").read()
+    for path, body, msg in cases:
+        with open(path, "wb") as f:
+            f.write(body)
+        with pytest.raises(ValueError, match=msg) as e:
+            Model.from_pretrained(folder)
+        assert len(str(e.value).splitlines()) == 1
+        with open(path, "wb") as f:
+            f.write(good if path == config else data)
+    Model.from_pretrained(folder)                                    # restored: loads again
+
+
+def _hub_cache(tmp_path, conf, sd):
+    """A folder laid out as huggingface_hub's cache: snapshots/<commit>/<file> links to blobs/<etag>, the
+    etag of the LFS weights being their sha256."""
+    import hashlib
+    src = _write(tmp_path / "src", conf, sd, fmt="safetensors")
+    blobs, snap = tmp_path / "hub" / "blobs", tmp_path / "hub" / "snapshots" / "0123abc"
+    blobs.mkdir(parents=True)
+    snap.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        data = open(os.path.join(src, name), "rb").read()
+        lfs = name.endswith(".safetensors")                            # config.json: a 40-hex name
+        etag = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(data).hexdigest()
+        (blobs / etag).write_bytes(data)
+        os.symlink(os.path.join("..", "..", "blobs", etag), snap / name)
+    return str(snap), str(blobs / os.path.basename(os.readlink(snap / "model.safetensors")))
+
+
+def test_a_hub_download_whose_bytes_changed_is_refused(tmp_path, monkeypatch):
+    hub = pytest.importorskip("huggingface_hub", reason="optional extra (requirements-extra.txt)")
+    pytest.importorskip("safetensors", reason="optional extra (requirements-extra.txt)")
+    conf, sd = official_conf(), official_state_dict(official_conf())
+    snap, blob = _hub_cache(tmp_path, conf, sd)
+    monkeypatch.setattr(hub, "snapshot_download", lambda *args, **kwargs: snap)
+    idx = torch.randint(0, 60, (1, 9))
+    want = official_forward(sd, conf, idx)
+    torch.testing.assert_close(Model.from_pretrained("hazyresearch/JRT-360M-30B").double()(idx)[0], want,
+                               rtol=1e-9, atol=1e-9)
+    data = bytearray(open(blob, "rb").read())
+    data[-3] ^= 0x40                                                 # one flipped bit in a weight...
+    with open(blob, "wb") as f:
+        f.write(data)
+    from safetensors.torch import load_file
+    assert load_file(blob)                                           # ...loads, as safetensors sees it
+    with pytest.raises(ValueError, match=r"model.safetensors: damaged: its sha256 is [0-9a-f]{12}\.\.\., the "
+                                         r"hub recorded [0-9a-f]{12}\.\.\.; delete .* and load again") as e:
+        Model.from_pretrained("hazyresearch/JRT-360M-30B")
+    assert len(str(e.value).splitlines()) == 1
