@@ -78,7 +78,7 @@ def _tiles(low):
     """Chunk length BT, the f² rows' slice count NS and warps, for bf16 (low) or fp32 products: tiles that
     compile without register spills for sm_90 and sm_80 (bench.py --suite compile). bf16: 4 warps, one
     warpgroup, since a 64-row wgmma tile belongs to one warpgroup and an 8-warp CTA issues every MMA twice."""
-    return dict(BT=64, NS=4, num_warps=4, num_stages=1) if low else dict(BT=16, NS=8, num_warps=8, num_stages=1)
+    return dict(BT=64, NS=4, num_warps=4, num_stages=2) if low else dict(BT=16, NS=8, num_warps=8, num_stages=1)
 
 
 @triton.jit
@@ -105,25 +105,40 @@ def _put(P, t, T, col, NC, x):
 
 
 @triton.jit
-def _x(X, t, T, scale, F: tl.constexpr, DT: tl.constexpr):
-    """x̃ = x·f^-¼ at rows t: (BT, f) in DT."""
-    return (_load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale).to(DT)
+def _x(X, t, T, scale, F: tl.constexpr):
+    """x̃ = x·f^-¼ at rows t: (BT, f) fp32, read once per chunk; every φ slice is built from it."""
+    return _load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale
 
 
 @triton.jit
-def _P(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr, DT: tl.constexpr):
-    """Slice p of P(x) at rows t: (BT, A·f) in DT, the products x̃_a x̃_b/√2 for a in [pA, pA + A)."""
-    xa = _load(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)  # (BT, A)
-    xb = _load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale                                  # (BT, f)
-    return tl.reshape(xa[:, :, None] * xb[:, None, :], (t.shape[0], A * F)).to(DT)
+def _cols(x, p, A: tl.constexpr, F: tl.constexpr):
+    """Columns [pA, pA + A) of a (BT, f) register tile: (BT, A), picked in registers, not re-read."""
+    x3 = tl.reshape(x, (x.shape[0], F // A, A))                                               # (BT, NS, A)
+    return tl.sum(tl.where((tl.arange(0, F // A) == p)[None, :, None], x3, 0.), 1)
 
 
 @triton.jit
-def _PT(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr, DT: tl.constexpr):
-    """The same slice transposed, (A·f, BT): loaded transposed, so that no tile is transposed in registers."""
-    xa = _loadT(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)  # (A, BT)
-    xb = _loadT(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale                                  # (f, BT)
-    return tl.reshape(xa[:, None, :] * xb[None, :, :], (A * F, t.shape[0])).to(DT)
+def _P(x, p, A: tl.constexpr, F: tl.constexpr):
+    """Slice p of P(x) from x̃ (BT, f): (BT, A·f) fp32, the products x̃_a x̃_b/√2 for a in [pA, pA + A)."""
+    xa = _cols(x, p, A, F) * 0.7071067811865476
+    return tl.reshape(xa[:, :, None] * x[:, None, :], (x.shape[0], A * F))
+
+
+@triton.jit
+def _PT(xt, p, A: tl.constexpr, F: tl.constexpr):
+    """The same slice transposed, (A·f, BT), from x̃ᵀ (f, BT)."""
+    x3 = tl.reshape(xt, (F // A, A, xt.shape[1]))                                             # (NS, A, BT)
+    xa = tl.sum(tl.where((tl.arange(0, F // A) == p)[:, None, None], x3, 0.), 0) * 0.7071067811865476
+    return tl.reshape(xa[:, None, :] * xt[None, :, :], (A * F, xt.shape[1]))
+
+
+@triton.jit
+def _PT_load(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr):
+    """_PT from memory: x̃'s rows t are loaded (transposed) for this slice; the cache has them. In
+    _fwd_kernel, where _PT from registers would spill."""
+    xa = _loadT(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)
+    xb = _loadT(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale
+    return tl.reshape(xa[:, None, :] * xb[None, :, :], (A * F, t.shape[0]))
 
 
 @triton.jit
@@ -150,67 +165,89 @@ def _grads(DY, RDEN, DDEN, t, T, e, DV, DT: tl.constexpr):
 
 
 @triton.jit
-def _atomic_add(P, t, T, x, F: tl.constexpr):
-    """P[t] += x for the (BT, f) rows t < T: fp32 sums that several programs add to (see the backward)."""
-    tl.atomic_add(P + t[:, None] * F + tl.arange(0, F)[None, :], x, mask=(t < T)[:, None], sem="relaxed")
-
-
-@triton.jit
-def _load_state(S, e, DV, F: tl.constexpr, NS: tl.constexpr):
-    """One head's (D, dv + 1) state at columns e -> (S₂ as NS slices (f²/NS, BV), S₁ (f, BV), S₀ (BV,))."""
+def _load_state(S, e, NC, LD, F: tl.constexpr, NS: tl.constexpr):
+    """Columns e (< NC) of one head's (D, LD) state -> (S₂ as NS slices (f²/NS, BV), S₁ read transposed
+    (BV, f), S₀ (BV,))."""
     R: tl.constexpr = F * F // NS
-    m = e < DV + 1
+    m = e < NC
     s2 = ()
     for p in tl.static_range(NS):
         rows = 1 + F + p * R + tl.arange(0, R)
-        s2 = s2 + (tl.load(S + rows[:, None] * (DV + 1) + e[None, :], mask=m[None, :], other=0.),)
-    s1 = tl.load(S + (1 + tl.arange(0, F))[None, :] * (DV + 1) + e[:, None], mask=m[:, None], other=0.)
+        s2 = s2 + (tl.load(S + rows[:, None] * LD + e[None, :], mask=m[None, :], other=0.),)
+    s1 = tl.load(S + (1 + tl.arange(0, F))[None, :] * LD + e[:, None], mask=m[:, None], other=0.)
     return s2, s1, tl.load(S + e, mask=m, other=0.)
 
 
 @triton.jit
-def _store_state(S, s2, s1, s0, e, DV, F: tl.constexpr):
+def _store_state(S, s2, s1, s0, e, NC, LD, F: tl.constexpr):
     R: tl.constexpr = F * F // len(s2)
-    m = e < DV + 1
+    m = e < NC
     for p in tl.static_range(len(s2)):
         rows = 1 + F + p * R + tl.arange(0, R)
-        tl.store(S + rows[:, None] * (DV + 1) + e[None, :], s2[p], mask=m[None, :])
-    tl.store(S + (1 + tl.arange(0, F))[None, :] * (DV + 1) + e[:, None], s1, mask=m[:, None])
+        tl.store(S + rows[:, None] * LD + e[None, :], s2[p], mask=m[None, :])
+    tl.store(S + (1 + tl.arange(0, F))[None, :] * LD + e[:, None], s1, mask=m[:, None])
     tl.store(S + e, s0, mask=m)
 
 
 @triton.jit
-def _add(X, t, T, scale, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
-    """S += φ(x)ᵀ g, slice by slice; x = x̃ (BT, f) at rows t of X, g (BT, BV), both in DT.
-    Forward: x = k, g = w·[v, 1]. Backward: x = q, g = [dnum, dden]."""
+def _load_z(S, DV, F: tl.constexpr):
+    """The normaliser's state z, column dv of one head's (D, dv + 1) state: (Z (f, f), z₁ (f,), z₀), its
+    f² piece as an f×f matrix, so that φ(x)·z = z₀ + x̃·z₁ + x̃ᵀ Z x̃ is two small fp32 products."""
+    r = tl.arange(0, F)
+    Z = tl.load(S + (1 + F + r[:, None] * F + r[None, :]) * (DV + 1) + DV)
+    return Z, tl.load(S + (1 + r) * (DV + 1) + DV), tl.load(S + DV)
+
+
+@triton.jit
+def _store_z(S, Z, z1, z0, DV, F: tl.constexpr):
+    r = tl.arange(0, F)
+    tl.store(S + (1 + F + r[:, None] * F + r[None, :]) * (DV + 1) + DV, Z)
+    tl.store(S + (1 + r) * (DV + 1) + DV, z1)
+    tl.store(S + DV, z0)
+
+
+@triton.jit
+def _add_z(xf, w, Z, z1, z0, DT: tl.constexpr):
+    """z += Σ_j w_j φ(x_j) from x̃ (BT, f) fp32 and the weights w (BT,). Z accumulates x̃ᵀ x̃/√2 in fp32
+    from DT products, like the values' state."""
+    xw = xf * w[:, None]
+    return (_dot(tl.trans(xw.to(DT)), (xf * 0.7071067811865476).to(DT), Z), z1 + tl.sum(xw, 0),
+            z0 + tl.sum(w, 0))
+
+
+@triton.jit
+def _add(xt, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
+    """S += φ(x)ᵀ g, slice by slice; xt = x̃ᵀ (f, BT) fp32, x = x̃ (BT, f) and g (BT, BV) in DT.
+    Forward: x = k, g = w·v. Backward: x = q, g = [dnum, dden]."""
     A: tl.constexpr = F // len(s2)
     out = ()
     for p in tl.static_range(len(s2)):
-        out = out + (_dot(_PT(X, t, T, scale, p, A, F, DT), g, s2[p]),)
+        out = out + (_dot(_PT(xt, p, A, F).to(DT), g, s2[p]),)
     return out, _dot(tl.trans(g), x, s1), s0 + tl.sum(g.to(tl.float32), 0)
 
 
 @triton.jit
-def _read(X, t, T, scale, x, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
-    """φ(x)·S for every row: (BT, BV) fp32 = S₀ + x̃·S₁ + Σ_slices P(x)·S₂."""
+def _read(xf, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
+    """φ(x)·S for every row, from x̃ (BT, f) fp32: (BT, BV) fp32 = S₀ + x̃·S₁ + Σ_slices P(x)·S₂."""
     A: tl.constexpr = F // len(s2)
-    r = _dot(x, tl.trans(s1.to(DT)))
+    r = _dot(xf.to(DT), tl.trans(s1.to(DT)))
     for p in tl.static_range(len(s2)):
-        r = _dot(_P(X, t, T, scale, p, A, F, DT), s2[p].to(DT), r)
+        r = _dot(_P(xf, p, A, F).to(DT), s2[p].to(DT), r)
     return r + s0[None, :]
 
 
 @triton.jit
-def _grad_read(X, t, T, scale, x, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
+def _grad_read(xf, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
     """∂/∂x̃ of Σ_e g_e (φ(x)·S)_e for every row (BT, f) fp32, for S₂ symmetric in its f×f row index
     (see _sym): r = S g, then ∂/∂x̃_c = r₁_c + √2 Σ_b x̃_b r₂[(b, c)], one contraction per slice of b."""
     A: tl.constexpr = F // len(s2)
+    BT: tl.constexpr = xf.shape[0]
     d = _dot(g, s1.to(DT))                                              # (BT, f)
+    E = ((tl.arange(0, A * F) % F)[:, None] == tl.arange(0, F)[None, :]).to(DT)              # (A·f, f)
     for p in tl.static_range(len(s2)):
         r = _dot(g, tl.trans(s2[p].to(DT)))                           # (BT, A·f)
-        xb = _load(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 1.4142135623730951)
-        xb = tl.reshape(tl.broadcast_to(xb[:, :, None], (t.shape[0], A, F)), (t.shape[0], A * F))
-        E = ((tl.arange(0, A * F) % F)[:, None] == tl.arange(0, F)[None, :]).to(DT)          # (A·f, f)
+        xb = tl.reshape(tl.broadcast_to(_cols(xf, p, A, F)[:, :, None] * 1.4142135623730951, (BT, A, F)),
+                        (BT, A * F))
         d = _dot((r * xb).to(DT), E, d)
     return d
 
@@ -218,68 +255,88 @@ def _grad_read(X, t, T, scale, x, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
 @triton.jit
 def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, C0, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
                     BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
-    """Step 1: the state of one segment of prefix keys, for one (b, h) and one block of columns."""
+    """Step 1: the state of one segment of prefix keys, for one (b, h) and BV value columns, and the
+    normaliser's z (f×f, cheap)."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
     e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    A: tl.constexpr = F // NS
     KE, VE, W = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M
     s2 = ()
     for p in tl.static_range(NS):
         s2 = s2 + (tl.zeros([F * F // NS, BV], tl.float32),)
     s1, s0 = tl.zeros([BV, F], tl.float32), tl.zeros([BV], tl.float32)
-    for m0 in range(0, SEG, BT):  # rows past M are masked
+    Z, z1, z0 = tl.zeros([F, F], tl.float32), tl.zeros([F], tl.float32), 0.
+    for m0 in tl.range(0, SEG, BT):  # rows past M are masked
         t = sg * SEG + m0 + tl.arange(0, BT)
-        w = _weight(W, t, M, HAS_W)
-        g = _vals(VE, w, t, M, e, DV, DT)
-        s2, s1, s0 = _add(KE, t, M, scale, _x(KE, t, M, scale, F, DT), g, s2, s1, s0, F, DT)
-    _store_state(S_part + (bh * tl.num_programs(1) + sg) * D * (DV + 1), s2, s1, s0, e, DV, F)  # summed by torch
+        kf, w = _x(KE, t, M, scale, F), _weight(W, t, M, HAS_W)
+        s2, s1, s0 = _add(tl.trans(kf), kf.to(DT), _vals(VE, w, t, M, e, DV, DT), s2, s1, s0, F, DT)
+        Z, z1, z0 = _add_z(kf, w, Z, z1, z0, DT)  # cheap: f×f, no f² tile
+    S_part += (bh * tl.num_programs(1) + sg) * D * (DV + 1)  # the partial states are summed by torch
+    _store_state(S_part, s2, s1, s0, e, DV, DV + 1, F)
+    _store_z(S_part, Z, z1, z0, DV, F)  # every block writes the same z
 
 
 @triton.jit
 def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: tl.constexpr, NS: tl.constexpr,
-                BV: tl.constexpr, NORM: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr,
-                BT: tl.constexpr):
-    """Step 2: causal Based attention from the starting state, for one (b, h) and one block of columns.
-    NORM: this block holds the ones column; it stores 1/den in RDEN for the other blocks."""
+                BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
+    """Step 2: causal Based attention from the starting state, for one (b, h) and BV value columns. Each
+    program also carries the normaliser's z (Z f×f, z₁, z₀: two small products a chunk) and divides by its
+    own den. Every block computes the same den and z, bit for bit, and writes them: a branch for "the
+    first block only" costs registers that sm_80 does not have."""
     bh = tl.program_id(1).to(tl.int64)
     e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    A: tl.constexpr = F // NS
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T    # this head's rows (pads: its batch row)
     V, Y, RDEN = V + bh * T * DV, Y + bh * T * DV, RDEN + bh * T
-    s2, s1, s0 = _load_state(S_in + bh * D * (DV + 1), e, DV, F, NS)
-    for t0 in range(0, T, BT):
+    S_in, S_out = S_in + bh * D * (DV + 1), S_out + bh * D * (DV + 1)
+    s2, s1, s0 = _load_state(S_in, e, DV, DV + 1, F, NS)
+    Z, z1, z0 = _load_z(S_in, DV, F)
+    for t0 in tl.range(0, T, BT):  # num_stages 2: the next chunk's loads are issued before this one's MMAs
         t = t0 + tl.arange(0, BT)
-        q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)                 # (BT, f)
-        w = _weight(W, t, T, HAS_W)
-        g = _vals(V, w, t, T, e, DV, DT)                                   # (BT, BV)
-        num = _read(Q, t, T, scale, q, s2, s1, s0, F, DT)                     # (BT, BV): the chunks before
-        s = _dot(q, tl.trans(k))                             # (BT, BT) = q·k/√f
-        a = tl.where(t[:, None] >= t[None, :], 1 + s + 0.5 * s * s, 0.)              # φ(q_i)·φ(k_j), j ≤ i
-        num = _dot(a.to(DT), g, num)                         # + this chunk
-        if NORM:
-            rden = 1 / (tl.sum(tl.where((e == DV)[None, :], num, 0.), 1) + eps)
-            tl.store(RDEN + t, rden, mask=t < T)
-        else:
-            rden = tl.load(RDEN + t, mask=t < T, other=0.)
+        qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)           # (BT, f) fp32, read once
+        q, k, w = qf.to(DT), kf.to(DT), _weight(W, t, T, HAS_W)
+        g = (_load(V, t, T, e, DV).to(tl.float32) * w[:, None]).to(DT)  # (BT, BV): a pad adds nothing
+        num = _dot(q, tl.trans(s1.to(DT))) + s0[None, :]  # (BT, BV), and den (BT,): φ(q)·[S, z], the chunks before
+        den = tl.sum((_dot((qf * 0.7071067811865476).to(DT), Z.to(DT)) + z1[None, :]) * qf, 1) + z0
+        for p in tl.static_range(NS):
+            num = _dot(_P(qf, p, A, F).to(DT), s2[p].to(DT), num)
+        s = _dot(q, tl.trans(k))                                          # (BT, BT) = q·k/√f
+        a = tl.where(t[:, None] >= t[None, :], 1 + s + 0.5 * s * s, 0.).to(DT)  # φ(q_i)·φ(k_j), j ≤ i
+        num = _dot(a, g, num)                                             # + this chunk
+        rden = 1 / (den + tl.sum(a.to(tl.float32) * w[None, :], 1) + eps)  # den from the a that num uses
+        tl.store(RDEN + t, rden, mask=t < T)
         _put(Y, t, T, e, DV, num * rden[:, None])
-        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
-    _store_state(S_out + bh * D * (DV + 1), s2, s1, s0, e, DV, F)
+        for p in tl.static_range(NS):
+            s2 = s2[:p] + (_dot(_PT_load(K, t, T, scale, p, A, F).to(DT), g, s2[p]),) + s2[p + 1:]
+        s1, s0 = _dot(tl.trans(g), k, s1), s0 + tl.sum(g.to(tl.float32), 0)
+        Z, z1, z0 = _add_z(kf, w, Z, z1, z0, DT)
+    _store_state(S_out, s2, s1, s0, e, DV, DV + 1, F)
+    _store_z(S_out, Z, z1, z0, DV, F)
 
 
 # The backward. With dnum_i = dy_i/den_i and dden_i = -(dy_i·y_i)/den_i, PLA's gradient is that of
 # unnormalised linear attention on values g = w·[v, 1] with output gradient G = [dnum, dden]. It is cut in
-# two: inside each chunk (_bwd_chunk_kernel, chunks in parallel: it writes dq, dk, dv first), and through
-# the state (two sweeps, one program per block of columns, which add to them). A sweep carries the f²×BV
-# state but no BT×BT tile. dq and dk get a term from every block of columns: they are fp32 sums, added to
-# atomically (in an order that may differ between runs, by fp32 rounding).
+# two: inside each chunk (_bwd_chunk_kernel, chunks in parallel: it computes dden and writes dv), and
+# through the state (two sweeps, one program per block of 16 columns). A sweep carries the f²×16 state
+# but no BT×BT tile. dq and dk get a term from every block of columns: each writes its own fp32 partial
+# (no atomics), and torch sums them in a fixed order, so the result does not change between runs.
 
 @triton.jit
-def _bwd_chunk_kernel(Q, K, V, W, DY, RDEN, DDEN, DQ, DK, DVAL, T, H, DV, scale, F: tl.constexpr,
+def _bwd_chunk_kernel(Q, K, V, W, Y, DY, RDEN, DDEN, DQ, DK, DVAL, T, H, DV, scale, F: tl.constexpr,
                       BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
-    """The gradient through the scores inside one chunk: a_ij = 1 + s + s²/2 for j ≤ i, s = q̃_i·k̃_j."""
+    """dden = -(dy·y)/den, then the gradient through the scores inside one chunk: a_ij = 1 + s + s²/2 for
+    j ≤ i, s = q̃_i·k̃_j. Writes dden, the chunk's part of dq and dk (partial 0) and of dv."""
     bh = tl.program_id(1).to(tl.int64)
-    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
-    V, DY, RDEN, DDEN, DVAL = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
+    Q, K, W, Y, DY = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T, Y + bh * T * DV, DY + bh * T * DV
+    V, RDEN, DDEN, DVAL = V + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
     t = tl.program_id(0) * BT + tl.arange(0, BT)
-    q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)                         # (BT, f)
+    rden, dyy = tl.load(RDEN + t, mask=t < T, other=0.), tl.zeros([BT], tl.float32)
+    for c0 in range(0, DV, BV):
+        e = c0 + tl.arange(0, BV)
+        dyy += tl.sum(_load(DY, t, T, e, DV).to(tl.float32) * _load(Y, t, T, e, DV).to(tl.float32), 1)
+    tl.store(DDEN + t, -dyy * rden, mask=t < T)
+    qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)                         # (BT, f)
+    q, k = qf.to(DT), kf.to(DT)
     s = _dot(q, tl.trans(k))                                     # (BT, BT)
     causal, w = t[:, None] >= t[None, :], _weight(W, t, T, HAS_W)
     da = tl.zeros([BT, BT], tl.float32)
@@ -300,89 +357,92 @@ def _bwd_chunk_kernel(Q, K, V, W, DY, RDEN, DDEN, DQ, DK, DVAL, T, H, DV, scale,
 @triton.jit
 def _bwd_dq_kernel(Q, K, V, W, S_in, DY, RDEN, DDEN, DQ, T, H, DV, scale, F: tl.constexpr, NS: tl.constexpr,
                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
-    """dq += ∂/∂q of φ(q_i)·S_i G_i: chunks in order, re-building the state (symmetrised, _sym)."""
+    """dq's partial for one block of columns, ∂/∂q of φ(q_i)·S_i G_i: chunks in order, re-building the
+    state (symmetrised, _sym)."""
     bh = tl.program_id(1).to(tl.int64)
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
-    Q, K, W, DQ = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T, DQ + bh * T * F
+    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
+    DQ += ((1 + tl.program_id(0)) * tl.num_programs(1) + bh) * T * F  # partial 1 + block (0: the chunks')
     V, DY, RDEN, DDEN = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T
-    s2, s1, s0 = _load_state(S_in + bh * D * (DV + 1), e, DV, F, NS)
-    for t0 in range(0, T, BT):
+    s2, s1, s0 = _load_state(S_in + bh * D * (DV + 1), e, DV + 1, DV + 1, F, NS)
+    for t0 in tl.range(0, T, BT):
         t = t0 + tl.arange(0, BT)
-        q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)
+        qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)
         w = _weight(W, t, T, HAS_W)
-        g = _vals(V, w, t, T, e, DV, DT)
-        dq = _grad_read(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), s2, s1, F, DT)
-        _atomic_add(DQ, t, T, dq * scale, F)
-        s2, s1, s0 = _add(K, t, T, scale, k, g, s2, s1, s0, F, DT)
+        dq = _grad_read(qf, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), s2, s1, F, DT)
+        _put(DQ, t, T, tl.arange(0, F), F, dq * scale)
+        s2, s1, s0 = _add(tl.trans(kf), kf.to(DT), _vals(V, w, t, T, e, DV, DT), s2, s1, s0, F, DT)
 
 
 @triton.jit
 def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, DK, DVAL, dS_out, T, H, DV, scale, F: tl.constexpr,
                     NS: tl.constexpr, BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr,
                     BT: tl.constexpr):
-    """dk, dv += the terms through dS = Σ_{later i} φ(q_i) G_iᵀ (symmetric in its f² rows): chunks in
-    reverse, from the gradient of the final state to that of the starting state (stored in dS_out)."""
+    """dk's partial and dv's part for one block of columns, through dS = Σ_{later i} φ(q_i) G_iᵀ
+    (symmetric in its f² rows): chunks in reverse, from the gradient of the final state to that of the
+    starting state (stored in dS_out)."""
     bh = tl.program_id(1).to(tl.int64)
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
-    Q, K, W, DK = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T, DK + bh * T * F
+    Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
+    DK += ((1 + tl.program_id(0)) * tl.num_programs(1) + bh) * T * F
     V, DY, RDEN, DDEN, DVAL = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
-    d2, d1, d0 = _load_state(dS_in + bh * D * (DV + 1), e, DV, F, NS)
+    d2, d1, d0 = _load_state(dS_in + bh * D * (DV + 1), e, DV + 1, DV + 1, F, NS)
     n = tl.cdiv(T, BT)
-    for i in range(0, n):
+    for i in tl.range(0, n):
         t = (n - 1 - i) * BT + tl.arange(0, BT)
-        q, k = _x(Q, t, T, scale, F, DT), _x(K, t, T, scale, F, DT)
+        qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)
         w = _weight(W, t, T, HAS_W)
-        g = _vals(V, w, t, T, e, DV, DT)
-        dg = _read(K, t, T, scale, k, d2, d1, d0, F, DT)                        # φ(k_j)·dS: (BT, BV)
-        _put(DVAL, t, T, e, DV, _load(DVAL, t, T, e, DV).to(tl.float32) + dg * w[:, None])  # the chunk's part
-        dk = _grad_read(K, t, T, scale, k, g, d2, d1, F, DT)                          # (BT, f)
-        _atomic_add(DK, t, T, dk * scale, F)
-        d2, d1, d0 = _add(Q, t, T, scale, q, _grads(DY, RDEN, DDEN, t, T, e, DV, DT), d2, d1, d0, F, DT)
-    _store_state(dS_out + bh * D * (DV + 1), d2, d1, d0, e, DV, F)
+        dg = _read(kf, d2, d1, d0, F, DT)                                    # φ(k_j)·dS: (BT, BV)
+        _put(DVAL, t, T, e, DV, _load(DVAL, t, T, e, DV).to(tl.float32) + dg * w[:, None])  # + the chunk's
+        dk = _grad_read(kf, _vals(V, w, t, T, e, DV, DT), d2, d1, F, DT)              # (BT, f)
+        _put(DK, t, T, tl.arange(0, F), F, dk * scale)
+        d2, d1, d0 = _add(tl.trans(qf), qf.to(DT), _grads(DY, RDEN, DDEN, t, T, e, DV, DT), d2, d1, d0, F, DT)
+    _store_state(dS_out + bh * D * (DV + 1), d2, d1, d0, e, DV + 1, DV + 1, F)
 
 
 @triton.jit
 def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
                     BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
-    """Step 3: the prefix keys read the gradient of the starting state; no order, segments in parallel."""
+    """Step 3: the prefix keys read the gradient of the starting state; no order, segments in parallel.
+    dk_e's partial for this block of columns, dv_e's columns."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
-    KE, VE, W, DVE, DKE = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M, DVE + bh * M * DV, DKE + bh * M * F
-    d2, d1, d0 = _load_state(dS + bh * D * (DV + 1), e, DV, F, NS)
-    for m0 in range(0, SEG, BT):  # rows past M are masked
+    KE, VE, W, DVE = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M, DVE + bh * M * DV
+    DKE += (tl.program_id(0) * tl.num_programs(2) + bh) * M * F
+    d2, d1, d0 = _load_state(dS + bh * D * (DV + 1), e, DV + 1, DV + 1, F, NS)
+    for m0 in tl.range(0, SEG, BT):  # rows past M are masked
         t = sg * SEG + m0 + tl.arange(0, BT)
-        k = _x(KE, t, M, scale, F, DT)
-        w = _weight(W, t, M, HAS_W)
-        g = _vals(VE, w, t, M, e, DV, DT)
-        dk = _grad_read(KE, t, M, scale, k, g, d2, d1, F, DT)
-        _atomic_add(DKE, t, M, dk * scale, F)
-        _put(DVE, t, M, e, DV, _read(KE, t, M, scale, k, d2, d1, d0, F, DT) * w[:, None])
+        kf, w = _x(KE, t, M, scale, F), _weight(W, t, M, HAS_W)
+        dk = _grad_read(kf, _vals(VE, w, t, M, e, DV, DT), d2, d1, F, DT)
+        _put(DKE, t, M, tl.arange(0, F), F, dk * scale)
+        _put(DVE, t, M, e, DV, _read(kf, d2, d1, d0, F, DT) * w[:, None])
 
 
 # ----------------------------------------------------------------------------- autograd and dispatch
 
 def _blocks(dv, M, BH, low, device):
-    """Column blocks and prefix segments. The forward cuts the dv + 1 columns [v, 1] into NV blocks of BV
-    value columns and the block that holds the rest and the ones column (BVL wide: the narrowest power of
-    two ≥ 16 that fits); the backward's sweeps into NB blocks of 16, so that the f²×16 fp32 state leaves
-    registers for the gradient's tiles. The prefix is cut into segments, enough programs to fill the GPU,
-    no more, since each one writes a partial state."""
-    BV = 32 if low and dv >= 32 else 16  # fp32: BV 16, a smaller f²×BV state (_tiles)
-    NV = dv // BV
-    BVL = max(16, triton.next_power_of_2(dv + 1 - NV * BV))
+    """Column blocks and prefix segments. The forward cuts the dv value columns into NV blocks of BV and,
+    if dv is not a multiple of BV, one block of BVL for the rest (the narrowest power of two ≥ 16 that
+    fits); every block carries the normaliser itself. The backward's sweeps cut the dv + 1 columns [v, 1]
+    into NB blocks of 16, so that the f²×16 fp32 state leaves registers for the gradient's tiles. The
+    prefix is cut into segments, enough programs to fill the GPU, no more, since each one writes a
+    partial state."""
+    BV = 16  # fp32: BV 16, a smaller f²×BV state (_tiles)
+    NV, rest = dv // BV, dv % BV
+    BVL = max(16, triton.next_power_of_2(rest)) if rest else 0
     want = 16 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    nseg = max(1, min(triton.cdiv(M, 64), want // max(1, BH * (NV + 1))))
+    nseg = max(1, min(triton.cdiv(M, 64), want // max(1, BH * (NV + (rest > 0)))))
     seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT of _tiles
     return dict(BV=BV, NV=NV, BVL=BVL, NB=triton.cdiv(dv + 1, 16), seg=seg, nseg=triton.cdiv(M, seg))
 
 
 def _launch(kernel, grid, blocks, *args, **kw):
-    """The forward's two launches: the block with the ones column first (NORM: the others divide by its
-    result), then the NV blocks of value columns. C0 is a launch's first column."""
-    norm = {"NORM": True} if "NORM" in kernel.arg_names else {}
-    kernel[(1, *grid)](*args, C0=blocks["NV"] * blocks["BV"], BV=blocks["BVL"], **norm, **kw)
+    """A forward kernel over the value columns: NV blocks of BV, then the rest's block of BVL (if any). C0
+    is a launch's first column; the program that holds column 0 writes the normaliser's results."""
     if blocks["NV"]:
-        kernel[(blocks["NV"], *grid)](*args, C0=0, BV=blocks["BV"], **{n: False for n in norm}, **kw)
+        kernel[(blocks["NV"], *grid)](*args, C0=0, BV=blocks["BV"], **kw)
+    if blocks["BVL"]:
+        kernel[(1, *grid)](*args, C0=blocks["NV"] * blocks["BV"], BV=blocks["BVL"], **kw)
 
 
 def _sym(S, f):
@@ -430,27 +490,29 @@ class _PLA(torch.autograd.Function):
         dv, M = v.shape[-1], 0 if k_enc is None else k_enc.shape[2]
         nb, kw = ctx.blocks["NB"], dict(ctx.kw, BV=16)
         dy = dy.contiguous()
-        dden = -(dy.float() * y.float()).sum(-1) * rden      # (B, H, T): ∂L/∂den, the ones column's gradient
+        dden = torch.empty_like(rden)  # (B, H, T): ∂L/∂den, the ones column's gradient (_bwd_chunk_kernel)
         dS_end = torch.cat([torch.zeros_like(S[..., :dv]) if dS_out is None else dS_out.float(),
                             torch.zeros_like(S[..., dv:]) if dz_out is None else dz_out.float()[..., None]], -1)
         dS_sym = _sym(dS_end, f)
-        dq, dk = q.new_empty(B, H, T, f, dtype=torch.float32), k.new_empty(B, H, T, f, dtype=torch.float32)
+        # dq, dk: one fp32 partial for the chunks and one per block of columns, summed in order below
+        dq, dk = (q.new_empty(nb + 1, B * H, T, f, dtype=torch.float32) for _ in range(2))
         dv_, dS = torch.empty_like(v), torch.empty_like(S)  # dS: the gradient of the starting state
         w, kw_w = q if keep is None else keep, dict(kw, HAS_W=keep is not None)
         _bwd_chunk_kernel[(triton.cdiv(T, kw["BT"]), B * H)](  # the sweeps' chunks: the same BT
-            q, k, v, w, dy, rden, dden, dq, dk, dv_, T, H, dv, **{n: x for n, x in kw_w.items() if n != "NS"})
+            q, k, v, w, y, dy, rden, dden, dq, dk, dv_, T, H, dv, **{n: x for n, x in kw_w.items() if n != "NS"})
         _bwd_dq_kernel[(nb, B * H)](q, k, v, w, _sym(S, f), dy, rden, dden, dq, T, H, dv, **kw_w)
         _bwd_dkv_kernel[(nb, B * H)](q, k, v, w, dy, rden, dden, dS_sym, dk, dv_, dS, T, H, dv, **kw_w)
         dke = dve = None
         if M > 0:
-            dke, dve = k_enc.new_zeros(B, H, M, f, dtype=torch.float32), torch.empty_like(v_enc)
+            dke, dve = k_enc.new_empty(nb, B * H, M, f, dtype=torch.float32), torch.empty_like(v_enc)
             seg = ctx.blocks["seg"]
             _enc_bwd_kernel[(nb, triton.cdiv(M, seg), B * H)](
                 k_enc, v_enc, q if keep_enc is None else keep_enc, dS, dke, dve, M, H, dv, seg,
                 HAS_W=keep_enc is not None, **dict(kw, NS=kw["NS"] if ctx.low else 16))  # fp32: 8 would spill
-            dke = dke.to(k_enc.dtype)
+            dke = dke.sum(0).view(B, H, M, f).to(k_enc.dtype)
         dS = dS + dS_end - dS_sym  # the final state passes its non-symmetric part (no output reads it) to the start
         state_grads = (dS[..., :dv], dS[..., dv]) if ctx.has_state else (None, None)
+        dq, dk = (x.sum(0).view(B, H, T, f) for x in (dq, dk))
         return dq.to(q.dtype), dk.to(k.dtype), dv_, dke, dve, *state_grads, None, None
 
 
