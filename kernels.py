@@ -17,18 +17,25 @@ The encoder sums (over the M prefix positions, read non-causally) are just a sta
 S_e, z_e for ordinary causal linear attention. So PLA = "reduce the prefix into a state, then run
 causal Based attention from it". With M = 0 and no starting state this is plain Based attention.
 
-The Triton algorithm (backend="triton", f = 16), per head, with the normaliser as one more value
-column: values g = w·[v, 1] (w = 0 for a pad), state [S, z] one (D, dv + 1) fp32 matrix:
-  1. encoder: [S_e, z_e] = Σ_j φ(ke_j) g_jᵀ, a parallel reduction: the M keys are cut into segments, one
-     program per segment, and the partial states are summed.
-  2. decoder: T/C chunks in order, carrying the state. Inside a chunk the scores come from s = q·kᵀ as
-     1 + s + s²/2 (causal); across chunks from φ(q)·state. φ is never stored: its f² piece is built
-     where it is used, f²/NS rows at a time. The ones column's block runs first and keeps 1/den.
-  3. backward: the gradient inside each chunk (chunks in parallel), then two sweeps through the state,
-     one forward for dq (re-building the state), one in reverse for dk, dv (carrying dS = Σ_{later i}
-     φ(q_i) G_iᵀ); the encoder keys then read dS.
-bf16 products (fp32 sums) for 16-bit inputs, fp32 products for fp32 inputs. The tiles are sized so that
-no kernel spills registers on an H100 or A100 (`python bench.py --suite compile` shows it, no GPU needed).
+The Triton algorithm (backend="triton", f = 16), per head; the state [S, z] is one (D, dv + 1) fp32
+matrix, z its last column, and w = 0 marks a pad:
+  1. encoder: S_e = Σ_j w_j φ(ke_j) ve_jᵀ, z_e = Σ_j w_j φ(ke_j), a parallel reduction: the M keys are cut
+     into segments, one program per segment and block of value columns; torch sums the partial states.
+  2. decoder: T/C chunks in order, carrying the state, one program per block of value columns. Inside a
+     chunk the scores come from s = q·kᵀ as 1 + s + s²/2 (causal); across chunks from φ(q)·state. φ is
+     never stored: its f² piece is built where it is used, f²/NS rows at a time. The normaliser comes
+     out of the same pass: z's f² piece is kept as an f×f matrix Z, so φ(q)·z = z₀ + q̃·z₁ + q̃ᵀZq̃/√2
+     costs two f-wide products a chunk, and every block computes it.
+  3. backward: the normaliser is one more value column (values g = w·[v, 1], output gradient
+     G = [dy/den, dden]). The gradient inside each chunk (chunks in parallel; it also computes dden),
+     then two sweeps through the state, one forward for dq (re-building the state), one in reverse for
+     dk, dv (carrying dS = Σ_{later i} φ(q_i) G_iᵀ); the encoder keys then read dS. A sweep program owns
+     16 columns and writes its own partial of dq, dk: no atomics, summed in a fixed order.
+bf16 products (fp32 sums) for 16-bit inputs, fp32 products for fp32 inputs. For bf16 a program is one
+warpgroup (4 warps): a 64-row MMA tile belongs to one warpgroup, and a second one would repeat it. The
+next chunk's loads are in flight while a chunk computes (num_stages 2). No kernel spills registers on an
+H100 or A100, and each fits twice on an SM (≤ 255 registers × 128 threads); `python bench.py --suite
+compile` shows it, no GPU needed.
 FLOP per head: forward ≈ T·(4·D·dv + 2·C·(f + dv)) + M·2·D·dv (read and update the state for every
 decoder token, C×C scores and values inside a chunk, one state update per prefix key); backward ≈
 2.5× that. At the JRT paper's throughput shape (Table 5: B = H = 16, T = 32768, M = 16384, dv = 64,
@@ -44,14 +51,231 @@ Padding: `pad_mask` (B, T) and `enc_pad_mask` (B, M) are True where a key is pad
 add nothing to any sum. (Zeroing k is not enough: φ(0) = [1, 0, ...] still adds 1 to the
 normaliser, which is what the official code does.)
 """
+
 import math
+
 import os
+
 
 import torch
 
+
 EPS = 1e-12  # added to the normaliser, as in the official code; it only matters for rows with no keys
+
 CHUNK = 64   # chunk length of the chunked torch form: T/CHUNK serial steps, CHUNK² work per chunk
+
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton's CPU interpreter (tests); read at import
+
+
+# ----------------------------------------------------------------------------- the feature map
+
+def feature_map(x):
+    """Taylor (2nd order) feature map φ: (..., f) -> (..., 1 + f + f²)."""
+    f = x.shape[-1]
+    x2 = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (..., f²), full outer product, duplicates kept
+    return torch.cat([torch.ones_like(x[..., :1]), x / f ** 0.25, x2 / (math.sqrt(2) * math.sqrt(f))], dim=-1)
+
+
+def _taylor(s):
+    return 1 + s + 0.5 * s * s  # = φ(q)·φ(k) given s = q·k/√f; ≥ 1/2, so the normaliser never vanishes
+
+
+# ----------------------------------------------------------------------------- the quadratic reference
+
+def _keep(mask, like):
+    """(B, N) True-where-padding mask -> (B, 1, N, 1) float weight, 1 for real keys (None if no mask)."""
+    return None if mask is None else (~mask)[:, None, :, None].to(like.dtype)
+
+
+def pla_reference(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None):
+    """The quadratic form, straight from the equation: materialises φ and the T×T and T×M scores.
+
+    Ground truth for the tests only (memory O(T·(T + M + D))). Returns y and the final state.
+    """
+    B, H, T, f = q.shape
+    phq, phk = feature_map(q), feature_map(k)                                   # (B, H, T, D)
+    a = (phq @ phk.transpose(-1, -2)).tril()                                    # (B, H, T, T), j ≤ i
+    keep = torch.ones(B, 1, T, 1, dtype=q.dtype) if pad_mask is None else _keep(pad_mask, q)
+    a = a * keep.transpose(-1, -2)
+    num, den = a @ v, a.sum(-1)
+    S = (phk * keep).transpose(-1, -2) @ v                                      # (B, H, D, dv)
+    z = (phk * keep).sum(2)                                                     # (B, H, D)
+    if k_enc is not None:
+        phe = feature_map(k_enc)                                                # (B, H, M, D)
+        if enc_pad_mask is not None:
+            phe = phe * _keep(enc_pad_mask, q)
+        ae = phq @ phe.transpose(-1, -2)                         # (B, H, T, M), no mask: non-causal
+        num, den = num + ae @ v_enc, den + ae.sum(-1)
+        S, z = S + phe.transpose(-1, -2) @ v_enc, z + phe.sum(2)
+    if state is not None:
+        num, den = num + phq @ state[0], den + (phq @ state[1].unsqueeze(-1)).squeeze(-1)
+        S, z = S + state[0], z + state[1]
+    return num / (den.unsqueeze(-1) + EPS), (S, z)
+
+
+# ----------------------------------------------------------------------------- the chunked PyTorch form
+
+def _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state, chunk=CHUNK):
+    """Chunked O(T) form: encoder reduction into a state, then causal chunks carrying the state.
+
+    Inside a chunk the scores come from s = q·kᵀ/√f as 1 + s + s²/2 (no D-dim features needed);
+    across chunks through the state S = Σ φ(k) vᵀ, z = Σ φ(k). Accumulation in fp32 (fp64 stays fp64).
+    """
+    B, H, T, f = q.shape
+    dv, D = v.shape[-1], 1 + f + f * f
+    out_dtype, acc = v.dtype, torch.promote_types(q.dtype, torch.float32)
+    q, k, v = q.to(acc), k.to(acc), v.to(acc)
+    if state is None:
+        S = q.new_zeros(B, H, D, dv)
+        z = q.new_zeros(B, H, D)
+    else:
+        S, z = state[0].to(acc), state[1].to(acc)
+    if k_enc is not None:  # 1. the encoder: a parallel reduction over the M prefix keys, in chunks
+        w = _keep(enc_pad_mask, q)
+        for c in range(0, k_enc.shape[2], chunk):
+            phi = feature_map(k_enc[:, :, c:c + chunk].to(acc))  # (B, H, C, D)
+            ve = v_enc[:, :, c:c + chunk].to(acc)                # (B, H, C, dv)
+            if w is not None:
+                phi = phi * w[:, :, c:c + chunk]
+            S = S + phi.transpose(-1, -2) @ ve                    # (B, H, D, dv)
+            z = z + phi.sum(2)                                    # (B, H, D)
+    w = _keep(pad_mask, q)
+    ys = []
+    for c in range(0, T, chunk):  # 2. causal Based attention from that state
+        qc, kc, vc = q[:, :, c:c + chunk], k[:, :, c:c + chunk], v[:, :, c:c + chunk]
+        n = qc.shape[2]
+        a = _taylor(qc @ kc.transpose(-1, -2) / math.sqrt(f))             # (B, H, C, C)
+        a = a * torch.ones(n, n, dtype=torch.bool, device=q.device).tril()  # causal inside the chunk
+        if w is not None:
+            a = a * w[:, :, c:c + chunk].transpose(-1, -2)                 # padded keys count zero
+        phq = feature_map(qc)                                              # (B, H, C, D)
+        num = phq @ S + a @ vc                                             # (B, H, C, dv)
+        den = phq @ z.unsqueeze(-1) + a.sum(-1, keepdim=True)              # (B, H, C, 1)
+        ys.append(num / (den + EPS))
+        phk = feature_map(kc)
+        if w is not None:
+            phk = phk * w[:, :, c:c + chunk]
+        S = S + phk.transpose(-1, -2) @ vc
+        z = z + phk.sum(2)
+    y = torch.cat(ys, dim=2).to(out_dtype) if ys else v.new_zeros(B, H, 0, dv, dtype=out_dtype)
+    return (y, (S, z)) if return_state else y
+
+
+def pla_flop(T, M, f=16, dv=64, C=64):
+    """Forward FLOP of PLA per head with C-token chunks, D = 1 + f + f². Per query/key (81.7k at f 16, dv 64):
+         2C(f + dv) + 4C    inside its chunk: s = q·kᵀ and a·v, then 1 + s + s²/2 and the row sum
+         2·D·dv + 2·D       read the state: φ(q)·S, φ(q)·z
+         2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
+         2·f²               the outer products of φ(q) and φ(k)
+       per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
+    So ≈ 81.7k·T + 35.5k·M; at the JRT paper's throughput shape (Table 5: T = 32k, M = 16k, B·H = 256)
+    that is 0.83 TFLOP."""
+    D = 1 + f + f * f
+    return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M
+
+
+# ----------------------------------------------------------------------------- the decode step
+
+def pla_step(q, k, v, state):
+    """One decode token: q, k (B,H,f), v (B,H,dv), state (S (B,H,D,dv), z (B,H,D)) -> (y (B,H,dv), state).
+
+    Decoding is plain causal linear attention with the decoder projections (the prefix is already
+    inside S, z). The new key is added before reading, as in the parallel form (j ≤ i).
+
+    This stays PyTorch on CUDA too: a fused step would move S once where this moves it about five times,
+    worth trying where decode is memory-bound (large batch), once a GPU can measure it.
+    """
+    if q.dim() != 3 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be (B, H, f), one token; "
+                         f"got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, H, f = q.shape
+    if v.dim() != 3 or v.shape[:2] != (B, H):
+        raise ValueError(f"v must be (B, H, dv) = ({B}, {H}, dv); got {tuple(v.shape)}")
+    _check_state(state, B, H, 1 + f + f * f, v.shape[-1])
+    S, z = state
+    acc = S.dtype
+    phq, phk = feature_map(q.to(acc)), feature_map(k.to(acc))  # (B, H, D)
+    S = S + phk.unsqueeze(-1) * v.to(acc).unsqueeze(-2)         # (B, H, D, dv)
+    z = z + phk
+    num = (phq.unsqueeze(-2) @ S).squeeze(-2)                   # (B, H, dv)
+    den = (phq * z).sum(-1, keepdim=True)                       # (B, H, 1)
+    return (num / (den + EPS)).to(v.dtype), (S, z)
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+def _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask):
+    """Clear errors for shapes a user can get wrong (instead of a broadcast error deep inside torch)."""
+    if q.dim() != 4 or k.shape != q.shape:
+        raise ValueError(f"q and k must both be (B, H, T, f); got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    B, H, T, f = q.shape
+    if v.dim() != 4 or v.shape[:3] != (B, H, T):
+        raise ValueError(f"v must be (B, H, T, dv) = ({B}, {H}, {T}, dv); got {tuple(v.shape)}")
+    dv, D = v.shape[-1], 1 + f + f * f
+    if (k_enc is None) != (v_enc is None):
+        raise ValueError("k_enc and v_enc must be given together (or both None)")
+    if k_enc is not None:
+        M = k_enc.shape[2] if k_enc.dim() == 4 else -1
+        if k_enc.shape != (B, H, M, f) or v_enc.shape != (B, H, M, dv) or M > T:
+            raise ValueError(f"k_enc must be (B, H, M, f) and v_enc (B, H, M, dv) with M <= T = {T}; "
+                             f"got k_enc {tuple(k_enc.shape)}, v_enc {tuple(v_enc.shape)}")
+        if enc_pad_mask is not None and enc_pad_mask.shape != (B, M):
+            raise ValueError(f"enc_pad_mask must be (B, M) = ({B}, {M}); got {tuple(enc_pad_mask.shape)}")
+    elif enc_pad_mask is not None:
+        raise ValueError("enc_pad_mask was given without k_enc / v_enc")
+    if pad_mask is not None and pad_mask.shape != (B, T):
+        raise ValueError(f"pad_mask must be (B, T) = ({B}, {T}); got {tuple(pad_mask.shape)}")
+    for name, m in (("pad_mask", pad_mask), ("enc_pad_mask", enc_pad_mask)):
+        if m is not None and m.dtype != torch.bool:  # a float 0/1 mask would be read the wrong way round
+            raise ValueError(f"{name} must be a bool tensor (True where a key is padding); "
+                             f"got dtype {m.dtype}")
+    if state is not None:
+        _check_state(state, B, H, D, dv)
+
+
+def _check_state(state, B, H, D, dv):
+    S, z = state
+    if S.shape != (B, H, D, dv) or z.shape != (B, H, D):
+        raise ValueError(f"state must be (S (B, H, D, dv), z (B, H, D)) = "
+                         f"(({B}, {H}, {D}, {dv}), ({B}, {H}, {D})) "
+                         f"with D = 1+f+f²; got S {tuple(S.shape)}, z {tuple(z.shape)}")
+
+
+def _why_not_triton(q, k, v, k_enc, v_enc):
+    """None if the Triton kernels can run on these tensors, else the reason."""
+    if _NO_TRITON:
+        return _NO_TRITON
+    if not (q.is_cuda or INTERPRET):
+        return f"the tensors are on {q.device}; the kernels need CUDA (or TRITON_INTERPRET=1 to run on CPU)"
+    if q.shape[-1] != 16:  # the kernels' tiles are sized for f² = 256 rows of state; other f use torch
+        return f"f = {q.shape[-1]}, but the kernels are written for f = 16 (the papers' value)"
+    dtypes = {x.dtype for x in (q, k, v, k_enc, v_enc) if x is not None}
+    if not dtypes <= {torch.float32, torch.bfloat16, torch.float16}:
+        return f"dtypes {sorted(map(str, dtypes))}: the kernels take float32, bfloat16 and float16"
+    return None
+
+
+def pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None,
+        return_state=False, backend="auto"):
+    """Prefix linear attention. q, k (B,H,T,f); v (B,H,T,dv); k_enc (B,H,M,f); v_enc (B,H,M,dv).
+
+    state: optional starting (S (B,H,D,dv), z (B,H,D)), e.g. the state of an earlier prefill.
+    Returns y (B,H,T,dv) in v's dtype, and with return_state also the fp32 state after the last token.
+    backend: "torch" (chunked, O(T)), "triton" (the kernels above), "auto" (Triton for CUDA tensors when
+    it can run, else torch). pad_mask / enc_pad_mask: True where a key is padding; not differentiable.
+    """
+    _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask)
+    if backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
+    why = _why_not_triton(q, k, v, k_enc, v_enc)
+    if backend == "triton" and why:
+        raise ValueError(f"backend='triton' cannot run: {why}. Use backend='torch' or 'auto'.")
+    if why or backend == "torch" or (backend == "auto" and not q.is_cuda):  # interpreter only on request
+        return _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
+    return _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
+
+
+# ----------------------------------------------------------------------------- the Triton kernels
 
 try:
     import triton
@@ -67,18 +291,19 @@ except ImportError as err:  # Triton is optional: without it pla runs on the tor
         constexpr = None
 
 
-# ----------------------------------------------------------------------------- Triton kernels
-#
 # Inside the kernels (f = 16): x̃ = x·f^-¼ (exact in bf16: f^-¼ = 1/2), so s = q̃·k̃ and φ(x) = [1, x̃, P(x)]
 # with P(x) = vec(x̃ ⊗ x̃)/√2; the state's rows [1, x̃, P(x)] are S₀, S₁, S₂. A program owns BV columns of
 # the state, S₂ as NS slices of f²/NS rows; no tile is larger than BT × f²/NS. With 16-bit inputs the
 # products' operands are bf16 (q̃, k̃, v, the chunk's scores, P(x), the fp32 state where it is read).
 
+
 def _tiles(low):
     """Chunk length BT, the f² rows' slice count NS and warps, for bf16 (low) or fp32 products: tiles that
     compile without register spills for sm_90 and sm_80 (bench.py --suite compile). bf16: 4 warps, one
     warpgroup, since a 64-row wgmma tile belongs to one warpgroup and an 8-warp CTA issues every MMA twice."""
-    return dict(BT=64, NS=4, num_warps=4, num_stages=2) if low else dict(BT=16, NS=8, num_warps=8, num_stages=1)
+    if low:
+        return dict(BT=64, NS=4, num_warps=4, num_stages=2)
+    return dict(BT=16, NS=8, num_warps=8, num_stages=1)  # fp32 products: no wgmma, 8 warps share the work
 
 
 @triton.jit
@@ -101,7 +326,8 @@ def _loadT(P, t, T, col, NC):
 
 @triton.jit
 def _put(P, t, T, col, NC, x):
-    tl.store(P + t[:, None] * NC + col[None, :], x.to(P.dtype.element_ty), mask=(t[:, None] < T) & (col[None, :] < NC))
+    tl.store(P + t[:, None] * NC + col[None, :], x.to(P.dtype.element_ty),
+             mask=(t[:, None] < T) & (col[None, :] < NC))
 
 
 @triton.jit
@@ -296,7 +522,7 @@ def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: t
         qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)           # (BT, f) fp32, read once
         q, k, w = qf.to(DT), kf.to(DT), _weight(W, t, T, HAS_W)
         g = (_load(V, t, T, e, DV).to(tl.float32) * w[:, None]).to(DT)  # (BT, BV): a pad adds nothing
-        num = _dot(q, tl.trans(s1.to(DT))) + s0[None, :]  # (BT, BV), and den (BT,): φ(q)·[S, z], the chunks before
+        num = _dot(q, tl.trans(s1.to(DT))) + s0[None, :]  # (BT, BV), den (BT,): φ(q)·[S, z], earlier chunks
         den = tl.sum((_dot((qf * 0.7071067811865476).to(DT), Z.to(DT)) + z1[None, :]) * qf, 1) + z0
         for p in tl.static_range(NS):
             num = _dot(_P(qf, p, A, F).to(DT), s2[p].to(DT), num)
@@ -385,7 +611,8 @@ def _bwd_dkv_kernel(Q, K, V, W, DY, RDEN, DDEN, dS_in, DK, DVAL, dS_out, T, H, D
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T
     DK += ((1 + tl.program_id(0)) * tl.num_programs(1) + bh) * T * F
-    V, DY, RDEN, DDEN, DVAL = V + bh * T * DV, DY + bh * T * DV, RDEN + bh * T, DDEN + bh * T, DVAL + bh * T * DV
+    V, DY, DVAL = V + bh * T * DV, DY + bh * T * DV, DVAL + bh * T * DV
+    RDEN, DDEN = RDEN + bh * T, DDEN + bh * T
     d2, d1, d0 = _load_state(dS_in + bh * D * (DV + 1), e, DV + 1, DV + 1, F, NS)
     n = tl.cdiv(T, BT)
     for i in tl.range(0, n):
@@ -418,7 +645,7 @@ def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constex
         _put(DVE, t, M, e, DV, _read(kf, d2, d1, d0, F, DT) * w[:, None])
 
 
-# ----------------------------------------------------------------------------- autograd and dispatch
+# ----------------------------------------------------------------------------- autograd and launches
 
 def _blocks(dv, M, BH, low, device):
     """Column blocks and prefix segments. The forward cuts the dv value columns into NV blocks of BV and,
@@ -477,8 +704,8 @@ class _PLA(torch.autograd.Function):
                     HAS_W=keep_enc is not None, **kw)
             S = S + S_part.sum(1).view(B, H, D, dv + 1)
         y, rden, S_out = torch.empty_like(v), q.new_empty(B, H, T, dtype=torch.float32), torch.empty_like(S)
-        _launch(_fwd_kernel, (B * H,), blocks, q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H, dv,
-                eps=EPS, HAS_W=keep is not None, **kw)
+        _launch(_fwd_kernel, (B * H,), blocks, q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H,
+                dv, eps=EPS, HAS_W=keep is not None, **kw)
         ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden)
         ctx.has_state, ctx.blocks, ctx.kw, ctx.low = S0 is not None, blocks, kw, low
         return y, S_out[..., :dv], S_out[..., dv]
@@ -492,14 +719,16 @@ class _PLA(torch.autograd.Function):
         dy = dy.contiguous()
         dden = torch.empty_like(rden)  # (B, H, T): ∂L/∂den, the ones column's gradient (_bwd_chunk_kernel)
         dS_end = torch.cat([torch.zeros_like(S[..., :dv]) if dS_out is None else dS_out.float(),
-                            torch.zeros_like(S[..., dv:]) if dz_out is None else dz_out.float()[..., None]], -1)
+                            torch.zeros_like(S[..., dv:]) if dz_out is None else dz_out.float()[..., None]],
+                           -1)
         dS_sym = _sym(dS_end, f)
         # dq, dk: one fp32 partial for the chunks and one per block of columns, summed in order below
         dq, dk = (q.new_empty(nb + 1, B * H, T, f, dtype=torch.float32) for _ in range(2))
         dv_, dS = torch.empty_like(v), torch.empty_like(S)  # dS: the gradient of the starting state
         w, kw_w = q if keep is None else keep, dict(kw, HAS_W=keep is not None)
         _bwd_chunk_kernel[(triton.cdiv(T, kw["BT"]), B * H)](  # the sweeps' chunks: the same BT
-            q, k, v, w, y, dy, rden, dden, dq, dk, dv_, T, H, dv, **{n: x for n, x in kw_w.items() if n != "NS"})
+            q, k, v, w, y, dy, rden, dden, dq, dk, dv_, T, H, dv,
+            **{n: x for n, x in kw_w.items() if n != "NS"})
         _bwd_dq_kernel[(nb, B * H)](q, k, v, w, _sym(S, f), dy, rden, dden, dq, T, H, dv, **kw_w)
         _bwd_dkv_kernel[(nb, B * H)](q, k, v, w, dy, rden, dden, dS_sym, dk, dv_, dS, T, H, dv, **kw_w)
         dke = dve = None
@@ -510,44 +739,10 @@ class _PLA(torch.autograd.Function):
                 k_enc, v_enc, q if keep_enc is None else keep_enc, dS, dke, dve, M, H, dv, seg,
                 HAS_W=keep_enc is not None, **dict(kw, NS=kw["NS"] if ctx.low else 16))  # fp32: 8 would spill
             dke = dke.sum(0).view(B, H, M, f).to(k_enc.dtype)
-        dS = dS + dS_end - dS_sym  # the final state passes its non-symmetric part (no output reads it) to the start
+        dS = dS + dS_end - dS_sym  # the non-symmetric part of dS_end (no output reads it) goes to the start
         state_grads = (dS[..., :dv], dS[..., dv]) if ctx.has_state else (None, None)
         dq, dk = (x.sum(0).view(B, H, T, f) for x in (dq, dk))
         return dq.to(q.dtype), dk.to(k.dtype), dv_, dke, dve, *state_grads, None, None
-
-
-def _why_not_triton(q, k, v, k_enc, v_enc):
-    """None if the Triton kernels can run on these tensors, else the reason."""
-    if _NO_TRITON:
-        return _NO_TRITON
-    if not (q.is_cuda or INTERPRET):
-        return f"the tensors are on {q.device}; the kernels need CUDA (or TRITON_INTERPRET=1 to run on CPU)"
-    if q.shape[-1] != 16:  # the kernels' tiles are sized for f² = 256 rows of state; other f use torch
-        return f"f = {q.shape[-1]}, but the kernels are written for f = 16 (the papers' value)"
-    dtypes = {x.dtype for x in (q, k, v, k_enc, v_enc) if x is not None}
-    if not dtypes <= {torch.float32, torch.bfloat16, torch.float16}:
-        return f"dtypes {sorted(map(str, dtypes))}: the kernels take float32, bfloat16 and float16"
-    return None
-
-
-def pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None,
-        return_state=False, backend="auto"):
-    """Prefix linear attention. q, k (B,H,T,f); v (B,H,T,dv); k_enc (B,H,M,f); v_enc (B,H,M,dv).
-
-    state: optional starting (S (B,H,D,dv), z (B,H,D)), e.g. the state of an earlier prefill.
-    Returns y (B,H,T,dv) in v's dtype, and with return_state also the fp32 state after the last token.
-    backend: "torch" (chunked, O(T)), "triton" (the kernels above), "auto" (Triton for CUDA tensors when
-    it can run, else torch). pad_mask / enc_pad_mask: True where a key is padding; not differentiable.
-    """
-    _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask)
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {backend!r}")
-    why = _why_not_triton(q, k, v, k_enc, v_enc)
-    if backend == "triton" and why:
-        raise ValueError(f"backend='triton' cannot run: {why}. Use backend='torch' or 'auto'.")
-    if why or backend == "torch" or (backend == "auto" and not q.is_cuda):  # interpreted kernels only on request
-        return _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
-    return _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state)
 
 
 @torch.compiler.disable  # torch.compile runs around the kernels (a graph break), not through them
@@ -563,165 +758,3 @@ def _pla_triton(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_sta
     y, S, z = _PLA.apply(q.contiguous(), k.contiguous(), v.contiguous(), *enc, S0, z0, keep, keep_enc)
     return (y, (S, z)) if return_state else y
 
-
-# ----------------------------------------------------------------------------- the torch forms
-
-def feature_map(x):
-    """Taylor (2nd order) feature map φ: (..., f) -> (..., 1 + f + f²)."""
-    f = x.shape[-1]
-    x2 = (x.unsqueeze(-1) * x.unsqueeze(-2)).flatten(-2)  # (..., f²), full outer product, duplicates kept
-    return torch.cat([torch.ones_like(x[..., :1]), x / f ** 0.25, x2 / (math.sqrt(2) * math.sqrt(f))], dim=-1)
-
-
-def _taylor(s):
-    return 1 + s + 0.5 * s * s  # = φ(q)·φ(k) given s = q·k/√f; ≥ 1/2, so the normaliser never vanishes
-
-
-def _check(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask):
-    """Clear errors for shapes a user can get wrong (instead of a broadcast error deep inside torch)."""
-    if q.dim() != 4 or k.shape != q.shape:
-        raise ValueError(f"q and k must both be (B, H, T, f); got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    B, H, T, f = q.shape
-    if v.dim() != 4 or v.shape[:3] != (B, H, T):
-        raise ValueError(f"v must be (B, H, T, dv) = ({B}, {H}, {T}, dv); got {tuple(v.shape)}")
-    dv, D = v.shape[-1], 1 + f + f * f
-    if (k_enc is None) != (v_enc is None):
-        raise ValueError("k_enc and v_enc must be given together (or both None)")
-    if k_enc is not None:
-        M = k_enc.shape[2] if k_enc.dim() == 4 else -1
-        if k_enc.shape != (B, H, M, f) or v_enc.shape != (B, H, M, dv) or M > T:
-            raise ValueError(f"k_enc must be (B, H, M, f) and v_enc (B, H, M, dv) with M <= T = {T}; "
-                             f"got k_enc {tuple(k_enc.shape)}, v_enc {tuple(v_enc.shape)}")
-        if enc_pad_mask is not None and enc_pad_mask.shape != (B, M):
-            raise ValueError(f"enc_pad_mask must be (B, M) = ({B}, {M}); got {tuple(enc_pad_mask.shape)}")
-    elif enc_pad_mask is not None:
-        raise ValueError("enc_pad_mask was given without k_enc / v_enc")
-    if pad_mask is not None and pad_mask.shape != (B, T):
-        raise ValueError(f"pad_mask must be (B, T) = ({B}, {T}); got {tuple(pad_mask.shape)}")
-    for name, m in (("pad_mask", pad_mask), ("enc_pad_mask", enc_pad_mask)):
-        if m is not None and m.dtype != torch.bool:  # a float 0/1 mask would be read the wrong way round
-            raise ValueError(f"{name} must be a bool tensor (True where a key is padding); got dtype {m.dtype}")
-    if state is not None:
-        _check_state(state, B, H, D, dv)
-
-
-def _check_state(state, B, H, D, dv):
-    S, z = state
-    if S.shape != (B, H, D, dv) or z.shape != (B, H, D):
-        raise ValueError(f"state must be (S (B, H, D, dv), z (B, H, D)) = (({B}, {H}, {D}, {dv}), ({B}, {H}, {D})) "
-                         f"with D = 1+f+f²; got S {tuple(S.shape)}, z {tuple(z.shape)}")
-
-
-def _keep(mask, like):
-    """(B, N) True-where-padding mask -> (B, 1, N, 1) float weight, 1 for real keys (None if no mask)."""
-    return None if mask is None else (~mask)[:, None, :, None].to(like.dtype)
-
-
-def _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_state, chunk=CHUNK):
-    """Chunked O(T) form: encoder reduction into a state, then causal chunks carrying the state.
-
-    Inside a chunk the scores come from s = q·kᵀ/√f as 1 + s + s²/2 (no D-dim features needed);
-    across chunks through the state S = Σ φ(k) vᵀ, z = Σ φ(k). Accumulation in fp32 (fp64 stays fp64).
-    """
-    B, H, T, f = q.shape
-    dv, D = v.shape[-1], 1 + f + f * f
-    out_dtype, acc = v.dtype, torch.promote_types(q.dtype, torch.float32)
-    q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    if state is None:
-        S = q.new_zeros(B, H, D, dv)
-        z = q.new_zeros(B, H, D)
-    else:
-        S, z = state[0].to(acc), state[1].to(acc)
-    if k_enc is not None:  # 1. the encoder: a parallel reduction over the M prefix keys, in chunks
-        w = _keep(enc_pad_mask, q)
-        for c in range(0, k_enc.shape[2], chunk):
-            phi = feature_map(k_enc[:, :, c:c + chunk].to(acc))  # (B, H, C, D)
-            ve = v_enc[:, :, c:c + chunk].to(acc)                # (B, H, C, dv)
-            if w is not None:
-                phi = phi * w[:, :, c:c + chunk]
-            S = S + phi.transpose(-1, -2) @ ve                    # (B, H, D, dv)
-            z = z + phi.sum(2)                                    # (B, H, D)
-    w = _keep(pad_mask, q)
-    ys = []
-    for c in range(0, T, chunk):  # 2. causal Based attention from that state
-        qc, kc, vc = q[:, :, c:c + chunk], k[:, :, c:c + chunk], v[:, :, c:c + chunk]
-        n = qc.shape[2]
-        a = _taylor(qc @ kc.transpose(-1, -2) / math.sqrt(f))             # (B, H, C, C)
-        a = a * torch.ones(n, n, dtype=torch.bool, device=q.device).tril()  # causal inside the chunk
-        if w is not None:
-            a = a * w[:, :, c:c + chunk].transpose(-1, -2)                 # padded keys count zero
-        phq = feature_map(qc)                                              # (B, H, C, D)
-        num = phq @ S + a @ vc                                             # (B, H, C, dv)
-        den = phq @ z.unsqueeze(-1) + a.sum(-1, keepdim=True)              # (B, H, C, 1)
-        ys.append(num / (den + EPS))
-        phk = feature_map(kc)
-        if w is not None:
-            phk = phk * w[:, :, c:c + chunk]
-        S = S + phk.transpose(-1, -2) @ vc
-        z = z + phk.sum(2)
-    y = torch.cat(ys, dim=2).to(out_dtype) if ys else v.new_zeros(B, H, 0, dv, dtype=out_dtype)
-    return (y, (S, z)) if return_state else y
-
-
-def pla_step(q, k, v, state):
-    """One decode token: q, k (B,H,f), v (B,H,dv), state (S (B,H,D,dv), z (B,H,D)) -> (y (B,H,dv), state).
-
-    Decoding is plain causal linear attention with the decoder projections (the prefix is already
-    inside S, z). The new key is added before reading, as in the parallel form (j ≤ i).
-
-    This stays PyTorch on CUDA too: a fused step would move S once where this moves it about five times,
-    worth trying where decode is memory-bound (large batch), once a GPU can measure it.
-    """
-    if q.dim() != 3 or k.shape != q.shape:
-        raise ValueError(f"q and k must both be (B, H, f), one token; got q {tuple(q.shape)}, k {tuple(k.shape)}")
-    B, H, f = q.shape
-    if v.dim() != 3 or v.shape[:2] != (B, H):
-        raise ValueError(f"v must be (B, H, dv) = ({B}, {H}, dv); got {tuple(v.shape)}")
-    _check_state(state, B, H, 1 + f + f * f, v.shape[-1])
-    S, z = state
-    acc = S.dtype
-    phq, phk = feature_map(q.to(acc)), feature_map(k.to(acc))  # (B, H, D)
-    S = S + phk.unsqueeze(-1) * v.to(acc).unsqueeze(-2)         # (B, H, D, dv)
-    z = z + phk
-    num = (phq.unsqueeze(-2) @ S).squeeze(-2)                   # (B, H, dv)
-    den = (phq * z).sum(-1, keepdim=True)                       # (B, H, 1)
-    return (num / (den + EPS)).to(v.dtype), (S, z)
-
-
-def pla_reference(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None):
-    """The quadratic form, straight from the equation: materialises φ and the T×T and T×M scores.
-
-    Ground truth for the tests only (memory O(T·(T + M + D))). Returns y and the final state.
-    """
-    B, H, T, f = q.shape
-    phq, phk = feature_map(q), feature_map(k)                                   # (B, H, T, D)
-    a = (phq @ phk.transpose(-1, -2)).tril()                                    # (B, H, T, T), j ≤ i
-    keep = torch.ones(B, 1, T, 1, dtype=q.dtype) if pad_mask is None else _keep(pad_mask, q)
-    a = a * keep.transpose(-1, -2)
-    num, den = a @ v, a.sum(-1)
-    S = (phk * keep).transpose(-1, -2) @ v                                      # (B, H, D, dv)
-    z = (phk * keep).sum(2)                                                     # (B, H, D)
-    if k_enc is not None:
-        phe = feature_map(k_enc)                                                # (B, H, M, D)
-        if enc_pad_mask is not None:
-            phe = phe * _keep(enc_pad_mask, q)
-        ae = phq @ phe.transpose(-1, -2)                                        # (B, H, T, M), no mask: non-causal
-        num, den = num + ae @ v_enc, den + ae.sum(-1)
-        S, z = S + phe.transpose(-1, -2) @ v_enc, z + phe.sum(2)
-    if state is not None:
-        num, den = num + phq @ state[0], den + (phq @ state[1].unsqueeze(-1)).squeeze(-1)
-        S, z = S + state[0], z + state[1]
-    return num / (den.unsqueeze(-1) + EPS), (S, z)
-
-
-def pla_flop(T, M, f=16, dv=64, C=64):
-    """Forward FLOP of PLA per head with C-token chunks, D = 1 + f + f². Per query/key (= 81.7k at f 16, dv 64):
-         2C(f + dv) + 4C    inside its chunk: s = q·kᵀ and a·v, then 1 + s + s²/2 and the row sum
-         2·D·dv + 2·D       read the state: φ(q)·S, φ(q)·z
-         2·D·dv + D         write the state: S += φ(k) vᵀ, z += φ(k)
-         2·f²               the outer products of φ(q) and φ(k)
-       per prefix key (= 35.5k): 2·D·dv + D + f², the encoder's reduction into S, z.
-    So ≈ 81.7k·T + 35.5k·M; at the JRT paper's throughput shape (Table 5: T = 32k, M = 16k, B·H = 256)
-    that is 0.83 TFLOP."""
-    D = 1 + f + f * f
-    return (2 * C * (f + dv) + 4 * C + 4 * D * dv + 3 * D + 2 * f * f) * T + (2 * D * dv + D + f * f) * M
