@@ -359,9 +359,17 @@ def _PT(xt, p, A: tl.constexpr, F: tl.constexpr):
 
 
 @triton.jit
+def _P_load(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr):
+    """_P from memory: x̃'s rows t are loaded again for this slice (the cache has them). _fwd_kernel uses
+    _P_load and _PT_load: slicing x̃ in registers there costs the registers it does not have."""
+    xa = _load(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)
+    xb = _load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale
+    return tl.reshape(xa[:, :, None] * xb[:, None, :], (t.shape[0], A * F))
+
+
+@triton.jit
 def _PT_load(X, t, T, scale, p, A: tl.constexpr, F: tl.constexpr):
-    """_PT from memory: x̃'s rows t are loaded (transposed) for this slice; the cache has them. In
-    _fwd_kernel, where _PT from registers would spill."""
+    """_PT from memory, x̃'s rows t loaded transposed for this slice."""
     xa = _loadT(X, t, T, p * A + tl.arange(0, A), F).to(tl.float32) * (scale * 0.7071067811865476)
     xb = _loadT(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale
     return tl.reshape(xa[:, None, :] * xb[None, :, :], (A * F, t.shape[0]))
@@ -519,13 +527,13 @@ def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: t
     Z, z1, z0 = _load_z(S_in, DV, F)
     for t0 in tl.range(0, T, BT):  # num_stages 2: the next chunk's loads are issued before this one's MMAs
         t = t0 + tl.arange(0, BT)
-        qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)           # (BT, f) fp32, read once
+        qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)           # (BT, f) fp32
         q, k, w = qf.to(DT), kf.to(DT), _weight(W, t, T, HAS_W)
         g = (_load(V, t, T, e, DV).to(tl.float32) * w[:, None]).to(DT)  # (BT, BV): a pad adds nothing
         num = _dot(q, tl.trans(s1.to(DT))) + s0[None, :]  # (BT, BV), den (BT,): φ(q)·[S, z], earlier chunks
         den = tl.sum((_dot((qf * 0.7071067811865476).to(DT), Z.to(DT)) + z1[None, :]) * qf, 1) + z0
         for p in tl.static_range(NS):
-            num = _dot(_P(qf, p, A, F).to(DT), s2[p].to(DT), num)
+            num = _dot(_P_load(Q, t, T, scale, p, A, F).to(DT), s2[p].to(DT), num)
         s = _dot(q, tl.trans(k))                                          # (BT, BT) = q·k/√f
         a = tl.where(t[:, None] >= t[None, :], 1 + s + 0.5 * s * s, 0.).to(DT)  # φ(q_i)·φ(k_j), j ≤ i
         num = _dot(a, g, num)                                             # + this chunk
