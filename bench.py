@@ -70,9 +70,9 @@ SIZES = {
         decode_B=(1, 2, 4, 8, 16, 32, 64), decode_steps=16,
         train=("jrt-360m", "based-360m", "transformer-360m"),
         train_B=8, train_T=2048,                   # T, M = 2048, 1024 (JRT paper)
-        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv), pads, a state
-        grad_T=1024,          # gpu suite: T of the gradient checks at the timed B, H, dv (float64 memory)
-        quick_T=(8192,), quick_B=(1, 16)),         # gpu suite: decode at one context
+        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # bench/gpu.py: (B, H, T, M, dv), pads, state
+        grad_T=1024,          # bench/gpu.py: T of the gradient checks at the timed B, H, dv (float64 memory)
+        quick_T=(8192,), quick_B=(1, 16)),         # bench/gpu.py: decode at one context
     "tiny": dict(
         H=2, f=16, dv=64, T=(128, 256), B=2, B_sweep=(1, 2), T_at=128, check_T=256, runs=(1, 2, 0.0),
         decode=("jrt-tiny", "transformer-tiny"), decode_T=(64, 128), decode_B=(1, 2), decode_steps=4,
@@ -489,6 +489,8 @@ def oprm_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
     return recs
 
 
+# ----------------------------------------------------------------------------- output
+
 def atomic_write(path, text):
     """Write a temporary file and rename it over path: a reader (or a cut) never sees half a file."""
     with open(path + ".tmp", "w") as fh:
@@ -497,8 +499,6 @@ def atomic_write(path, text):
         os.fsync(fh.fileno())
     os.replace(path + ".tmp", path)
 
-
-# ----------------------------------------------------------------------------- output
 
 def pivot(recs, keys, col, cell, extra=None):
     """Markdown: one line per distinct value of `keys`, one column per value of `col`, cell(rec) in each
@@ -526,7 +526,7 @@ def tables(suite, recs, S):
     if suite == "prefill":
         for sweep, col, fixed in (("T", "T", f"B = {S['B']}"), ("B", "B", f"T = {S['T_at']}")):
             rs = [r for r in recs if r["sweep"] == sweep]
-            if not rs:  # the gpu suite has no sweep over B
+            if not rs:  # bench/gpu.py cut short before its sweep over B
                 continue
             x = lambda r: f" ({r['speedup_vs_fa2']:.1f}×)" if r.get("speedup_vs_fa2") else ""  # noqa: E731
             out += [f"\n### prefill latency, ms ({fixed}, H = {S['H']}; × = speed-up vs FlashAttention-2)\n"]
@@ -545,8 +545,9 @@ def tables(suite, recs, S):
             out += ["\n### decode peak GPU memory, GB (weights + caches + activations)\n"]
             out += pivot(recs, ["model", "T"], "B", lambda r: f"{r.get('peak_bytes', 0) / 1e9:.2f}")
     elif suite == "oprm":
-        out += [f"\n### OPRM's prefill of [C_i, S] with |S| = 8, max_batch_tokens "
-                f"{S['oprm']['max_batch_tokens']}; seconds (best of 3) and peak memory above the start (MB)\n",
+        budget = S["oprm"]["max_batch_tokens"]
+        out += [f"\n### OPRM's prefill of [C_i, S] with |S| = 8, max_batch_tokens {budget}: "
+                "seconds (best of 3) and peak memory above the start (MB)\n",
                 "| model | context | L | full s | OPRM s | full MB | OPRM MB |", "|" + "---|" * 7]
         for r in recs:
             cells = ([f"{r['full_s']:.3f}", f"{r['oprm_s']:.3f}", f"{r['full_bytes'] / 2**20:.1f}",
@@ -762,7 +763,7 @@ def main(argv=None):
     p.add_argument("--models", default="based-tiny,jrt-tiny,transformer-tiny",
                    help="oprm: model.py presets, random weights")
     p.add_argument("--context_lens", default="1024,2048,4096,8192,16384", help="oprm: context lengths")
-    p.add_argument("--chunk_len", type=int, default=512, help="oprm: OPRM's chunk length L (at most the context)")
+    p.add_argument("--chunk_len", type=int, default=512, help="oprm: OPRM's chunk length L (≤ the context)")
     p.add_argument("--max_batch_tokens", type=int, default=120_000,
                    help="oprm: tokens per prefill batch (the OPRM paper's ~120k)")
     p.add_argument("--threads", type=int, default=None,
