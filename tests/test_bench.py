@@ -143,6 +143,13 @@ def test_train_table(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["flop_per_token"] > 6 * r["params"] for r in res["train"])
 
 
+def test_import_bench_is_the_module_not_its_folder():
+    """bench/gpu.py imports bench.py as `bench` from the repository root, where the folder bench/ is too: a
+    module wins over a folder without __init__.py at the same path entry."""
+    assert os.path.samefile(bench.__file__, os.path.join(ROOT, "bench.py"))
+    assert gpu.measure is bench.measure
+
+
 def gpu_sh(out, *args, env=None):
     """bash bench/gpu.sh --tiny --out out ... on one thread, without the interpreter (the previous Triton
     design is then skipped, said so in its rows), with this Python."""
