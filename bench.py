@@ -1,5 +1,5 @@
 """
-Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JSON file.
+Benchmarks (JRT paper, Table 5; OPRM's cost): markdown tables on stdout, every number in a JSON file.
 
   prefill  latency of the mixing operator alone on random inputs, as in the paper's Table 5:
            FlashAttention-2 vs our Based kernel at T, JRT-Prompt (Based at 2T) and JRT-RNN (PLA with
@@ -9,9 +9,9 @@ Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JS
   decode   tokens/s of Model.step and the cache memory per sequence at growing context: constant
            state (jrt-360m) vs growing KV cache (transformer-360m).
   train    tokens/s and MFU of one training step (forward, backward, AdamW) of the 360M presets.
-  gpu      the first run on a GPU, `bash bench/gpu.sh --out DIR`, sized to end within 6 minutes on one H100
-           (--budget_s; see gpu_suite): every row written to DIR as soon as it is measured, most
-           important first.
+  oprm     OPRM's speculative prefill (chunked.py) against one full-context prefill: seconds and peak
+           memory against context length, tiny presets with random weights (--models, --context_lens,
+           --chunk_len, --max_batch_tokens); results/oprm_cost.md.
   compile  no GPU needed: every Triton launch at the Table-5 shape compiled for sm_90 and sm_80 (bf16 and
            fp32, dv 64 and 112) and read: grid, registers, spills, shared memory, CTAs per SM and waves,
            MMA FLOP issued ÷ useful, async copies and atomics in the main loop, FLOP and least HBM bytes.
@@ -22,9 +22,9 @@ is quadratic). "× floor" is latency over max(FLOP / peak, least bytes / bandwid
 Our kernels compute the normaliser too; the paper's CUDA kernels did not. Decode is eager PyTorch (no CUDA
 graphs).
 
-On a GPU (bf16), a few minutes each:
+On a GPU (bf16), a few minutes each; the first run on one is `bash bench/gpu.sh --out DIR` (bench/gpu.py:
+kernel checks, the Table-5 row, forward + backward, sweeps, ..., each row saved as soon as it is measured):
 
-    bash bench/gpu.sh --out out/gpu    # first: checks, the Table-5 row, forward + backward, sweeps, ...
     python bench.py --suite prefill
     python bench.py --suite decode
     python bench.py --suite train
@@ -33,19 +33,17 @@ On a GPU (bf16), a few minutes each:
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test. Outputs go
 under out/ (git-ignored) unless --out says otherwise. The exit status is 1 when a row failed (an error
-or a wrong result) or the run was cut short.
+or a wrong result). `python bench.py --suite oprm` takes about 100 s on a CPU (one thread);
 `python bench.py --suite compile [--jobs N]` writes out/compile.json unless --out says otherwise (about
 2 minutes on 2 cores; compile_check.py).
 """
 import argparse
-import contextlib
+import ctypes
 import gc
-import importlib.util
 import json
 import math
 import os
 import re
-import signal
 import statistics
 import subprocess
 import sys
@@ -57,8 +55,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from chunked import speculative_prefill
 from kernels import pla, pla_flop, pla_reference
-from model import Config, Model, resolve_device
+from model import PRESETS, Config, Model, resolve_device
 
 SIZES = {
     "gpu": dict(
@@ -71,9 +70,9 @@ SIZES = {
         decode_B=(1, 2, 4, 8, 16, 32, 64), decode_steps=16,
         train=("jrt-360m", "based-360m", "transformer-360m"),
         train_B=8, train_T=2048,                   # T, M = 2048, 1024 (JRT paper)
-        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # gpu suite: (B, H, T, M, dv), pads, a state
-        grad_T=1024,          # gpu suite: T of the gradient checks at the timed B, H, dv (float64 memory)
-        quick_T=(8192,), quick_B=(1, 16)),         # gpu suite: decode at one context
+        checks=[(2, 4, 1000, 300, 64), (1, 2, 777, 333, 112)],  # bench/gpu.py: (B, H, T, M, dv), pads, state
+        grad_T=1024,          # bench/gpu.py: T of the gradient checks at the timed B, H, dv (float64 memory)
+        quick_T=(8192,), quick_B=(1, 16)),         # bench/gpu.py: decode at one context
     "tiny": dict(
         H=2, f=16, dv=64, T=(128, 256), B=2, B_sweep=(1, 2), T_at=128, check_T=256, runs=(1, 2, 0.0),
         decode=("jrt-tiny", "transformer-tiny"), decode_T=(64, 128), decode_B=(1, 2), decode_steps=4,
@@ -397,154 +396,100 @@ def train_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
     return recs
 
 
-# ----------------------------------------------------------------------------- gpu (bash bench/gpu.sh)
+# ----------------------------------------------------------------------------- oprm (OPRM's prefill cost)
+# OPRM (Ben-Kish et al. 2025) prefills every chunk [P, C_i, S] and keeps every chunk's state: what that costs
+# in time and peak memory against one full-context prefill of the same tokens (chunked.speculative_prefill
+# with one chunk).
 
-PREV_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bench", "pla_prev.py")
-
-
-def load_prev():
-    """bench/pla_prev.py, the previous kernel design, kept to be timed beside kernels.pla. Loaded from its
-    path: bench/ is a folder of files, not a package (bench.py is the module `bench`)."""
-    spec = importlib.util.spec_from_file_location("pla_prev", PREV_FILE)
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["pla_prev"] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def designs(dev, backend):
-    """(label, pla-like function, the module of its kernels, why it cannot run here or None) for the design
-    in kernels.py and the previous one (Triton only: on CUDA, or on a CPU under TRITON_INTERPRET=1)."""
-    import kernels
-    out = [(f"kernels.pla ({backend})", lambda *x: pla(*x, backend=backend), kernels, None)]
-    if dev.type != "cuda" and os.environ.get("TRITON_INTERPRET") != "1":
-        why = "the previous design is Triton only: it needs CUDA (or TRITON_INTERPRET=1 on a CPU)"
-        return out + [("pla_prev (triton)", None, None, why)]
+def rss_follows_tensors():
+    """glibc keeps freed blocks under its mmap threshold resident (the threshold grows up to 32 MB), so the
+    peak resident size would miss memory reused from earlier calls. A fixed 64 KB threshold (mallopt
+    M_MMAP_THRESHOLD = -3) maps every tensor on its own and unmaps it when freed. Linux/glibc only."""
     try:
-        prev = load_prev()
-    except Exception as e:  # noqa: BLE001  (reported as the rows' status)
-        why = f"bench/pla_prev.py cannot be loaded: {failure(e)['error']}"
-        return out + [("pla_prev (triton)", None, None, why)]
-    return out + [("pla_prev (triton)", prev.pla, prev, None)]
+        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
+    except (OSError, AttributeError):
+        pass
 
 
-def compiled(mod):
-    """How many kernels Triton has compiled from module mod so far; None where it cannot tell (no Triton
-    kernels, the interpreter, or a Triton that keeps them elsewhere). A timed row that adds some runs
-    binaries that the gradient checks did not run."""
+def proc_status(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
+
+
+def memory_mark(device):
+    """Start measuring peak memory: CUDA's allocator statistics, or on Linux the process's peak resident
+    size (VmHWM), which writing 5 to /proc/self/clear_refs resets. Returns the baseline in bytes."""
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated()
     try:
-        from triton.runtime.jit import JITFunction
-        fns = [f for f in vars(mod).values() if isinstance(f, JITFunction)]
-        return sum(len(c[0]) for f in fns for c in f.device_caches.values()) if fns else None
-    except Exception:  # noqa: BLE001  (a Triton with another cache layout: unknown, said as None)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return proc_status("VmRSS:")
+    except OSError:
         return None
 
 
-def attention(dev, dtype, S):
-    """The softmax-attention reference: SDPA forced to flash (FlashAttention-2), else the first backend that
-    runs here. Returns its function (None if none runs), the row's name (the backend that ran) and a record
-    of that backend and of why the ones before it did not run."""
-    import warnings
-    tried, x = {}, torch.randn(1, S["H"], 128, S["dv"], device=dev, dtype=dtype)
-    for name in ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"):
-        b = getattr(SDPBackend, name, None)
-        if b is None:
-            continue
-        try:
-            with warnings.catch_warnings(record=True) as said, sdpa_kernel(b):
-                warnings.simplefilter("always")
-                F.scaled_dot_product_attention(x, x, x, is_causal=True)
-        except Exception as e:  # noqa: BLE001  (no kernel of this backend for these inputs on this device)
-            why = [str(w.message).splitlines()[0] for w in said] + [failure(e)["error"]]
-            tried[name] = "; ".join(why)[:300]
-            continue
-
-        def fn(q, k, v, b=b):
-            with sdpa_kernel(b):  # forced, so the row is the backend named, whatever the inputs
-                return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        row = FA2 if name == "FLASH_ATTENTION" else f"softmax attention (SDPA {name}; flash could not run)"
-        return fn, row, dict(sdpa_backend=name, sdpa_not_run=tried)
-    return None, "softmax attention (SDPA)", dict(sdpa_backend=None, sdpa_not_run=tried)
+def memory_peak(device, base):
+    if base is None:
+        return float("nan")
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated() - base
+    return proc_status("VmHWM:") - base
 
 
-def kernel_checks(S, dev, dtype, backend):
-    """Forward, final state and every gradient of pla(backend) against the float64 reference on the same
-    device and the same (rounded) inputs, with a starting state and pads, odd T and M, dv 112; unit scale
-    (the s² term). These are the model's paths (pads, decode states), which the timed rows do not take."""
-    recs, g, f = [], torch.Generator().manual_seed(0), S["f"]
-    D = 1 + f + f * f
-    for B, H, T, M, dv in S["checks"]:
-        r = lambda *shape: torch.randn(*shape, generator=g).to(dtype).double()  # noqa: E731   (rounded once)
-        x = dict(q=r(B, H, T, f), k=r(B, H, T, f), v=r(B, H, T, dv), k_enc=r(B, H, M, f),
-                 v_enc=r(B, H, M, dv))
-        x["S"], x["z"] = pla_reference(r(B, H, 20, f), r(B, H, 20, f), r(B, H, 20, dv))[1]  # a prefill's
-        pads = {n: (torch.rand(B, L, generator=g) < 0.2).to(dev)
-                for n, L in (("pad_mask", T), ("enc_pad_mask", M))}
-        w = [torch.randn(n, generator=g, dtype=torch.float64).to(dev)  # the loss's weights on y, S, z
-             for n in ((B, H, T, dv), (B, H, D, dv), (B, H, D))]
-        out = {}
-        for name in ("ours", "reference"):
-            typ = {n: torch.float64 if name == "reference" else torch.float32 if n in ("S", "z") else dtype
-                   for n in x}
-            t = {n: a.to(dev, typ[n]).requires_grad_() for n, a in x.items()}
-            args, state = [t[n] for n in ("q", "k", "v", "k_enc", "v_enc")], (t["S"], t["z"])
+@torch.no_grad()
+def prefill_cost(model, context_len, chunk_len, *, max_batch_tokens=120_000, suffix_len=8, reps=3, seed=0):
+    """Seconds (best of reps) and peak memory above the start (bytes) of the speculative prefill of a
+    random context: one chunk (full context) vs OPRM's chunks. The states are kept, as OPRM keeps them."""
+    device = next(model.parameters()).device
+    g = torch.Generator().manual_seed(seed)
+    context = torch.randint(1, model.config.vocab_size, (context_len,), generator=g).tolist()
+    suffix = torch.randint(1, model.config.vocab_size, (suffix_len,), generator=g).tolist()
+    out = {}
+    for name, L in (("full", context_len), ("oprm", chunk_len)):
+        speculative_prefill(model, [], context, suffix, L, max_batch_tokens=max_batch_tokens)  # warm-up
+        best, peak = float("inf"), 0
+        for _ in range(reps):
+            base = memory_mark(device)
+            t0 = time.perf_counter()
+            states = speculative_prefill(model, [], context, suffix, L, max_batch_tokens=max_batch_tokens)
+            sync(device)
+            best = min(best, time.perf_counter() - t0)
+            peak = max(peak, memory_peak(device, base))
+            del states
+        out[name] = (best, peak)
+    return out
+
+
+def oprm_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
+    """prefill_cost of each preset (fp32, random weights) at each context length N, in chunks of
+    L = min(chunk_len, N) tokens. S["oprm"]: models, context_lens, chunk_len, max_batch_tokens."""
+    opt, recs = S["oprm"], []
+    if dev.type == "cpu":
+        rss_follows_tensors()
+    for preset in opt["models"]:
+        torch.manual_seed(0)
+        model = Model(Config.from_preset(preset, backend=backend)).to(dev).eval()
+        for N in opt["context_lens"]:
+            L = min(opt["chunk_len"], N)
+            rec = dict(model=preset, context=N, L=L, max_batch_tokens=opt["max_batch_tokens"])
             try:
-                y, st = (pla(*args, state=state, return_state=True, backend=backend, **pads) if name == "ours"
-                         else pla_reference(*args, state=state, **pads))
-                sum((a.double() * b).sum() for a, b in zip((y, *st), w)).backward()
+                cost = prefill_cost(model, N, L, max_batch_tokens=opt["max_batch_tokens"])
+                rec.update(status="ok", full_s=cost["full"][0], oprm_s=cost["oprm"][0],
+                           full_bytes=cost["full"][1], oprm_bytes=cost["oprm"][1])
             except Exception as e:  # noqa: BLE001
-                out = failure(e)
-                break
-            out[name] = dict(zip(("y", "S", "z"), (y.detach(), *(a.detach() for a in st))),
-                             **{f"d{n}": a.grad for n, a in t.items()})
-        rec = dict(B=B, H=H, T=T, M=M, dv=dv, dtype=str(dtype), backend=backend)
-        if "status" in out:
-            recs.append(dict(rec, **out))
-            continue
-        err = {n: float((a.double() - out["reference"][n]).abs().max() / out["reference"][n].abs().max())
-               for n, a in out["ours"].items()}
-        ok = all(e <= TOL[dtype] for e in err.values())  # NaN is wrong too
-        recs.append(dict(rec, err=err, status="ok" if ok else "wrong"))
-        free()
+                rec.update(failure(e))
+            free(rec["status"] != "ok")
+            print(f"oprm {preset} N={N} L={L}: {rec['status']}", file=sys.stderr)
+            recs.append(rec)
+            emit(rec)
+        del model
     return recs
 
 
-def grad_check(fn, kind, B, T, S, dev, dtype):
-    """y and every input's gradient of fn (a pla-like function) against the float64 reference on the same
-    device and the same rounded inputs, at unit scale, without pads: max |got - ref| / max |ref| each."""
-    H, f, dv, M = S["H"], S["f"], S["dv"], T // 2 if kind == "pla" else 0
-    shapes = dict(q=(B, H, T, f), k=(B, H, T, f), v=(B, H, T, dv))
-    if M:
-        shapes.update(k_enc=(B, H, M, f), v_enc=(B, H, M, dv))
-    x = {n: torch.randn(*s, device=dev, dtype=dtype) for n, s in shapes.items()}
-    w = torch.randn(B, H, T, dv, device=dev, dtype=torch.float64)  # the loss's weights on y
-    out = {}
-    for name, run in (("got", fn), ("ref", lambda *a: pla_reference(*a)[0])):
-        t = {n: (a if name == "got" else a.double()).clone().requires_grad_() for n, a in x.items()}
-        y = run(*t.values())
-        (y.double() * w).sum().backward()
-        out[name] = dict(y=y.detach(), **{f"d{n}": a.grad for n, a in t.items()})
-        del y, t
-    return {n: float((a.double() - out["ref"][n]).abs().max() / out["ref"][n].abs().max())
-            for n, a in out["got"].items()}
-
-
-class Budget:
-    """--budget_s: a row starts only while it lasts; after it, the rows are written as skipped."""
-
-    def __init__(self, seconds):
-        self.seconds, self.end = seconds, time.monotonic() + seconds
-
-    def over(self):
-        return (f"skipped: --budget_s {self.seconds:g} spent before this row" if time.monotonic() > self.end
-                else None)
-
-
-class Cut(BaseException):
-    """The run stops before its end (--max_rows, SIGTERM or Ctrl-C); the rows written so far stay. A
-    BaseException, like KeyboardInterrupt, so that a row's `except Exception` does not take it for its
-    error."""
-
+# ----------------------------------------------------------------------------- output
 
 def atomic_write(path, text):
     """Write a temporary file and rename it over path: a reader (or a cut) never sees half a file."""
@@ -554,174 +499,6 @@ def atomic_write(path, text):
         os.fsync(fh.fileno())
     os.replace(path + ".tmp", path)
 
-
-@contextlib.contextmanager
-def held_signals():
-    """SIGINT and SIGTERM wait until the block is done (where the platform can hold them)."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask"):
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-class Sink:
-    """The gpu suite's outputs in one folder, each row written as soon as it is measured, so that a run cut
-    short keeps every finished row: gpu.jsonl gains one JSON line per row (the first line is the run's
-    meta), gpu.json ({"meta", "rows"}) and gpu.md (the tables) are rewritten whole, atomically."""
-
-    def __init__(self, folder, meta, S, max_rows=None):
-        self.folder, self.meta, self.S, self.max_rows, self.rows = folder, meta, S, max_rows, []
-        self.jsonl, self.t0 = open(os.path.join(folder, "gpu.jsonl"), "w"), time.monotonic()
-
-    def start(self, **more):
-        """The meta line first, with what the suite found out before its first row (the SDPA backend)."""
-        self.meta.update(more)
-        self.line(dict(section="meta", **self.meta))
-        self.save()
-
-    def line(self, rec):
-        self.jsonl.write(json.dumps(rec) + "\n")
-        self.jsonl.flush()
-        os.fsync(self.jsonl.fileno())
-
-    def save(self):
-        atomic_write(os.path.join(self.folder, "gpu.json"),
-                     json.dumps(dict(meta=self.meta, rows=self.rows), indent=1))
-        atomic_write(os.path.join(self.folder, "gpu.md"), gpu_markdown(self.meta, self.rows, self.S))
-
-    def add(self, section, rec):
-        rec = dict(rec, section=section, done_s=round(time.monotonic() - self.t0, 1))  # to size later budgets
-        with held_signals():  # a row is in all three files or in none, whenever a stop comes
-            self.rows.append(rec)
-            self.line(rec)
-            self.save()
-        name = row_name(rec)
-        ms = f" {rec['ms']:.3f} ms" if rec.get("ms") else ""
-        print(f"{section}: {name} B={rec.get('B')} T={rec.get('T')}: {rec['status'][:80]}{ms}", flush=True)
-        if self.max_rows is not None and len(self.rows) >= self.max_rows:
-            raise Cut(f"stopped after {self.max_rows} rows (--max_rows {self.max_rows})")
-
-
-def gpu_suite(S, dev, dtype, backend, peak, sink, budget):
-    """The first run on a GPU, the most important rows first, so that a lease cut short still answers the
-    main questions:
-      1. forward and every gradient of both designs (kernels.pla and bench/pla_prev.py), PLA (M = T/2) and
-         Based (M = 0), against the float64 reference on the device, at the timed B, H, dv and dtype, T =
-         grad_T: the kernels that are timed (no pads; T, M multiples of 64; every integer argument a
-         multiple of 16, as in the timed calls). Each timed row records how many kernels Triton compiled
-         while it ran: 0 means it ran binaries checked here;
-      2. the JRT paper's Table-5 row (T 32768, B 16, forward): FlashAttention-2, JRT-RNN, JRT-Prompt and
-         Based of both designs, fla's fused_chunk_based, with speed-ups over FlashAttention-2 in the same run;
-      3. forward + backward of JRT-RNN (both designs) and of fla, against FlashAttention-2's forward +
-         backward;
-      4. the sweeps of Table 5: T from 2k to 32k at B 16, B from 2 to 64 at T 16k;
-      5. pads, a starting state, odd T and M and dv 112 against the reference (the model's paths);
-      6. decode at one context, 7. a training step of the 360M presets.
-    A row starts only while --budget_s lasts."""
-    elt, recs, T5, B5 = torch.finfo(dtype).bits // 8, [], S["T"][-1], S["B"]
-    attn_fn, attn_name, sdpa_info = attention(dev, dtype, S)
-    sink.start(**sdpa_info)
-    ds = designs(dev, backend)
-    mods = {}
-
-    def rows(backward, kinds=("pla", "prompt", "based"), prev_kinds=("pla", "prompt", "based"), fla=True):
-        out = [Row(attn_name, "attn", attn_fn, ref=True, backward=backward,
-                   skip=None if attn_fn else f"no SDPA backend ran: {sdpa_info['sdpa_not_run']}")]
-        names = dict(pla="JRT-RNN, {}, M = T/2", prompt="JRT-Prompt, {}, Based at 2T", based="Based, {}")
-        for kind in kinds:
-            for i, (label, fn, mod, why) in enumerate(ds):
-                if i == 0 or kind in prev_kinds:
-                    out.append(Row(names[kind].format(label), kind, fn, backward=backward, skip=why))
-                    mods[out[-1].name] = mod
-        if fla:
-            out += [r._replace(backward=backward) for r in fla_rows(("fused_chunk_based",))]
-        return out
-
-    def timed(section, row, B, T, sweep=None):
-        over = budget.over()
-        n0 = compiled(mods.get(row.name))
-        if over:
-            rec = dict(implementation=row.name, step="forward + backward" if row.backward else "forward",
-                       B=B, T=T, ms=None, err=None, status=over)
-        else:
-            rec = measure(row, B, T, S, dev, dtype)
-            free(rec["status"] in ("OOM", "error"))
-        rec.update(ref=row.ref, sweep=sweep)
-        n1 = compiled(mods.get(row.name))
-        if n0 is not None and n1 is not None:
-            rec["kernels_compiled_while_timed"] = n1 - n0
-        derive(rec, row, recs, S, elt, peak)
-        fwd = [a for a in recs if a["implementation"] == rec["implementation"] and a["step"] == "forward"
-               and (a["B"], a["T"]) == (B, T) and a["ms"]]
-        if row.backward and fwd and rec["ms"]:
-            rec["x_forward"] = rec["ms"] / fwd[0]["ms"]  # forward + backward over the forward, same run
-        recs.append(rec)
-        sink.add(section, rec)
-
-    for label, fn, mod, why in ds:  # 1.
-        for kind in ("pla", "based"):
-            M = S["grad_T"] // 2 if kind == "pla" else 0
-            rec = dict(design=label, kind=kind, B=B5, H=S["H"], T=S["grad_T"], M=M, dv=S["dv"],
-                       dtype=str(dtype), err=None)
-            if why or budget.over():
-                sink.add("grad_checks", dict(rec, status=f"skipped: {why}" if why else budget.over()))
-                continue
-            try:
-                err = grad_check(fn, kind, B5, S["grad_T"], S, dev, dtype)
-                ok = all(e <= TOL[dtype] for e in err.values())  # NaN is wrong too
-                rec.update(err=err, status="ok" if ok else "wrong")
-            except Exception as e:  # noqa: BLE001
-                rec.update(failure(e))
-            free(True)
-            sink.add("grad_checks", rec)
-    for row in rows(False):  # 2.
-        timed("table5", row, B5, T5)
-    for row in rows(True, kinds=("pla",)):  # 3.
-        timed("fwd_bwd", row, B5, T5)
-    sweep_rows = rows(False, kinds=("pla", "prompt"), prev_kinds=("pla",))
-    cells = dict(T=[(B5, T) for T in S["T"]], B=[(B, S["T_at"]) for B in S["B_sweep"]])
-    for sweep in ("T", "B"):  # 4.
-        for row in sweep_rows:
-            for B, T in cells[sweep]:
-                timed("sweep", row, B, T, sweep)
-    over = budget.over()  # 5.
-    for rec in ([dict(B=B, H=H, T=T, M=M, dv=dv, dtype=str(dtype), backend=backend, status=over)
-                 for B, H, T, M, dv in S["checks"]] if over else kernel_checks(S, dev, dtype, backend)):
-        sink.add("checks", rec)
-    for preset in S["decode"]:  # 6.
-        over = budget.over()
-        if over:
-            for T in S["quick_T"]:
-                for B in S["quick_B"]:
-                    sink.add("decode", dict(model=preset, T=T, B=B, tokens_per_s=None, status=over))
-            continue
-        try:
-            decode_suite(dict(S, decode=(preset,), decode_T=S["quick_T"], decode_B=S["quick_B"]), dev, dtype,
-                         "auto", peak, emit=lambda r: sink.add("decode", r))
-        except Exception as e:  # noqa: BLE001  (the model itself could not be built: one row says why)
-            sink.add("decode", dict(model=preset, T=S["quick_T"][0], B=S["quick_B"][0], tokens_per_s=None,
-                                    **failure(e)))
-            free(True)
-    for preset in S["train"]:  # 7.
-        over = budget.over()
-        if over:
-            sink.add("train", dict(model=preset, B=S["train_B"], T=S["train_T"], ms=None, status=over))
-            continue
-        try:
-            train_suite(dict(S, train=(preset,), runs=(2, 5, 0.5)), dev, dtype, "auto", peak,
-                        emit=lambda r: sink.add("train", r))
-        except Exception as e:  # noqa: BLE001  (as for decode)
-            sink.add("train", dict(model=preset, B=S["train_B"], T=S["train_T"], ms=None, **failure(e)))
-            free(True)
-    return sink.rows
-
-
-# ----------------------------------------------------------------------------- output
 
 def pivot(recs, keys, col, cell, extra=None):
     """Markdown: one line per distinct value of `keys`, one column per value of `col`, cell(rec) in each
@@ -746,19 +523,10 @@ def verdict(mine):
 
 def tables(suite, recs, S):
     out = []
-    if suite == "checks":
-        out += ["\n### forward and backward against the float64 reference (max |got - ref| / max |ref|)\n",
-                "| B, H, T, M, dv | dtype | backend | y | S, z | worst gradient | check |", "|" + "---|" * 7]
-        for r in recs:
-            e = r.get("err") or {}
-            grads = [v for n, v in e.items() if n[0] == "d"]
-            cells = [f"{e['y']:.1e}", f"{max(e['S'], e['z']):.1e}", f"{max(grads):.1e}"] if e else [""] * 3
-            shape = ", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv"))
-            out.append("| " + " | ".join([shape, r["dtype"], r["backend"], *cells, word(r)]) + " |")
-    elif suite == "prefill":
+    if suite == "prefill":
         for sweep, col, fixed in (("T", "T", f"B = {S['B']}"), ("B", "B", f"T = {S['T_at']}")):
             rs = [r for r in recs if r["sweep"] == sweep]
-            if not rs:  # the gpu suite has no sweep over B
+            if not rs:  # bench/gpu.py cut short before its sweep over B
                 continue
             x = lambda r: f" ({r['speedup_vs_fa2']:.1f}×)" if r.get("speedup_vs_fa2") else ""  # noqa: E731
             out += [f"\n### prefill latency, ms ({fixed}, H = {S['H']}; × = speed-up vs FlashAttention-2)\n"]
@@ -776,6 +544,15 @@ def tables(suite, recs, S):
         if any("peak_bytes" in r for r in recs):
             out += ["\n### decode peak GPU memory, GB (weights + caches + activations)\n"]
             out += pivot(recs, ["model", "T"], "B", lambda r: f"{r.get('peak_bytes', 0) / 1e9:.2f}")
+    elif suite == "oprm":
+        budget = S["oprm"]["max_batch_tokens"]
+        out += [f"\n### OPRM's prefill of [C_i, S] with |S| = 8, max_batch_tokens {budget}: "
+                "seconds (best of 3) and peak memory above the start (MB)\n",
+                "| model | context | L | full s | OPRM s | full MB | OPRM MB |", "|" + "---|" * 7]
+        for r in recs:
+            cells = ([f"{r['full_s']:.3f}", f"{r['oprm_s']:.3f}", f"{r['full_bytes'] / 2**20:.1f}",
+                      f"{r['oprm_bytes'] / 2**20:.1f}"] if r["status"] == "ok" else [word(r), "", "", ""])
+            out.append("| " + " | ".join([r["model"], str(r["context"]), str(r["L"]), *cells]) + " |")
     else:
         out += ["\n### train step (forward, backward, AdamW)\n",
                 "| model | params | B × T | ms/step | tokens/s | TFLOP/s | MFU |", "|" + "---|" * 7]
@@ -813,56 +590,6 @@ def notes(recs):
             seen.add(line)
             out.append(("\n" if not out else "") + line)
     return out
-
-
-def cells_table(recs):
-    """The rows of one timed step (one B, T) as a table: ms, speed-up over the reference row, TFLOP/s."""
-    out = ["| implementation | ms | × FA2 | TFLOP/s | × floor | × its forward | check |", "|" + "---|" * 7]
-    for r in recs:
-        ok = r["status"] == "ok"
-        f = lambda k, fmt: format(r[k], fmt) if ok and r.get(k) is not None else ""  # noqa: E731
-        check = word(r) + (f" (err {r['err']:.1e})" if r.get("err") is not None else "")
-        cells = [f("ms", ".3f"), f("speedup_vs_fa2", ".3g"), f("tflops", ".3g"), f("x_floor", ".1f"),
-                 f("x_forward", ".2f")]
-        out.append("| " + " | ".join([r["implementation"], *cells, check]) + " |")
-    return out
-
-
-def gpu_markdown(meta, rows, S):
-    """gpu.md: what ran where, then one table per step, in the order the steps ran."""
-    out = [f"# bash bench/gpu.sh on {meta['device']}\n", f"`{meta['command']}`\n",
-           f"{meta['device']} · torch {meta['torch']} · triton {meta['triton']} · CUDA {meta['cuda']} · "
-           f"commit {meta['commit']} · {meta['date']} · {meta['sizes']} sizes, {meta['dtype']}\n",
-           f"softmax attention ran as SDPA backend {meta.get('sdpa_backend')}"
-           + (f" (did not run: {meta['sdpa_not_run']})" if meta.get("sdpa_not_run") else "")]
-    if meta.get("cut"):
-        out.append(f"\n**This run was cut short ({meta['cut']}): the rows below are those it finished.**")
-    sec = lambda name: [r for r in rows if r["section"] == name]  # noqa: E731
-    if sec("grad_checks"):
-        out += ["\n### forward and every gradient at the timed B, H, dv and dtype, against the float64 "
-                "reference",
-                "(max |got - ref| / max |ref|; no pads, T and M multiples of 64: the timed kernels)\n",
-                "| design | kind | B, H, T, M, dv | dtype | y | worst gradient | check |", "|" + "---|" * 7]
-        for r in sec("grad_checks"):
-            e = r.get("err") or {}
-            grads = [v for n, v in e.items() if n[0] == "d"]
-            cells = [f"{e['y']:.1e}", f"{max(grads):.1e}"] if e else ["", ""]
-            shape = ", ".join(str(r[k]) for k in ("B", "H", "T", "M", "dv"))
-            out.append("| " + " | ".join([r["design"], r["kind"], shape, r["dtype"], *cells, word(r)]) + " |")
-        out += notes(sec("grad_checks"))
-    for name, title in (("table5", "forward"),
-                        ("fwd_bwd", "forward + backward, against FlashAttention-2's forward + backward; work "
-                                    "model 3.5× the forward")):
-        if sec(name):
-            r0 = sec(name)[0]
-            out += [f"\n### JRT paper Table 5 row, {title} (B = {r0['B']}, T = {r0['T']}, H = {S['H']})\n"]
-            out += cells_table(sec(name)) + notes(sec(name))
-    if sec("sweep"):
-        out.append(tables("prefill", sec("sweep"), S))
-    for name in ("checks", "decode", "train"):
-        if sec(name):
-            out.append(tables(name, sec(name), S))
-    return "\n".join(out) + "\n"
 
 
 def plot(results, base, fmt):
@@ -903,31 +630,81 @@ def failed(results):
             if r["status"] in ("error", "wrong")]
 
 
-def exit_status(results):
+def exit_status(results, prog="bench.py"):
     """1 when the run was cut short or a row failed (each failure named on one line), else 0."""
     bad = failed(results)
     for r in bad:
         why = r.get("error", r.get("err", ""))
-        print(f"bench.py: {r.get('section', '')} {row_name(r)}: {r['status']} {why}"[:400], file=sys.stderr)
+        print(f"{prog}: {r.get('section', '')} {row_name(r)}: {r['status']} {why}"[:400], file=sys.stderr)
     if results.get("cut"):
-        print(f"bench.py: cut short: {results['cut']}", file=sys.stderr)
+        print(f"{prog}: cut short: {results['cut']}", file=sys.stderr)
     return 1 if bad or results.get("cut") else 0
 
 
-def check_out(args, suite):
-    """--out before any work: the gpu suite's folder is made (with its parents) or refused in one line;
-    another suite's JSON file gets its folder made; a folder given as a file (or a file as the folder) is
-    refused."""
-    out = args.out
-    if suite == "gpu":
-        if os.path.isfile(out):
-            sys.exit(f"bench.py --out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), "
-                     "but this is a file")
-        folder = out
-    else:
-        if os.path.isdir(out):
-            sys.exit(f"bench.py --out={out}: a folder; give a .json file path (the suite writes one file)")
-        folder = os.path.dirname(out) or "."
+# ----------------------------------------------------------------------------- command line
+
+def add_run_options(p, tiny):
+    """The options of every timed run, here and in bench/gpu.py."""
+    p.add_argument("--tiny", action="store_true", help=tiny)
+    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
+    p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
+                   help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; "
+                        "torch on CPU)")
+    p.add_argument("--peak", type=float, nargs=2, metavar=("TFLOPS", "TBPS"),
+                   help="the device's dense bf16 TFLOP/s and memory TB/s, for the floor and MFU")
+    p.add_argument("--commit", default=None, help="the commit measured, for a copy of the tree without .git "
+                                                  "(default: git describe, else 'unknown')")
+
+
+def run_device(args, prog):
+    """--commit and --device before any work, one line each: the device to run on."""
+    if args.commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", args.commit):
+        sys.exit(f"{prog} --commit={args.commit}: give a git commit id, 7 to 40 hex digits "
+                 "(e.g. $(git rev-parse HEAD))")
+    try:
+        return resolve_device(args.device)
+    except ValueError as e:
+        sys.exit(f"{prog} --device: {e}")
+
+
+def describe(args, dev):
+    """What runs where: the sizes (tiny without CUDA or with --tiny), bf16 on CUDA (else fp32), the device's
+    peak (for the floor and MFU), and the meta saved with every result. Returns S, dtype, peak, meta and a
+    slug naming the device in default output paths."""
+    cuda = dev.type == "cuda"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    tiny = args.tiny or not cuda
+    S = SIZES["tiny" if tiny else "gpu"]
+    device = torch.cuda.get_device_name(dev) if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
+    peak = tuple(x * 1e12 for x in args.peak) if args.peak else next(
+        ((fl, bw) for key, fl, bw in PEAK if cuda and key in device), None)
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
+    slug += "-tiny" if tiny else ""
+    meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
+                commit=args.commit or git_commit() or "unknown (no .git here and no --commit given)",
+                date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                command=" ".join(["python", *sys.argv]),
+                sizes="tiny" if tiny else "gpu", size_table=S, dtype=str(dtype),
+                peak_flops=peak and peak[0], peak_bytes_per_s=peak and peak[1])
+    return S, dtype, peak, meta, slug
+
+
+def headline(meta):
+    return (f"{meta['device']} · torch {meta['torch']} · triton {meta['triton']} · commit {meta['commit']} · "
+            f"{meta['date']} · {meta['sizes']} sizes, {meta['dtype']}")
+
+
+def check_out(out):
+    """--out before any work: the JSON file's folder is made (with its parents); a folder, or a folder that
+    cannot be made or written, is refused in one line."""
+    if os.path.isdir(out):
+        sys.exit(f"bench.py --out={out}: a folder; give a .json file path (the suite writes one file)")
+    folder = os.path.dirname(out) or "."
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
@@ -948,107 +725,74 @@ def check_plot(fmt):
         sys.exit(f"bench.py --plot={fmt}: unknown image format; matplotlib writes {', '.join(sorted(known))}")
 
 
+def oprm_options(args):
+    """--suite oprm's options before any work, one line for each mistake."""
+    try:
+        context_lens = [int(v) for v in args.context_lens.split(",")]
+    except ValueError:
+        context_lens = []
+    if not context_lens or min(context_lens) < 1:
+        sys.exit(f"bench.py --context_lens={args.context_lens}: expected positive ints, comma-separated")
+    for name in ("chunk_len", "max_batch_tokens"):
+        if getattr(args, name) < 1:
+            sys.exit(f"bench.py --{name}={getattr(args, name)}: must be >= 1")
+    models = args.models.split(",")
+    unknown = [m for m in models if m not in PRESETS]
+    if unknown:
+        sys.exit(f"bench.py --models={args.models}: unknown preset {unknown[0]!r}; model.py has "
+                 f"{', '.join(sorted(PRESETS))}")
+    return dict(models=models, context_lens=context_lens, chunk_len=args.chunk_len,
+                max_batch_tokens=args.max_batch_tokens)
+
+
+SUITES = dict(prefill=prefill_suite, decode=decode_suite, train=train_suite, oprm=oprm_suite)
+
+
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench.py", description="JRT-RNN benchmarks (JRT paper, Table 5); "
-                                                             "see the docstring of bench.py")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "gpu", "compile"),
+    p = argparse.ArgumentParser(prog="bench.py", description="JRT-RNN benchmarks (JRT paper, Table 5) and "
+                                "OPRM's prefill cost; see the docstring of bench.py. The first run on a GPU "
+                                "is `bash bench/gpu.sh --out DIR`")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "oprm", "compile"),
                    default="prefill")
-    p.add_argument("--tiny", action="store_true",
-                   help="the tiny sizes (automatic without CUDA, except for --suite gpu, which refuses)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available, else CPU), cpu, cuda, cuda:N")
-    p.add_argument("--backend", choices=("auto", "torch", "triton"), default=None,
-                   help="our kernels (default: on CUDA triton for the prefill rows, auto for the models; "
-                        "torch on CPU)")
-    p.add_argument("--out", default=None, help="JSON file (default out/bench-<suite>-<device>.json); "
-                                               "--suite gpu: a folder (default out/gpu-<device>-<date>)")
+    add_run_options(p, tiny="the tiny sizes (automatic without CUDA)")
+    p.add_argument("--out", default=None, help="JSON file (default out/bench-<suite>-<device>.json)")
     p.add_argument("--plot", nargs="?", const="png", default=None, metavar="FORMAT",
                    help="also draw figures beside the JSON, as png (default) or another format matplotlib "
                         "writes (needs matplotlib: pip install matplotlib)")
-    p.add_argument("--peak", type=float, nargs=2, metavar=("TFLOPS", "TBPS"),
-                   help="the device's dense bf16 TFLOP/s and memory TB/s, for the floor and MFU")
-    p.add_argument("--commit", default=None, help="the commit measured, for a copy of the tree without .git "
-                                                  "(default: git describe, else 'unknown')")
-    p.add_argument("--budget_s", type=float, default=300.,
-                   help="gpu suite: rows start only within these seconds (the run ends about a minute later)")
-    p.add_argument("--max_rows", type=int, default=None,
-                   help="gpu suite: stop after this many rows, as a cut lease would (exits 1; the rows stay)")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compile suite: parallel compiles")
+    p.add_argument("--models", default="based-tiny,jrt-tiny,transformer-tiny",
+                   help="oprm: model.py presets, random weights")
+    p.add_argument("--context_lens", default="1024,2048,4096,8192,16384", help="oprm: context lengths")
+    p.add_argument("--chunk_len", type=int, default=512, help="oprm: OPRM's chunk length L (≤ the context)")
+    p.add_argument("--max_batch_tokens", type=int, default=120_000,
+                   help="oprm: tokens per prefill batch (the OPRM paper's ~120k)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: 1 for oprm, whose tiny models run fastest on one; torch's "
+                        "default for the others); 0 = torch's default")
     args = p.parse_args(argv)
     if args.suite == "compile":  # compile_check.py: what the GPU compiler makes of kernels.py, no GPU needed
         import compile_check
         return compile_check.main(args.out, args.jobs, git_commit())
-    if args.commit is not None and not re.fullmatch(r"[0-9a-f]{7,40}(-dirty)?", args.commit):
-        sys.exit(f"bench.py --commit={args.commit}: give a git commit id, 7 to 40 hex digits "
-                 "(e.g. $(git rev-parse HEAD))")
-    if args.budget_s <= 0:
-        sys.exit(f"bench.py --budget_s={args.budget_s:g}: must be > 0 seconds")
-    if args.max_rows is not None and args.max_rows < 1:
-        sys.exit(f"bench.py --max_rows={args.max_rows}: must be >= 1")
-    try:
-        dev = resolve_device(args.device)
-    except ValueError as e:
-        sys.exit(f"bench.py --device: {e}")
+    dev = run_device(args, "bench.py")
     if args.plot:  # before the long runs, not after them
-        if args.suite == "gpu":
-            sys.exit("bench.py --plot: the gpu suite writes tables only; use --suite prefill, decode, train "
-                     "or all")
         check_plot(args.plot)
-    cuda = dev.type == "cuda"
-    if args.suite == "gpu" and not cuda and not args.tiny:
-        sys.exit(f"bench.py --suite gpu: no CUDA device here (device {dev}, torch {torch.__version__}, "
-                 f"CUDA available: {torch.cuda.is_available()}); --tiny runs its tiny CPU form")
-
-    dtype = torch.bfloat16 if cuda else torch.float32
-    tiny = args.tiny or not cuda
-    S = SIZES["tiny" if tiny else "gpu"]
-    device = torch.cuda.get_device_name(dev) if cuda else f"CPU ({torch.get_num_threads()} torch threads)"
-    peak = tuple(x * 1e12 for x in args.peak) if args.peak else next(
-        ((fl, bw) for key, fl, bw in PEAK if cuda and key in device), None)
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    commit = args.commit or git_commit() or "unknown (no .git here and no --commit given)"
-    slug = re.sub(r"[^a-z0-9]+", "-", device.lower()).strip("-") if cuda else "cpu"
-    slug += "-tiny" if tiny else ""
-    date = datetime.now(timezone.utc)
-    if args.out is None:
-        args.out = (f"out/gpu-{slug}-{date:%Y-%m-%d}" if args.suite == "gpu"
-                    else f"out/bench-{args.suite}-{slug}.json")
-    check_out(args, args.suite)
-    meta = dict(device=device, torch=torch.__version__, triton=triton_version, cuda=torch.version.cuda,
-                commit=commit, date=date.isoformat(timespec="seconds"),
-                command=" ".join(["python", *sys.argv]),
-                sizes="tiny" if tiny else "gpu", size_table=S, dtype=str(dtype),
-                peak_flops=peak and peak[0], peak_bytes_per_s=peak and peak[1])
-    print(f"{device} · torch {torch.__version__} · triton {triton_version} · commit {commit} · "
-          f"{meta['date']} · {meta['sizes']} sizes, {dtype}", flush=True)
-    results = dict(meta=meta)
+    oprm = oprm_options(args) if args.suite == "oprm" else None
+    if args.threads is not None and args.threads < 0:
+        sys.exit(f"bench.py --threads={args.threads}: must be >= 0 (0: torch's default)")
+    threads = args.threads if args.threads is not None else 1 if args.suite == "oprm" else 0
+    if threads:
+        torch.set_num_threads(threads)
+    S, dtype, peak, meta, slug = describe(args, dev)
+    if oprm:
+        S = dict(S, oprm=oprm)
+    args.out = args.out or f"out/bench-{args.suite}-{slug}.json"
+    check_out(args.out)
+    print(headline(meta), flush=True)
+    results, cuda = dict(meta=meta), dev.type == "cuda"
     torch.manual_seed(0)
-    if args.suite == "gpu":
-        backend = args.backend or ("triton" if cuda else "torch")
-        sink = Sink(args.out, meta, S, args.max_rows)
-
-        def stop(signum, frame):  # a lease or a cluster ends a job with SIGTERM: keep what is written, say so
-            raise Cut(f"signal {signal.Signals(signum).name}")
-        old = signal.signal(signal.SIGTERM, stop)
-        try:
-            gpu_suite(S, dev, dtype, backend, peak, sink, Budget(args.budget_s))
-        except (Cut, KeyboardInterrupt) as e:
-            results["cut"] = sink.meta["cut"] = str(e) or "interrupted (Ctrl-C)"
-            sink.save()  # gpu.json and gpu.md say that the run was cut short, and why
-        finally:
-            signal.signal(signal.SIGTERM, old)
-            sink.jsonl.close()
-        results["gpu"] = sink.rows
-        print("\n" + gpu_markdown(meta, sink.rows, S))
-        print(f"wrote {args.out}/gpu.json, gpu.jsonl and gpu.md ({len(sink.rows)} rows)")
-        return results
     for suite in ("prefill", "decode", "train") if args.suite == "all" else (args.suite,):
         backend = args.backend or (("triton" if suite == "prefill" else "auto") if cuda else "torch")
-        fn = {"prefill": prefill_suite, "decode": decode_suite, "train": train_suite}[suite]
-        results[suite] = fn(S, dev, dtype, backend, peak)
+        results[suite] = SUITES[suite](S, dev, dtype, backend, peak)
         print(tables(suite, results[suite], S))
         atomic_write(args.out, json.dumps(results, indent=1))  # after every suite: a cut run keeps those done
     print(f"\nwrote {args.out}")

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The first run on a GPU, one command, sized to end within 6 minutes on one H100 (--budget_s):
 #
-#   bash bench/gpu.sh --out DIR [--commit SHA] [--wheels FOLDER] [more bench.py options]
+#   bash bench/gpu.sh --out DIR [--commit SHA] [--wheels FOLDER] [more bench/gpu.py options]
 #
-# In this order, most important first (bench.py's gpu_suite says more):
+# In this order, most important first (bench/gpu.py's gpu_suite says more):
 #   1. forward and every gradient of both kernel designs, kernels.pla and the previous one
 #      (bench/pla_prev.py), against the float64 reference on the device, at the timed B, H, dv and bf16
 #      (T 1024: the same compiled kernels);
@@ -42,4 +42,4 @@ while (($#)); do
     *) args+=("$1"); shift;;
   esac
 done
-exec "$python" "$root/bench.py" --suite gpu ${args[@]+"${args[@]}"}
+exec "$python" "$root/bench/gpu.py" ${args[@]+"${args[@]}"}

@@ -1,13 +1,13 @@
 """
 The previous design of the Triton PLA kernels, frozen: a verbatim copy of the Triton part of kernels.py as
 of commit 1a42602, the design before the current kernels.py. It is kept only so that `bash bench/gpu.sh`
-can time it side by side with kernels.pla in the same run; only bench.py (and its test) load it, and it
+can time it side by side with kernels.pla in the same run; only bench/gpu.py (and its test) load it, and it
 is not maintained. kernels.py holds the algorithm and its docs.
 
     pla(q, k, v, k_enc=None, v_enc=None, *, state=None, pad_mask=None, enc_pad_mask=None, return_state=False)
 
 takes CUDA tensors (or any tensors under TRITON_INTERPRET=1) with f = 16 in the layout of kernels.pla and
-does no input checks: bench.py passes it valid inputs only.
+does no input checks: bench/gpu.py passes it valid inputs only.
 """
 import os
 

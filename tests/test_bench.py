@@ -1,6 +1,7 @@
-"""bench.py at its tiny sizes: every table has its rows and columns, the numbers parse, each row passed its
-check against the reference, and a wrong (or failing) implementation is reported as such, not timed.
-Times themselves are not checked."""
+"""bench.py and bench/gpu.py at their tiny sizes: every table has its rows and columns, the numbers parse,
+each row passed its check against the reference, and a wrong (or failing) implementation is reported as
+such, not timed. Times themselves are not checked."""
+import importlib.util
 import json
 import os
 import re
@@ -18,6 +19,18 @@ from model import Config, Model
 
 TINY = ["--tiny", "--backend", "torch"]  # the same sizes and backend on a CPU and on a GPU
 NUM = r"\d+(\.\d+)?(e[-+]?\d+)?"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_gpu():
+    """bench/gpu.py as a module: bench/ is a folder of files beside the module bench (bench.py)."""
+    spec = importlib.util.spec_from_file_location("gpu", os.path.join(ROOT, "bench", "gpu.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+gpu = load_gpu()
 
 
 def tables(text):
@@ -130,7 +143,11 @@ def test_train_table(tmp_path, capsys):
     assert all(r["status"] == "ok" and r["flop_per_token"] > 6 * r["params"] for r in res["train"])
 
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+def test_import_bench_is_the_module_not_its_folder():
+    """bench/gpu.py imports bench.py as `bench` from the repository root, where the folder bench/ is too: a
+    module wins over a folder without __init__.py at the same path entry."""
+    assert os.path.samefile(bench.__file__, os.path.join(ROOT, "bench.py"))
+    assert gpu.measure is bench.measure
 
 
 def gpu_sh(out, *args, env=None):
@@ -211,7 +228,7 @@ def test_gpu_fwd_bwd_row_is_against_fa2_fwd_bwd(gpu_tiny):
 def test_gpu_cut_short_keeps_its_rows_and_fails(tmp_path, monkeypatch):
     """A run stopped after 3 rows (as a lease cut short) keeps those rows on disk and fails."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")  # the previous design is skipped: no interpreted kernels here
-    res = bench.main(["--suite", "gpu", "--tiny", "--out", str(tmp_path / "cut"), "--max_rows", "3"])
+    res = gpu.main(["--tiny", "--out", str(tmp_path / "cut"), "--max_rows", "3"])
     assert res["cut"] == "stopped after 3 rows (--max_rows 3)" and bench.exit_status(res) == 1
     lines = (tmp_path / "cut" / "gpu.jsonl").read_text().splitlines()
     rows = json.loads((tmp_path / "cut" / "gpu.json").read_text())["rows"]
@@ -244,8 +261,8 @@ def test_gpu_failed_row_is_written_and_exits_nonzero(tmp_path, monkeypatch):
     """A row that raises is a row with its error, the run goes on, and the exit status is 1."""
     def broken(*a, **k):
         raise RuntimeError("kernel launch failed (simulated)")
-    monkeypatch.setattr(bench, "pla", broken)
-    res = bench.main(["--suite", "gpu", "--tiny", "--out", str(tmp_path), "--max_rows", "2"])
+    monkeypatch.setattr(gpu, "pla", broken)
+    res = gpu.main(["--tiny", "--out", str(tmp_path), "--max_rows", "2"])
     assert [r["status"] for r in res["gpu"]] == ["error", "error"] and res["cut"]
     assert "kernel launch failed" in res["gpu"][0]["error"]
     assert json.loads((tmp_path / "gpu.json").read_text())["rows"] == res["gpu"]
@@ -258,8 +275,8 @@ def test_gpu_failed_row_is_written_and_exits_nonzero(tmp_path, monkeypatch):
 
 def test_gpu_suite_refuses_without_cuda(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        bench.main(["--suite", "gpu", "--device", "cpu", "--out", str(tmp_path / "g")])
-    assert "--suite gpu: no CUDA device here" in str(e.value) and "--tiny" in str(e.value)
+        gpu.main(["--device", "cpu", "--out", str(tmp_path / "g")])
+    assert "bench/gpu.sh: no CUDA device here" in str(e.value) and "--tiny" in str(e.value)
     assert "\n" not in str(e.value) and not (tmp_path / "g").exists()  # one line, before any work
 
 
@@ -267,14 +284,14 @@ def test_grad_check_finds_a_wrong_kernel_and_passes_the_previous_design():
     """grad_check, which the gpu suite runs at the timed shapes: a kernel with s twice too large fails it;
     the frozen previous Triton design (bench/pla_prev.py) passes it, here under Triton's interpreter."""
     S, cpu = dict(H=1, f=16, dv=16), torch.device("cpu")
-    bad = bench.grad_check(lambda q, k, v, *e: pla(2 * q, k, v, *e, backend="torch"), "pla", 1, 64, S, cpu,
-                           torch.float32)
+    bad = gpu.grad_check(lambda q, k, v, *e: pla(2 * q, k, v, *e, backend="torch"), "pla", 1, 64, S, cpu,
+                         torch.float32)
     assert bad["y"] > 1e-2 and bad["dq"] > 1e-2
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         pytest.skip("the previous design needs Triton: CUDA or TRITON_INTERPRET=1")
     pytest.importorskip("triton")
     dev = torch.device("cpu" if os.environ.get("TRITON_INTERPRET") == "1" else "cuda")
-    err = bench.grad_check(bench.load_prev().pla, "pla", 1, 64, S, dev, torch.float32)
+    err = gpu.grad_check(gpu.load_prev().pla, "pla", 1, 64, S, dev, torch.float32)
     assert set(err) == {"y", "dq", "dk", "dv", "dk_enc", "dv_enc"} and max(err.values()) < 1e-4, err
 
 
@@ -283,13 +300,21 @@ def test_bad_arguments_stop_up_front(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match="--device: device="):
             bench.main(["--suite", "prefill", "--device", bad, *TINY])
     (tmp_path / "file").write_text("")
-    monkeypatch.setattr(bench, "prefill_suite", lambda *a: pytest.fail("ran before checking the arguments"))
-    for args, said in ((["--suite", "gpu", "--out", str(tmp_path / "file")], "writes a folder"),
-                       (["--out", str(tmp_path)], "a folder; give a .json file"),
-                       (["--commit", "not-a-sha"], "--commit=not-a-sha: give a git commit id"),
-                       (["--suite", "gpu", "--budget_s", "0"], "--budget_s=0: must be > 0")):
-        with pytest.raises(SystemExit, match=said):
-            bench.main([*args, *TINY])
+    for suite in ("prefill", "oprm"):
+        monkeypatch.setitem(bench.SUITES, suite, lambda *a: pytest.fail("ran before checking the arguments"))
+    monkeypatch.setattr(gpu, "gpu_suite", lambda *a: pytest.fail("ran before checking the arguments"))
+    oprm = ["--suite", "oprm"]
+    for main, args, said in ((gpu.main, ["--out", str(tmp_path / "file")], "writes a folder"),
+                             (bench.main, ["--out", str(tmp_path)], "a folder; give a .json file"),
+                             (bench.main, ["--commit", "nope"], "--commit=nope: give a git commit id"),
+                             (gpu.main, ["--commit", "nope"], "--commit=nope: give a git commit id"),
+                             (gpu.main, ["--budget_s", "0"], "--budget_s=0: must be > 0"),
+                             (bench.main, [*oprm, "--context_lens", "64,0"], "--context_lens=64,0: expected"),
+                             (bench.main, [*oprm, "--chunk_len", "0"], "--chunk_len=0: must be >= 1"),
+                             (bench.main, [*oprm, "--models", "jrt-tiny,x"], "--models=jrt-tiny,x: unknown")):
+        with pytest.raises(SystemExit, match=said) as e:
+            main([*args, *TINY])
+        assert "\n" not in str(e.value)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
     with pytest.raises(SystemExit, match="needs matplotlib"):
@@ -298,6 +323,20 @@ def test_bad_arguments_stop_up_front(tmp_path, monkeypatch):
 
 def test_plot_format_is_checked_up_front(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    monkeypatch.setattr(bench, "prefill_suite", lambda *a: pytest.fail("ran before checking --plot"))
+    monkeypatch.setitem(bench.SUITES, "prefill", lambda *a: pytest.fail("ran before checking --plot"))
     with pytest.raises(SystemExit, match="--plot=nope: unknown image format"):
         bench.main(["--suite", "prefill", "--plot", "nope", "--out", str(tmp_path / "p.json"), *TINY])
+
+
+def test_oprm_cost_table_and_its_folder(tmp_path, capsys):
+    """--suite oprm: full context vs OPRM's chunks, seconds and MB, one row per model and context; the
+    missing folder of --out is made first."""
+    out = tmp_path / "new" / "oprm.json"
+    res = bench.main(["--suite", "oprm", "--models", "based-tiny,transformer-tiny", "--context_lens", "64",
+                      "--chunk_len", "32", "--out", str(out)])
+    t = tables(capsys.readouterr().out)[0]
+    assert t[0] == ["model", "context", "L", "full s", "OPRM s", "full MB", "OPRM MB"]
+    assert [r[:3] for r in t[1:]] == [["based-tiny", "64", "32"], ["transformer-tiny", "64", "32"]]
+    assert all(re.fullmatch(NUM, c) for r in t[1:] for c in r[3:]), t
+    assert json.loads(out.read_text())["oprm"] == res["oprm"]
+    assert all(r["status"] == "ok" and r["full_s"] > 0 and r["oprm_bytes"] >= 0 for r in res["oprm"])
