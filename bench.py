@@ -58,7 +58,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from kernels import pla, pla_flop, pla_reference
-from model import Config, Model, resolve_device
+from lm import resolve_device
+from model import Config, Model
 
 SIZES = {
     "gpu": dict(
