@@ -357,6 +357,25 @@ def text_parts(template, row, kind, tokenizer):
     return enc(opening + before), enc(str(row["context"])), enc(after + closing)
 
 
+def text_rows(lm, tokenizer, rows, *, chunk_lens, kind=None, template=None, max_new_tokens=None,
+              max_batch_tokens=120_000):
+    """Full context vs OPRM on long-context text rows: yields (row, full-context answer, {L: OPRM answer})."""
+    idk = tokenizer.encode_ordinary("Error")[0]                      # the IDK token: the first token of "Error"
+    eos = getattr(getattr(tokenizer, "tok", None), "eos_token_id", None)
+    for row in rows:
+        k = kind or row.get("kind", "qa")
+        tmpl, mode, max_new = KINDS[k]
+        P, C, S = text_parts(row.get("prompt") or template or tmpl, row, k, tokenizer)
+        if not C:
+            raise ValueError(f"a row's context is empty (input {str(row.get('input'))[:40]!r})")
+        kw = dict(max_new_tokens=max_new_tokens or max_new, stop_token=eos, max_batch_tokens=max_batch_tokens,
+                  join=tokenizer.encode_ordinary("\n"))
+        full = oprm_generate(lm, P, C, S, len(C), **kw).answer        # one chunk: ordinary inference
+        oprm = {L: oprm_generate(lm, P, C, S, min(L, len(C)), mode=mode, idk_token=idk if k == "qa" else None,
+                                 **kw).answer for L in chunk_lens}
+        yield row, tokenizer.decode(full), {L: tokenizer.decode(a) for L, a in oprm.items()}
+
+
 # ----------------------------------------------------------------------------- input checks
 
 def _check(ok, name, value, allowed):

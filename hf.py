@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import read_checkpoint
-from lm import map_tensors, select_rows
+from lm import ModelLM, map_tensors, select_rows
 from model import Config, Model, _is_int, _is_number, check_tokens
 
 EXTRAS = "pip install -r requirements-extra.txt"
@@ -398,17 +398,15 @@ OFFICIAL_PAD_ID = 220   # GPT-2's " ": the token the released code pads prompts 
 
 @torch.no_grad()
 def prefill_official(model, idx, pad_mask=None, pad_id=OFFICIAL_PAD_ID):
-    """`Model.prefill` as the released JRT-RNN code runs at inference, to reproduce its reported
-    numbers; our exact padding (`prefill`) stays the default everywhere else. Differences:
-
+    """`Model.prefill` as the released JRT-RNN code runs at inference, to reproduce its reported numbers
+    (our exact padding, `prefill`, stays the default everywhere else); decode with `model.step` as usual:
     - rows shorter than M = config.prefix_len (1024) are left-padded to M with token `pad_id` (220, " "),
       and the pads already in idx (pad_mask) become `pad_id` too;
     - pads are ordinary tokens to conv, swa, la and the MLPs, and lie inside the prefix, which is the
       first min(M, T) positions of the padded row;
     - pla layers zero the pads' k and k_enc before φ, but only when T <= M (the official code masks
       only then): φ(0) = [1, 0, ..., 0], so each pad still adds 1 to both normalisers and its v, v_enc
-      to the numerators.
-    Decode with `model.step` as usual. Returns (logits (B, V), cache)."""
+      to the numerators."""
     V, M = model.config.vocab_size, model.config.prefix_len
     if not (isinstance(pad_id, int) and 0 <= pad_id < V):
         raise ValueError(f"pad_id={pad_id!r}: expected a token id in [0, vocab_size = {V})")
@@ -432,23 +430,12 @@ def prefill_official(model, idx, pad_mask=None, pad_id=OFFICIAL_PAD_ID):
             h.remove()
 
 
-class OfficialLM:
-    """Our Model behind the interface, prefilled with the released code's padding (`prefill_official`):
-    the first M = config.prefix_len positions of the padded row are the prefix."""
-
-    def __init__(self, model):
-        self.model, self.vocab_size = model, model.config.vocab_size
+class OfficialLM(ModelLM):
+    """Our Model behind the interface, prefilled with the released code's padding (`prefill_official`)."""
 
     def prefill(self, idx, pad_mask=None):
         logits, cache = prefill_official(self.model, idx, pad_mask)
         return logits.float(), cache
-
-    def step(self, idx_t, cache):
-        logits, cache = self.model.step(idx_t, cache)
-        return logits.float(), cache
-
-    def select(self, cache, rows):
-        return select_rows(cache, rows)
 
 
 # ------------------------------------------------------------ transformers' models behind the interface

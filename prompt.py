@@ -9,10 +9,10 @@ first) to Ω(min(|A|, |B|) / p) for p passes (JRT paper). No training, any model
 The file, top to bottom:
     1. text prompts      extraction_prompt, qa_prompt, read_twice, cut_around (the 950-token budget)
     2. token prompts     jrt_tokens, jrt_examples (JR-p for data.py's synthetic tasks)
-    3. Table 1 strings   official_prompt and official_cut: the official task code's prompts for the six
-                         recall-intensive tasks, byte for byte
-The harnesses that score these prompts (greedy decoding, "contains", Table 1, MQAR read twice) are in
-evaluate.py; the synthetic experiments behind them (set order, MQAR read twice) in experiments.py.
+    3. Table 1           the six recall-intensive tasks' rows (TABLE1, table1_example, load_table1) and the
+                         official task code's prompts for them, byte for byte (official_prompt, official_cut)
+The harness that scores these prompts (greedy decoding, "contains", MQAR shown p times) and its command
+line are in evaluate.py; the synthetic experiments behind them (set order, MQAR read twice) in experiments.py.
 """
 import bisect
 import os
@@ -158,26 +158,26 @@ def repeats_of(fmt):
     raise ValueError(f"unknown prompt format {fmt!r}: use 'default', 'jrt' or 'jr<p>' (p copies, e.g. 'jr3')")
 
 
-# ----------------------------------------------------------------------------- 3. Table 1's prompts (JRT paper, Table 1)
-# The paper's six recall-intensive tasks (evaluate.TABLE1) are prompted in two styles:
+# ----------------------------------------------------------------------------- 3. Table 1 (JRT paper, Table 1)
+# The paper's six recall-intensive tasks (TABLE1), as the hazyresearch data sets store them, in two styles:
 #   official  the strings of the official task code (the lm-eval-harness fork in the JRT repository,
 #             lm_eval/tasks/based_*/task.py, `doc_to_text` of each task and of its "twice" variant), byte for
 #             byte, quirks included, after the official cut (`official_cut`). The paper's numbers used these.
-#   clean     the same rows through `extraction_prompt` / `qa_prompt` (evaluate.clean_example): the paper's
+#   clean     the same rows through `extraction_prompt` / `qa_prompt` (clean_example): the paper's
 #             Table-of-formats strings, without the quirks (FDA's ". ." where a trailing key was removed,
 #             SQuAD's space before "\n").
 
 SUMMARY = "Summary of information above..."   # SWDE's text: the page, this marker, then a summary
 
 
-def drop_suffix(text, suffix):
+def _drop_suffix(text, suffix):
     """Remove `suffix` from the end of `text` as often as it is there, ignoring case (the official loop)."""
     while suffix and text.lower().endswith(suffix.lower()):
         text = text[:-len(suffix)]
     return text
 
 
-def upper_first(key):
+def _upper_first(key):
     return key[0].upper() + key[1:]
 
 
@@ -186,7 +186,7 @@ def official_prompt(task, row, repeats=1):
     repeats=2 its "twice" variant (JRT-Prompt). Every strip below is the official one, in its order: they
     differ between the default and the twice variant, and between tasks (e.g. NQ's default removes the cloze
     from the end of the context once and case-sensitively, its twice variant as often as it is there and
-    ignoring case). The row is checked by `evaluate.table1_example`; the official cut (`official_cut`) comes first."""
+    ignoring case). The row is checked by `table1_example`; the official cut (`official_cut`) comes first."""
     if repeats not in (1, 2):
         raise ValueError(f"the official Table 1 prompts have two formats, default (1) and jrt (2); "
                          f"got {repeats!r}")
@@ -195,7 +195,7 @@ def official_prompt(task, row, repeats=1):
         text, key = row["text"], row["key"]
         if task == "swde":
             text = text.split(SUMMARY)[0]
-        text = drop_suffix(text, key + ":")
+        text = _drop_suffix(text, key + ":")
         if task == "fda":           # ".strip('.')" after removing " key:" leaves "... . " alone: FDA's ". ."
             text = text.strip("\n").strip(".")
             out = text if text.endswith(".") else text + "."
@@ -204,7 +204,7 @@ def official_prompt(task, row, repeats=1):
             out = out if out.endswith(".") else out + "."
         else:
             out = text.strip().strip(".") + "."
-        question = upper_first(key) + ":"
+        question = _upper_first(key) + ":"
         if not twice:
             return out + " " + question
         return f"Information about {question.strip(':')}. {out}\n{out} {question}"
@@ -218,7 +218,7 @@ def official_prompt(task, row, repeats=1):
     if task == "nq" and not twice:
         context = context[:-len(cloze)] if context.endswith(cloze) else context
     else:
-        context = drop_suffix(context, cloze)
+        context = _drop_suffix(context, cloze)
     if not twice:
         return context.strip().strip(".") + ". " + cloze
     out = context.strip().strip(".").strip() + "."
@@ -276,8 +276,8 @@ def clean_example(task, row, where=""):
     cleaning as the official code, without its stray spaces and doubled periods."""
     if task in ("swde", "fda"):     # "{doc}. {Key}:"; SWDE's text may carry a summary after the doc
         key = row["key"]
-        doc = drop_suffix(row["text"].split(SUMMARY)[0].strip(), key + ":")
-        return {"task": task, "kind": "extraction", "context": _sentence(doc), "key": upper_first(key),
+        doc = _drop_suffix(row["text"].split(SUMMARY)[0].strip(), key + ":")
+        return {"task": task, "kind": "extraction", "context": _sentence(doc), "key": _upper_first(key),
                 "answers": [row["value"]]}
     if task == "squad":             # text = the passage, then the question as a cloze
         passage, text = row["context"].split("Question:")[0].strip(), row["text"].strip()
@@ -290,7 +290,7 @@ def clean_example(task, row, where=""):
     if task == "triviaqa":
         context = re.sub(r"\[PAR\]|\[DOC\]|\[TLE\]", "", context)
     cloze = row["question"].strip()
-    return {"task": task, "kind": "qa", "context": _sentence(drop_suffix(context.strip(), cloze)),
+    return {"task": task, "kind": "qa", "context": _sentence(_drop_suffix(context.strip(), cloze)),
             "cloze": cloze, "question": row["orig_question"].strip().strip(":"), "answers": row["answers"]}
 
 
