@@ -6,10 +6,8 @@ The harnesses that score JRT-Prompt (prompt.py) and OPRM (chunked.py), and their
     python evaluate.py oprm --ckpt out/ckpt.pt --task mqar_long          # full context vs OPRM, more pairs
     python evaluate.py oprm --hf state-spaces/mamba-130m-hf --task longbench:hotpotqa    # OPRM on LongBench
 
-Every model is read through lm.py's interface: our Model (`lm.ModelLM`), a released checkpoint with the
-released code's padding (`hf.OfficialLM`), or a Hugging Face causal LM (`hf.HFLM`). Sections: 1. text
-("contains", error modes), 2. synthetic tasks (teacher-forced), 3. OPRM on long MQAR, 4. OPRM on long
-texts (token F1), 5. command line.
+Models are read through lm.py's interface: `lm.ModelLM`, `hf.OfficialLM` (the released code's padding) or
+`hf.HFLM` (a Hugging Face causal LM).
 """
 import argparse
 import json
@@ -41,7 +39,7 @@ def newline_tokens(tokenizer):
 
 
 def _decode(tokenizer, ids):
-    V = tokenizer.n_vocab                     # a model's vocabulary can be padded past the tokenizer's (50264 > 50257)
+    V = tokenizer.n_vocab          # a model's vocabulary can be padded past the tokenizer's (50264 > 50257)
     return tokenizer.decode([i for i in ids if i < V])
 
 
@@ -50,7 +48,8 @@ def contains(output, answers):
     stripped of surrounding whitespace (the official harness does not strip; " Paris" would then miss
     "Paris." at the start of an output)."""
     answers = [answers] if isinstance(answers, str) else answers
-    return any(re.search(re.escape(a.strip()), output, re.IGNORECASE) is not None for a in answers if a.strip())
+    return any(re.search(re.escape(a.strip()), output, re.IGNORECASE) is not None
+               for a in answers if a.strip())
 
 
 def _words(s):
@@ -136,18 +135,6 @@ def results_table(summary):
     return "\n".join(lines)
 
 
-
-
-
-
-
-
-
-
-
-
-
-
 # ----------------------------------------------------------------------------- 2. synthetic tasks
 
 @torch.no_grad()
@@ -177,7 +164,8 @@ def synthetic_table(model, ex, formats):
         per, _ = accuracy(model, jrt_examples(ex, p) if p > 1 else ex)     # groups in order, renamed "... x2"
         for g, acc in zip(ex.groups, per.values()):
             cells[g].append(f"{100 * acc:.1f}")
-    lines = ["| task | n | " + " | ".join(f"{f} acc" for f in formats) + " |", "|---" * (2 + len(formats)) + "|"]
+    lines = ["| task | n | " + " | ".join(f"{f} acc" for f in formats) + " |",
+             "|---" * (2 + len(formats)) + "|"]
     for i, g in enumerate(ex.groups):
         lines.append(f"| {g} | {int((ex.group == i).sum())} | " + " | ".join(cells[g]) + " |")
     return "\n".join(lines)
@@ -218,8 +206,8 @@ def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=
                 hits[L][name] += int(top[chosen]) == gold
                 holds[L][name] += chosen == holder
             hits[L]["oracle"] += int(top[holder]) == gold
-    return {"full": hits["full"] / n, **{L: {**{r: v / n for r, v in hits[L].items()},
-                                             "holds": {r: v / n for r, v in holds[L].items()}} for L in chunk_lens}}
+    share = lambda counts: {r: v / n for r, v in counts.items()}  # noqa: E731
+    return {"full": hits["full"] / n, **{L: {**share(hits[L]), "holds": share(holds[L])} for L in chunk_lens}}
 
 
 def accuracy_rows(model, c, pairs, chunk_lens, n, seed=0):
@@ -238,12 +226,14 @@ def accuracy_rows(model, c, pairs, chunk_lens, n, seed=0):
 def markdown_row(r):
     """One record of accuracy_rows as a row under ACC_HEADER: accuracy, and in brackets how often the
     chosen chunk held the key."""
-    cells = [f"{r['full']:.3f}"] + [f"{r[k]:.3f} ({r['holds'][k]:.2f})" for k in RULES] + [f"{r['oracle']:.3f}"]
+    cells = ([f"{r['full']:.3f}"] + [f"{r[k]:.3f} ({r['holds'][k]:.2f})" for k in RULES]
+             + [f"{r['oracle']:.3f}"])
     return f"| {r['model']} | {r['pairs']} | {r['L']} | " + " | ".join(cells) + f" | {r['seconds']:.0f} |"
 
 
-ACC_HEADER = ("| model | pairs | L | full context | OPRM entropy | OPRM entropy + IDK | OPRM entropy over non-IDK | "
-              "OPRM likelihood | oracle chunk | eval s |\n|---|---|---|---|---|---|---|---|---|---|")
+ACC_HEADER = ("| model | pairs | L | full context | OPRM entropy | OPRM entropy + IDK | "
+              "OPRM entropy over non-IDK | OPRM likelihood | oracle chunk | eval s |\n"
+              "|---|---|---|---|---|---|---|---|---|---|")
 
 
 # ----------------------------------------------------------------------------- 4. OPRM on long texts
@@ -266,13 +256,14 @@ def f1_score(prediction, answers):
 
 
 def text_table(lm, tokenizer, rows, name, chunk_lens, **kw):
-    """Mean token F1 (%) of full-context inference and of OPRM at each chunk length L: one markdown row per L."""
+    """Mean token F1 (%) of full-context inference and of OPRM at each chunk length L: a row per L."""
     full, oprm = 0.0, dict.fromkeys(chunk_lens, 0.0)
     for row, a_full, a_oprm in text_rows(lm, tokenizer, rows, chunk_lens=chunk_lens, **kw):
         full += f1_score(a_full, row["answers"])
         for L in chunk_lens:
             oprm[L] += f1_score(a_oprm[L], row["answers"])
-    return "\n".join(f"| {name} | {len(rows)} | {L} | {100 * full / len(rows):.1f} | {100 * oprm[L] / len(rows):.1f} |"
+    n = len(rows)
+    return "\n".join(f"| {name} | {n} | {L} | {100 * full / n:.1f} | {100 * oprm[L] / n:.1f} |"
                      for L in chunk_lens)
 
 
@@ -331,14 +322,17 @@ def jsonl_objects(path, choices):
 def read_jsonl(path):
     """A .jsonl file of text examples (see `evaluate` for the fields) -> the examples, each checked."""
     examples = []
-    for i, ex in jsonl_objects(path, f"mqar, sets, a Table 1 task ({', '.join(TABLE1)}, table1) or a .jsonl file"):
+    choices = f"mqar, sets, a Table 1 task ({', '.join(TABLE1)}, table1) or a .jsonl file"
+    for i, ex in jsonl_objects(path, choices):
         need = {"extraction": ("context", "key"), "qa": ("context", "cloze")}.get(ex.get("kind"))
         if need is None:
-            raise ValueError(f"{path} line {i}: field 'kind' must be 'extraction' or 'qa'; got {ex.get('kind')!r}")
+            raise ValueError(f"{path} line {i}: field 'kind' must be 'extraction' or 'qa'; "
+                             f"got {ex.get('kind')!r}")
         for f in need + ("answers",):
             if f not in ex and not (f == "answers" and "answer" in ex):
-                raise ValueError(f"{path} line {i}: missing field {f!r} (an example of kind {ex['kind']!r} has "
-                                 f"{', '.join(need)}, answers{', and optionally question' * (ex['kind'] == 'qa')})")
+                optional = ", and optionally question" * (ex["kind"] == "qa")
+                raise ValueError(f"{path} line {i}: missing field {f!r} (an example of kind {ex['kind']!r} "
+                                 f"has {', '.join(need)}, answers{optional})")
         answers_of(ex)                                                 # non-empty strings
         examples.append(ex)
     return examples
@@ -382,17 +376,18 @@ def _check_kind(task, cfg, model):
     need = {"mqar": "mqar", "sets": "disjoint_sets"}.get(task, "text")
     trained = cfg.get("task")
     if trained is not None and trained != need:
-        raise ValueError(f"--task {task} needs a model trained on {need} (train.py --task={need}); this checkpoint "
-                         f"was trained on task={trained!r}")
+        raise ValueError(f"--task {task} needs a model trained on {need} (train.py --task={need}); "
+                         f"this checkpoint was trained on task={trained!r}")
     if need == "disjoint_sets" and model.vocab_size < data.SD_VOCAB:
-        raise ValueError(f"--task sets needs a model whose vocabulary holds the {data.SD_VOCAB} set-disjointness ids; "
-                         f"this checkpoint's vocab_size is {model.vocab_size}")
+        raise ValueError(f"--task sets needs a model whose vocabulary holds the {data.SD_VOCAB} "
+                         f"set-disjointness ids; this checkpoint's vocab_size is {model.vocab_size}")
 
 
-OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow --quick --models based (tiny Based "
-                   "trained on MQAR with 1 to 16 pairs in contexts of up to 32 tokens, saved to "
-                   "out/oprm-quick/based_d32.pt), then python evaluate.py oprm --ckpt out/oprm-quick/based_d32.pt --task "
-                   "mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 tokens)")
+OVERFLOW_RECIPE = ("a checkpoint that overflows: python experiments.py overflow --quick --models based "
+                   "(tiny Based trained on MQAR with 1 to 16 pairs in contexts of up to 32 tokens, saved to "
+                   "out/oprm-quick/based_d32.pt), then python evaluate.py oprm --ckpt "
+                   "out/oprm-quick/based_d32.pt --task mqar_long --chunk_len 8 (4, 8 and 16 pairs in 32 "
+                   "tokens)")
 
 
 def default_pairs(n, context_len, vocab_size):
@@ -406,8 +401,8 @@ def default_pairs(n, context_len, vocab_size):
 def _mqar_config(path, c):
     """The training config of an MQAR checkpoint, or a one-line error saying what --task mqar_long needs."""
     if c.get("task", "mqar") != "mqar" or not all(k in c for k in ("num_pairs", "seq_len", "vocab_size")):
-        raise ValueError(f"--ckpt {path}: --task mqar_long needs a checkpoint trained on MQAR (train.py --task=mqar); "
-                         f"this one was trained on task={c.get('task')!r}")
+        raise ValueError(f"--ckpt {path}: --task mqar_long needs a checkpoint trained on MQAR "
+                         f"(train.py --task=mqar); this one was trained on task={c.get('task')!r}")
     return dict(c, context_len=c.get("context_len") or 0, model=c.get("model", os.path.basename(path)))
 
 
@@ -417,7 +412,7 @@ def run_prompt(a, say):
     if not formats:
         raise ValueError(f"--formats {a.formats!r}: name at least one format (default, jrt, jr3, ...)")
     for f in formats:
-        repeats_of(f)                                              # a bad name fails here, with the allowed ones
+        repeats_of(f)                                       # a bad name fails here, with the allowed ones
     for name, low in (("n", 1), ("batch_size", 1), ("budget", 0)):
         if getattr(a, name) is not None and getattr(a, name) < low:
             raise ValueError(f"--{name}={getattr(a, name)}: expected an int >= {low}")
@@ -436,14 +431,15 @@ def run_prompt(a, say):
         raise ValueError(f"--task {a.task} needs --ckpt (a model trained on that task's token ids)")
     partly = table1_tasks and a.task != "table1" and len(table1_tasks) != len(a.task.split(","))
     if partly or (table1_tasks and formats != ["default", "jrt"]):
-        raise ValueError(f"--task {a.task}: Table 1 tasks are {', '.join(TABLE1)} (comma-separated) or table1, "
-                         "with the formats default,jrt")
-    examples = None if synthetic or table1_tasks else read_jsonl(a.task)   # bad rows fail before a model loads
+        raise ValueError(f"--task {a.task}: Table 1 tasks are {', '.join(TABLE1)} (comma-separated) or "
+                         "table1, with the formats default,jrt")
+    examples = None if synthetic or table1_tasks else read_jsonl(a.task)   # bad rows fail before loading
     model, cfg = None, {}
     if a.hf:
         lm, tok = hf.load(a.hf, device)
     else:
-        model, cfg = (load_checkpoint(a.ckpt, device) if a.ckpt else (hf.from_pretrained(a.official, device), {}))
+        model, cfg = (load_checkpoint(a.ckpt, device) if a.ckpt
+                      else (hf.from_pretrained(a.official, device), {}))
         lm = hf.OfficialLM(model) if a.official_pads else ModelLM(model)
         if a.ckpt:
             _check_kind(a.task, cfg, model)
@@ -455,7 +451,8 @@ def run_prompt(a, say):
                            num_pairs=cfg.get("num_pairs", 8), context_len=cfg.get("context_len") or None,
                            seed=cfg.get("data_seed", 0), split="test")
         else:  # train.py's default layout is a fresh random split of the ids per example (halves=False)
-            ex = data.disjoint_sets(n, halves=cfg.get("sd_halves", False), seed=cfg.get("data_seed", 0), split="test")
+            ex = data.disjoint_sets(n, halves=cfg.get("sd_halves", False), seed=cfg.get("data_seed", 0),
+                                    split="test")
         return say(synthetic_table(model, ex, formats))
     if model is not None:
         try:
@@ -463,8 +460,8 @@ def run_prompt(a, say):
         except RuntimeError as e:                                    # gpt2's files cannot be fetched offline
             raise ValueError(str(e)) from None
         if tok.n_vocab > model.vocab_size:
-            raise ValueError(f"the {cfg.get('tokenizer', 'gpt2')} tokenizer has {tok.n_vocab} ids but the model's "
-                             f"vocab_size is {model.vocab_size}: --task {a.task} needs a text model")
+            raise ValueError(f"the {cfg.get('tokenizer', 'gpt2')} tokenizer has {tok.n_vocab} ids but the "
+                             f"model's vocab_size is {model.vocab_size}: --task {a.task} needs a text model")
     if table1_tasks:
         examples = [ex for t in table1_tasks for ex in load_table1(t, a.n, a.style or "official")]
     summary, _ = evaluate(lm, tok, examples, formats, a.batch_size, budget=a.budget, device=device)
@@ -487,8 +484,8 @@ def run_oprm(a, say):
             raise ValueError(f"--{name}={getattr(a, name)}: expected positive ints, comma-separated")
     if a.task == "mqar_long":
         if not a.ckpt or a.hf:
-            raise ValueError("--task mqar_long needs --ckpt (train.py checkpoints, comma-separated; " + OVERFLOW_RECIPE
-                             + ")")
+            raise ValueError("--task mqar_long needs --ckpt (train.py checkpoints, comma-separated; "
+                             + OVERFLOW_RECIPE + ")")
         say(ACC_HEADER)
         for path in a.ckpt.split(","):
             model, c = load_checkpoint(path, device)
@@ -504,12 +501,13 @@ def run_oprm(a, say):
         if a.task.startswith("longbench:"):
             name = a.task.split(":", 1)[1]
             if name not in LONGBENCH:
-                raise ValueError(f"--task {a.task}: unknown LongBench set; the English sets are {', '.join(LONGBENCH)}")
+                raise ValueError(f"--task {a.task}: unknown LongBench set; the English sets are "
+                                 f"{', '.join(LONGBENCH)}")
             kind, rows = LONGBENCH[name], None
         else:
-            name, kind, rows = os.path.basename(a.task), None, read_rows(a.task)   # bad rows fail before loading
+            name, kind, rows = os.path.basename(a.task), None, read_rows(a.task)   # fail before loading
         template = read_templates(a.prompts, name) if a.prompts else None
-        lm, tok = hf.load(a.hf, device, mode="cache")               # refuses a family that cannot keep pads out
+        lm, tok = hf.load(a.hf, device, mode="cache")       # refuses a family that cannot keep pads out
         if rows is None:
             data_rows = hf.load_dataset("THUDM/LongBench", name, "test")
             rows = [dict(data_rows[i]) for i in range(min(a.n or len(data_rows), len(data_rows)))]
@@ -525,19 +523,22 @@ def main(argv=None):
                         description="JRT-Prompt: default vs read-twice accuracy of a model")
     pr.add_argument("--ckpt", help="a train.py checkpoint, e.g. out/ckpt.pt")
     pr.add_argument("--hf", help="a Hugging Face causal LM name or path (needs transformers), e.g. "
-                                 "state-spaces/mamba-130m-hf")
-    pr.add_argument("--official", help="a released JRT-RNN / Based checkpoint, e.g. hazyresearch/JRT-360M-30B\n"
-                                       "(a hub name, needs huggingface_hub; or a local directory with config.json)")
-    pr.add_argument("--official_pads", action="store_true", help="decode our Model with the released code's padding "
-                    "(left-pad to M = 1024 with token 220,\npads count in PLA's sums) to match its numbers; "
-                    "default: exact padding")
-    pr.add_argument("--task", help="mqar | sets (synthetic, settings from the checkpoint's training config) |\n"
-                                   f"{' | '.join(TABLE1)} (comma-separated) | table1 (all six; needs datasets) |\n"
-                                   "a .jsonl file of text examples (see `evaluate` for the fields)")
+                    "state-spaces/mamba-130m-hf")
+    pr.add_argument("--official", help="a released JRT-RNN / Based checkpoint, e.g. "
+                    "hazyresearch/JRT-360M-30B\n(a hub name, needs huggingface_hub; or a local directory "
+                    "with config.json)")
+    pr.add_argument("--official_pads", action="store_true", help="decode our Model with the released code's "
+                    "padding (left-pad to M = 1024 with token 220,\npads count in PLA's sums) to match its "
+                    "numbers; default: exact padding")
+    pr.add_argument("--task", help="mqar | sets (synthetic, settings from the checkpoint's training config)"
+                    " |\n"
+                    f"{' | '.join(TABLE1)} (comma-separated) | table1 (all six; needs datasets) |\n"
+                    "a .jsonl file of text examples (see `evaluate` for the fields)")
     pr.add_argument("--formats", default="default,jrt", help="comma-separated: default, jrt, jr3, ...")
     pr.add_argument("--n", type=int, default=None, help="synthetic: test examples per slice (default 500); "
-                                                         "Table 1: at most n rows per task (default all)")
-    pr.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together (the paper: 32)")
+                    "Table 1: at most n rows per task (default all)")
+    pr.add_argument("--batch_size", type=int, default=16, help="text: prompts decoded together (the paper: "
+                    "32)")
     pr.add_argument("--budget", type=int, default=BUDGET, help="text: cut documents to this many tokens "
                     "(0: no cut);\nTable 1 (official): the official cut, 950 tokens from 475 before the "
                     "answer")
@@ -545,28 +546,34 @@ def main(argv=None):
                     "code's strings,\nwhich the paper's numbers used) | clean (the same without its stray "
                     "spaces)")
     op = sub.add_parser("oprm", epilog="Overflow on MQAR: " + OVERFLOW_RECIPE + ".",
-                        description="OPRM: full context vs chunked inference (Ben-Kish et al. 2025); the overflow "
-                        "experiment that trains its own models is `python experiments.py overflow`")
-    op.add_argument("--task", default="mqar_long",
-                    help="mqar_long: test MQAR checkpoints with more pairs than they were trained on; longbench:SET (e.g. longbench:hotpotqa; "
-                    "needs --hf and datasets) or a .jsonl file of long-context rows (context, input, answers): "
-                    "token F1 of full context vs OPRM")
+                        description="OPRM: full context vs chunked inference (Ben-Kish et al. 2025); the "
+                        "overflow experiment that trains its own models is `python experiments.py overflow`")
+    op.add_argument("--task", default="mqar_long", help="mqar_long: test MQAR checkpoints with more pairs "
+                    "than they were trained on; longbench:SET (e.g. longbench:hotpotqa; needs --hf and "
+                    "datasets) or a .jsonl file of long-context rows (context, input, answers): token F1 of "
+                    "full context vs OPRM")
     op.add_argument("--ckpt", default="", help="mqar_long: checkpoints, comma-separated")
-    op.add_argument("--hf", default="", help="text tasks: a Hugging Face recurrent LM (Mamba, Falcon-Mamba, Mamba-2)")
-    op.add_argument("--prompts", default="", help="text tasks: a JSON file of set -> template with {context} and "
-                    "{input} (LongBench's config/dataset2prompt.json); default: our own instruction per kind of set")
-    op.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default n/4 to 4n for n trained, as room allows")
-    op.add_argument("--chunk_len", default="", help="L, comma-separated; default context_len // 4 (mqar_long), "
-                    "2000 (text; the paper sweeps 1000, 2000, 3000)")
-    op.add_argument("--n", type=int, default=None, help="mqar_long: test examples per pair count (default 200); "
-                    "text: at most n rows (default all)")
-    op.add_argument("--max_new_tokens", type=int, default=None, help="text: default 20 (QA), 500 (summaries), 64 (code)")
-    op.add_argument("--max_batch_tokens", type=int, default=120_000, help="tokens per prefill batch (paper ~120k)")
+    op.add_argument("--hf", default="", help="text tasks: a Hugging Face recurrent LM (Mamba, Falcon-Mamba, "
+                    "Mamba-2)")
+    op.add_argument("--prompts", default="", help="text tasks: a JSON file of set -> template with {context} "
+                    "and {input} (LongBench's config/dataset2prompt.json); default: our own instruction per "
+                    "kind of set")
+    op.add_argument("--num_pairs", default="", help="mqar_long: pair counts; default n/4 to 4n for n "
+                    "trained, as room allows")
+    op.add_argument("--chunk_len", default="", help="L, comma-separated; default context_len // 4 "
+                    "(mqar_long), 2000 (text; the paper sweeps 1000, 2000, 3000)")
+    op.add_argument("--n", type=int, default=None, help="mqar_long: test examples per pair count (default "
+                    "200); text: at most n rows (default all)")
+    op.add_argument("--max_new_tokens", type=int, default=None, help="text: default 20 (QA), 500 "
+                    "(summaries), 64 (code)")
+    op.add_argument("--max_batch_tokens", type=int, default=120_000, help="tokens per prefill batch (paper "
+                    "~120k)")
+    op.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one "
+                    "(more threads only wait for each other, 10x slower on a busy CPU); 0 = torch's default")
     for parser in (pr, op):
-        parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N | mps")
+        parser.add_argument("--device", default="auto", help="auto (cuda if available) | cpu | cuda | cuda:N "
+                            "| mps")
         parser.add_argument("--out", help="also write what is printed to this file (its folder is created)")
-    op.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one (more "
-                    "threads only wait for each other, 10x slower on a busy CPU); 0 = torch's default")
     a = ap.parse_args(argv)
     lines = []
 

@@ -30,7 +30,7 @@ MIXERS = ("pla", "la", "swa", "conv", "attn")
 
 @dataclass
 class Config:
-    vocab_size: int = 50264        # GPT-2's 50257 padded to a multiple of 8 (JRT paper); the last id is [MASK]
+    vocab_size: int = 50264        # GPT-2's 50257 padded to a multiple of 8 (JRT paper); last id: [MASK]
     d_model: int = 1024            # width of the residual stream
     layers: tuple = ("conv", "pla", "swa", "conv")  # one mixer name per layer: the visible layer layout
     n_head: int = 16               # heads of every attention-like mixer; dv = head dim = d_model / n_head
@@ -38,12 +38,12 @@ class Config:
     window: int = 128              # swa: each token sees itself and this many previous tokens
     conv_kernel: int = 3           # BaseConv: causal depthwise kernel length
     mlp_hidden: int = 0            # SwiGLU hidden width; 0 means 2·d_model (Based / JRT-RNN)
-    prefix_len: int = 1024         # M: default prefix of pla layers, clipped to the sequence (paper: 1024 of 2048)
+    prefix_len: int = 1024         # M: prefix of pla layers, clipped to the sequence (paper: 1024 of 2048)
     rope_base: float = 10000.0     # rotary base of swa/attn
     norm_eps: float = 1e-5         # RMSNorm epsilon
     init_std: float = 0.02         # N(0, 0.02) init; output projections get 0.02/√(2·n_layer)
-    tie_embeddings: bool = True    # the output layer is the input embedding (JRT paper); False: its own matrix
-    backend: str = "auto"          # pla/la kernels: "auto" (Triton on CUDA, torch elsewhere), "torch", "triton"
+    tie_embeddings: bool = True    # the output layer is the input embedding (JRT paper); False: its own
+    backend: str = "auto"          # pla/la kernels: "auto" (Triton on CUDA, else torch), "torch", "triton"
 
     def __post_init__(self):
         self.layers = tuple(self.layers)
@@ -72,7 +72,8 @@ def check_config(cfg):
     """Every field in range: a bad value is one line here, not NaN or a shape error later."""
     bad = [m for m in cfg.layers if m not in MIXERS]
     if bad or not cfg.layers:
-        raise ValueError(f"layers must be a non-empty list of mixer names from {MIXERS}; got {list(cfg.layers)}")
+        raise ValueError(f"layers must be a non-empty list of mixer names from {MIXERS}; "
+                         f"got {list(cfg.layers)}")
     for name in ("vocab_size", "d_model", "n_head", "feature_dim", "window", "conv_kernel"):
         if not _is_int(getattr(cfg, name)) or getattr(cfg, name) < 1:
             raise ValueError(f"{name} must be a positive int; got {getattr(cfg, name)!r}")
@@ -117,7 +118,7 @@ PRESETS = {  # the paper's models (JRT paper), then CPU-sized ones for tests and
     "based-360m": Config(d_model=1024, layers=_jrt_layout(27, (1, 6, 11, 16, 21), "la")),
     # Transformer++: SwiGLU of width 8d/3 rounded up to 256, as in the baseline's code: 360M parameters
     "transformer-360m": Config(d_model=1024, layers=("attn",) * 24, mlp_hidden=2816),
-    # Zoology-style recall models: conv + mixer, no sliding window (a window as long as the input is attention)
+    # Zoology-style recall models: conv + mixer, no sliding window (one as long as the input is attention)
     "jrt-tiny": Config(vocab_size=512, d_model=64, n_head=4, layers=("conv", "pla") * 2, prefix_len=64),
     "based-tiny": Config(vocab_size=512, d_model=64, n_head=4, layers=("conv", "la") * 2, prefix_len=64),
     "transformer-tiny": Config(vocab_size=512, d_model=64, n_head=4, layers=("attn",) * 2, prefix_len=64),
@@ -233,7 +234,8 @@ class SoftmaxAttention(nn.Module):
         idx = torch.arange(max(0, T - W), T, device=x.device)
         kb, vb = k.new_zeros(B, self.H, W, k.shape[-1]), v.new_zeros(B, self.H, W, v.shape[-1])
         valid_slots = torch.zeros(B, W, dtype=torch.bool, device=x.device)
-        kb[:, :, idx % W], vb[:, :, idx % W], valid_slots[:, idx % W] = k[:, :, idx], v[:, :, idx], valid[:, idx]
+        slot = idx % W
+        kb[:, :, slot], vb[:, :, slot], valid_slots[:, slot] = k[:, :, idx], v[:, :, idx], valid[:, idx]
         return y, {"k": kb, "v": vb, "valid": valid_slots, "pos": T}
 
     def step(self, x, cache):  # x (B, d)
@@ -275,7 +277,7 @@ class BaseConv(nn.Module):
         if not return_cache:
             return y
         padded = F.pad(u1, (self.K - 1, 0))                                     # zeros before the first token
-        return y, padded[..., padded.shape[-1] - (self.K - 1):]                 # (B, 2d, K-1): the last inputs
+        return y, padded[..., padded.shape[-1] - (self.K - 1):]                 # (B, 2d, K-1): last inputs
 
     def step(self, x, tail):  # x (B, d)
         u1, u2 = self.inp(x).chunk(2, dim=-1)
@@ -308,7 +310,8 @@ class Block(nn.Module):
     def __init__(self, cfg, name):
         super().__init__()
         self.name = name
-        self.norm1, self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps), nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer, self.mlp = make_mixer(name, cfg), SwiGLU(cfg)
 
     def forward(self, x, pad_mask, enc_end, return_cache=False):
@@ -364,7 +367,7 @@ class Model(nn.Module):
         B, T = idx.shape
         M = self.config.prefix_len if prefix_len is None else prefix_len
         M = torch.as_tensor(M, device=idx.device).expand(B)
-        pads = pad_mask.sum(1) if pad_mask is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
+        pads = torch.zeros(B, dtype=torch.long, device=idx.device) if pad_mask is None else pad_mask.sum(1)
         return pads + torch.minimum(M, T - pads)  # a prompt shorter than M is its own prefix
 
     def forward(self, idx, targets=None, prefix_len=None, pad_mask=None, scored_only=False):
@@ -459,7 +462,8 @@ class Model(nn.Module):
         c = self.config
         H, dv, D = c.n_head, c.d_model // c.n_head, 1 + c.feature_dim + c.feature_dim ** 2
         if "attn" in c.layers and seq_len is None:
-            raise ValueError("state_size: a model with attn layers needs seq_len (its KV cache grows with it)")
+            raise ValueError("state_size: a model with attn layers needs seq_len "
+                             "(its KV cache grows with it)")
         per = {"pla": H * (D * dv + D), "la": H * (D * dv + D), "swa": 2 * c.window * c.d_model,
                "conv": 2 * c.d_model * (c.conv_kernel - 1), "attn": 2 * c.d_model * (seq_len or 0)}
         sizes = {}
@@ -520,7 +524,8 @@ def check_targets(config, targets, shape, scored_only=False):
     V, (B, T) = config.vocab_size, shape
     if not isinstance(targets, torch.Tensor) or targets.shape != (B, T) \
             or targets.dtype not in (torch.long, torch.int):
-        raise ValueError(f"targets must be an int64 tensor (B, T) = ({B}, {T}) like idx; got {_kind(targets)}")
+        raise ValueError(f"targets must be an int64 tensor (B, T) = ({B}, {T}) like idx; "
+                         f"got {_kind(targets)}")
     bad = (targets != -100) & ((targets < 0) | (targets >= V))
     if bad.any():
         raise ValueError(f"targets must be token ids in [0, vocab_size = {V}) or -100 (not scored); "
@@ -534,7 +539,8 @@ def check_step(config, idx_t, cache):
         idx_t = idx_t[:, 0]
     if not isinstance(idx_t, torch.Tensor) or idx_t.dim() != 1:
         raise ValueError(f"idx_t must be an int64 tensor (B,) or (B, 1), one token per row; got "
-                         f"{getattr(idx_t, 'dtype', type(idx_t).__name__)} {tuple(getattr(idx_t, 'shape', ()))}")
+                         f"{getattr(idx_t, 'dtype', type(idx_t).__name__)} "
+                         f"{tuple(getattr(idx_t, 'shape', ()))}")
     check_tokens(config, idx_t[:, None])
     B, L = len(idx_t), config.n_layer
     if not isinstance(cache, (list, tuple)) or len(cache) != L:
@@ -563,4 +569,5 @@ def check_generate(config, max_new_tokens, temperature, top_k, stop_token):
     if top_k is not None and (not _is_int(top_k) or top_k < 1):
         raise ValueError(f"top_k must be None (no cut) or an int >= 1; got {top_k!r}")
     if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < V):
-        raise ValueError(f"stop_token must be None or a token id in [0, vocab_size = {V}); got {stop_token!r}")
+        raise ValueError(f"stop_token must be None or a token id in [0, vocab_size = {V}); "
+                         f"got {stop_token!r}")
