@@ -65,8 +65,9 @@ def as_lm(lm):
     if isinstance(lm, Model):
         return ModelLM(lm)
     if not getattr(lm, "supports_padding", True):
-        raise ValueError(f"{type(lm).__name__} (mode {getattr(lm, 'mode', '?')!r}) cannot keep left pads out of its "
-                         f"state, which OPRM's chunks of unequal length need; supported: {type(lm).PADDED}")
+        raise ValueError(f"{type(lm).__name__} (mode {getattr(lm, 'mode', '?')!r}) cannot keep left pads out "
+                         f"of its state, which OPRM's chunks of unequal length need; "
+                         f"supported: {type(lm).PADDED}")
     return lm
 
 
@@ -77,7 +78,8 @@ def _encoder_model(lm, chunk_prefix):
     if chunk_prefix is None:  # default: yes for JRT-RNN, unless the caller's ModelLM fixes a prefix_len
         chunk_prefix = has_pla and lm.prefix_len is None
     _check(not chunk_prefix or has_pla, "chunk_prefix", chunk_prefix,
-           "True needs our Model (or a ModelLM) with pla layers (JRT-RNN); use None or False for other models")
+           "True needs our Model (or a ModelLM) with pla layers (JRT-RNN); use None or False for other "
+           "models")
     return model if chunk_prefix else None
 
 
@@ -120,7 +122,8 @@ def prefill_chunks(lm, seqs, prefix_lens, *, max_batch_tokens, pad_id, encoder):
     prefix_lens[r] tokens of row r non-causally. Returns [(rows, cache)] and the logits (b, V)."""
     V = lm.vocab_size
     _check(isinstance(pad_id, int) and 0 <= pad_id < V, "pad_id", pad_id,
-           f"expected a token id in [0, vocab_size = {V}) (pads are masked out of every state, but must be ids)")
+           f"expected a token id in [0, vocab_size = {V}) (pads are masked out of every state, but must be "
+           "ids)")
     device, groups, logits, i = getattr(lm, "device", torch.device("cpu")), [], [], 0
     while i < len(seqs):
         j, longest = i + 1, len(seqs[i])
@@ -128,7 +131,7 @@ def prefill_chunks(lm, seqs, prefix_lens, *, max_batch_tokens, pad_id, encoder):
             longest, j = max(longest, len(seqs[j])), j + 1
         idx, pad = left_pad(seqs[i:j], pad_id, device)                       # (B, T), (B, T)
         reader = lm
-        if encoder is not None:  # prefix_len counts real tokens from the row's first one, so pads are no prefix
+        if encoder is not None:  # prefix_len counts real tokens from the row's first one: pads are no prefix
             reader = ModelLM(encoder, torch.tensor(prefix_lens[i:j], device=device))
         lg, cache = reader.prefill(idx, pad_mask=pad if pad.any() else None)  # (B, V)
         groups.append((torch.arange(i, j, device=device), cache))
@@ -171,7 +174,7 @@ def speculative_prefill(lm, prefix, context, suffix, chunk_len, *, align=1, max_
     spans = chunk_spans(len(context), chunk_len, align)
     heads = chunk_heads(prefix, context, suffix, spans, read_twice)
     kw = dict(max_batch_tokens=max_batch_tokens, pad_id=pad_id, encoder=encoder)
-    prefix_lens = [len(h) for h in heads]  # JRT-RNN: the head is the prefix, S after it causal (data.py: M = C)
+    prefix_lens = [len(h) for h in heads]  # JRT-RNN: the head is the prefix, S after it causal (as data.py)
     if step_suffix:
         groups, logits = prefill_chunks(lm, heads, prefix_lens, **kw)
         return read_suffix(lm, ChunkStates(spans, groups, logits, None), suffix, keep=False)
@@ -190,19 +193,21 @@ def cache_context(lm, prefix, context, chunk_len, *, align=1, max_batch_tokens=1
     heads = chunk_heads(prefix, context, [], spans, read_twice=False)
     groups, logits = prefill_chunks(lm, heads, [len(h) for h in heads], max_batch_tokens=max_batch_tokens,
                               pad_id=pad_id, encoder=encoder)
-    return ChunkStates(spans, groups, logits, None, key=(prefix, context, chunk_len, align, encoder is not None))
+    key = (prefix, context, chunk_len, align, encoder is not None)
+    return ChunkStates(spans, groups, logits, None, key=key)
 
 
 # ----------------------------------------------------------------------------- 3. selection
 
 def entropy(logits, exclude=None):
-    """H = -Σ p log p of each row, in fp32 (OPRM paper: in bf16 near-ties between chunks blur). (..., V) -> (...)
+    """H = -Σ p log p of each row, (..., V) -> (...), in fp32 (OPRM paper: in bf16 near-ties between chunks
+    blur).
     exclude: a token id left out, the others renormalised (the entropy of the answer given it is not that
     token): the "entropy_non_idk" selection leaves out the IDK token."""
     logits = logits.float()
     if exclude is not None:
         logits = logits.index_fill(-1, torch.tensor([exclude], device=logits.device), float("-inf"))
-    logp = F.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)  # -inf at exclude: 0·(-big) = 0
+    logp = F.log_softmax(logits, dim=-1).clamp(min=torch.finfo(torch.float32).min)  # exclude: 0·(-big) = 0
     return -(logp.exp() * logp).sum(-1)
 
 
@@ -221,15 +226,17 @@ def select_chunk(states, selection="entropy", idk_token=None, idk_filter=True):
     if selection == "entropy":
         scores, goodness = ent, -ent
     elif selection == "entropy_non_idk":
-        _check(idk_token is not None, "idk_token", idk_token, "selection='entropy_non_idk' needs the IDK token id")
+        _check(idk_token is not None, "idk_token", idk_token,
+               "selection='entropy_non_idk' needs the IDK token id")
         scores = entropy(states.logits, exclude=idk_token)
         goodness = -scores
     else:
-        _check(states.loglik is not None, "selection", selection, "needs S read token by token (step_suffix=True)")
+        _check(states.loglik is not None, "selection", selection,
+               "needs S read token by token (step_suffix=True)")
         scores, goodness = states.loglik, states.loglik
     kept = torch.ones_like(ent, dtype=torch.bool)
     if idk_token is not None and idk_filter:
-        kept = states.logits.argmax(-1) != idk_token                          # "the answer is not in this chunk"
+        kept = states.logits.argmax(-1) != idk_token                  # IDK: "the answer is not in this chunk"
     if kept.any():
         chosen = int(goodness.masked_fill(~kept, float("-inf")).argmax())
     else:
@@ -295,11 +302,8 @@ def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy"
         context, chunk_len = context[-chunk_len:], min(chunk_len, len(context))
 
     if cache is not None:
-        _check(not read_twice, "read_twice", read_twice, "cannot use a cache: the state after [P, C_i, S, C_i] "
-               "depends on the question")
-        _check(cache.key == (prefix, context, chunk_len, align, _encoder_model(lm, chunk_prefix) is not None),
-               "cache", "ChunkStates", "was built from another prefix, context, chunk_len, align or chunk_prefix "
-               "than this call's (in mode='last', build it from context[-chunk_len:])")
+        _check_cache(cache, (prefix, context, chunk_len, align, _encoder_model(lm, chunk_prefix) is not None),
+                     read_twice)
         states = read_suffix(lm, cache, suffix, keep=True)
     else:
         states = speculative_prefill(lm, prefix, context, suffix, chunk_len, align=align,
@@ -317,10 +321,11 @@ def oprm_generate(lm, prefix, context, suffix, chunk_len, *, selection="entropy"
 
 
 # ----------------------------------------------------------------------------- OPRM's prompts for long texts
-# OPRM's LongBench layout: P = chat opening + the task's instruction, C = the context, S = the question + answer cue + chat
-# closing; the QA sets' suffix adds the IDK sentence, and chunks whose top first token is that of "Error"
-# are dropped. The instructions below are our own, one per kind of set, with LongBench's {context} and
-# {input} slots: pass --prompts with LongBench's config/dataset2prompt.json for its exact wording.
+# OPRM's LongBench layout: P = chat opening + the task's instruction, C = the context, S = the question +
+# answer cue + chat closing; the QA sets' suffix adds the IDK sentence, and chunks whose top first token is
+# that of "Error" are dropped. The instructions below are our own, one per kind of set, with LongBench's
+# {context} and {input} slots: pass --prompts with LongBench's config/dataset2prompt.json for its wording.
+
 IDK_SENTENCE = 'If the answer does not exist in the passages, return "Error".'
 LONGBENCH = {  # the 16 English sets -> kind
     **dict.fromkeys(("narrativeqa", "qasper", "multifieldqa_en", "hotpotqa", "2wikimqa", "musique"), "qa"),
@@ -351,7 +356,8 @@ def text_parts(template, row, kind, tokenizer):
     tok = getattr(tokenizer, "tok", None)                            # a Hugging Face tokenizer may chat
     if getattr(tok, "chat_template", None):
         mark = "\x00CONTENT\x00"
-        chat = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False, add_generation_prompt=True)
+        chat = tok.apply_chat_template([{"role": "user", "content": mark}], tokenize=False,
+                                       add_generation_prompt=True)
         opening, closing = chat.split(mark)
     enc = tokenizer.encode_ordinary
     return enc(opening + before), enc(str(row["context"])), enc(after + closing)
@@ -360,7 +366,7 @@ def text_parts(template, row, kind, tokenizer):
 def text_rows(lm, tokenizer, rows, *, chunk_lens, kind=None, template=None, max_new_tokens=None,
               max_batch_tokens=120_000):
     """Full context vs OPRM on long-context text rows: yields (row, full-context answer, {L: OPRM answer})."""
-    idk = tokenizer.encode_ordinary("Error")[0]                      # the IDK token: the first token of "Error"
+    idk = tokenizer.encode_ordinary("Error")[0]                  # the IDK token: the first token of "Error"
     eos = getattr(getattr(tokenizer, "tok", None), "eos_token_id", None)
     for row in rows:
         k = kind or row.get("kind", "qa")
@@ -400,7 +406,8 @@ def _tokens(name, ids, V):
         raise ValueError(f"{name}={list(ids)[:8]!r}...: expected token ids (ints)") from None
     bad = [t for t in ids if not 0 <= t < V]
     if bad:
-        raise ValueError(f"{name}: token id {bad[0]} is outside the vocabulary; ids must be in [0, vocab_size={V})")
+        raise ValueError(f"{name}: token id {bad[0]} is outside the vocabulary; ids must be in "
+                         f"[0, vocab_size={V})")
     return ids
 
 
@@ -410,7 +417,8 @@ def _check_oprm(lm, prefix, context, suffix, chunk_len, selection, idk_token, mo
     V = lm.vocab_size
     _check(selection in SELECTIONS, "selection", selection, f"expected one of {SELECTIONS}")
     _check(mode in MODES, "mode", mode, f"expected one of {MODES}")
-    prefix, context, suffix = _tokens("prefix", prefix, V), _tokens("context", context, V), _tokens("suffix", suffix, V)
+    prefix, context, suffix = (_tokens(name, ids, V) for name, ids in
+                               (("prefix", prefix), ("context", context), ("suffix", suffix)))
     _check(len(context) > 0, "context", context, "expected at least one token")
     _check_chunk_len(chunk_len, len(context))
     _check(idk_token is None or (isinstance(idk_token, int) and 0 <= idk_token < V), "idk_token", idk_token,
@@ -426,5 +434,14 @@ def _check_oprm(lm, prefix, context, suffix, chunk_len, selection, idk_token, mo
     if limit is not None:
         need = len(prefix) + (2 if read_twice else 1) * (min(chunk_len, len(context)) + len(suffix))
         _check(need <= limit, "suffix", f"{len(suffix)} tokens", f"prefix + (chunk + suffix)"
-               f"{' x 2' if read_twice else ''} = {need} tokens, but the model takes at most max_seq_len = {limit}")
+               f"{' x 2' if read_twice else ''} = {need} tokens, but the model takes at most "
+               f"max_seq_len = {limit}")
     return prefix, context, suffix
+
+
+def _check_cache(cache, key, read_twice):
+    """A cache_context result serves only the call whose prefix, context and chunking built it."""
+    _check(not read_twice, "read_twice", read_twice, "cannot use a cache: the state after [P, C_i, S, C_i] "
+           "depends on the question")
+    _check(cache.key == key, "cache", "ChunkStates", "was built from another prefix, context, chunk_len, "
+           "align or chunk_prefix than this call's (in mode='last', build it from context[-chunk_len:])")

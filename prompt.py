@@ -51,7 +51,8 @@ def qa_prompt(context, cloze, question="", repeats=1):
     shown: the cloze is the question rewritten as a sentence to complete); repeats=2 (JRT-Prompt):
     `{question} {context}\\n{context} {cloze}`. An empty question or cloze leaves no stray space."""
     _check_repeats(repeats)
-    _check_text("qa_prompt", required=(("context", context),), optional=(("cloze", cloze), ("question", question)))
+    _check_text("qa_prompt", required=(("context", context),),
+                optional=(("cloze", cloze), ("question", question)))
     if repeats == 1:
         return _join(context, cloze)
     return _join(question, "\n".join([context] * repeats), cloze)
@@ -102,8 +103,8 @@ def text_prompt(ex, repeats=1, tokenizer=None, budget=BUDGET):
 def answers_of(ex):
     """The gold answers of a text example: a list of non-empty strings, or one ValueError line."""
     if "answers" not in ex and "answer" not in ex:
-        raise ValueError(f"an example needs its gold answers (field 'answers': a string or a list of strings); "
-                         f"it has {sorted(ex)}")
+        raise ValueError(f"an example needs its gold answers (field 'answers': a string or a list of "
+                         f"strings); it has {sorted(ex)}")
     a = ex["answers"] if "answers" in ex else ex["answer"]
     a = [a] if isinstance(a, str) else list(a) if isinstance(a, (list, tuple)) else [a]
     if not a or not all(isinstance(s, str) and s.strip() for s in a):
@@ -111,7 +112,7 @@ def answers_of(ex):
     return a
 
 
-# ----------------------------------------------------------------------------- 2. token prompts (synthetic tasks)
+# ----------------------------------------------------------------------------- 2. token prompts (synthetic)
 
 def jrt_tokens(context, question, repeats=2):
     """Token ids: [context, question] * repeats, the layout of data.mqar(read_twice=True)."""
@@ -139,12 +140,13 @@ def jrt_examples(ex, repeats=2):
     M = torch.zeros(N, dtype=ex.prefix_len.dtype)
     for L in real.unique().tolist():                                 # rows of one length move together
         r = (real == L).nonzero()[:, 0]
-        xr, yr = ex.x[r, T - L:], ex.y[r, T - L:]                    # (n, L): the real tokens sit at the right
+        xr, yr = ex.x[r, T - L:], ex.y[r, T - L:]                    # (n, L): the real tokens, at the right
         x[r, T2 - repeats * L:] = xr.repeat(1, repeats)
         y[r, T2 - L:] = yr
         pad[r, T2 - repeats * L:] = False
         M[r] = (repeats - 1) * L + ex.prefix_len[r].clamp(max=L)
-    return data.Examples(x, y, M, pad, ex.group.clone(), [g + f" x{repeats}" for g in ex.groups], ex.vocab_size)
+    groups = [g + f" x{repeats}" for g in ex.groups]
+    return data.Examples(x, y, M, pad, ex.group.clone(), groups, ex.vocab_size)
 
 
 FORMATS = {"default": 1, "jrt": 2}   # format name -> repeats; "jr3", "jr4", ... mean JR-p with p copies
@@ -158,7 +160,7 @@ def repeats_of(fmt):
     raise ValueError(f"unknown prompt format {fmt!r}: use 'default', 'jrt' or 'jr<p>' (p copies, e.g. 'jr3')")
 
 
-# ----------------------------------------------------------------------------- 3. Table 1 (JRT paper, Table 1)
+# ----------------------------------------------------------------------------- 3. Table 1 (JRT paper)
 # The paper's six recall-intensive tasks (TABLE1), as the hazyresearch data sets store them, in two styles:
 #   official  the strings of the official task code (the lm-eval-harness fork in the JRT repository,
 #             lm_eval/tasks/based_*/task.py, `doc_to_text` of each task and of its "twice" variant), byte for
@@ -248,7 +250,7 @@ def official_cut(text, answers, tokenizer, budget=BUDGET):
     return tokenizer.decode(ids[start:end])
 
 
-QA_FIELDS = ("context", "question", "orig_question", "answers")   # question: the cloze; orig_question: the question
+QA_FIELDS = ("context", "question", "orig_question", "answers")   # question: the cloze; orig_question: the q.
 TABLE1 = {  # task -> (data set on the hub, its config name, split, the fields its official prompt reads)
     "swde": ("hazyresearch/based-swde-v2", "default", "validation", ("text", "key", "value")),
     "fda": ("hazyresearch/based-fda", "default", "validation", ("text", "key", "value")),
@@ -366,8 +368,9 @@ def table1(summary, model_name=""):
     paper = PAPER_AVERAGE.get(os.path.basename(model_name.rstrip("/")).lower().removesuffix("-hf"))
     lines = ["| task | n | default | JRT-Prompt |", "|---|---|---|---|"]
     for t in tasks:
-        lines.append(f"| {t} | {summary[(t, 'default')]['n']} | {100 * summary[(t, 'default')]['accuracy']:.1f} | "
-                     f"{100 * summary[(t, 'jrt')]['accuracy']:.1f} |")
+        default, jrt = summary[(t, "default")], summary[(t, "jrt")]
+        lines.append(f"| {t} | {default['n']} | {100 * default['accuracy']:.1f} | "
+                     f"{100 * jrt['accuracy']:.1f} |")
     avg = [100 * sum(summary[(t, f)]["accuracy"] for t in tasks) / len(tasks) for f in ("default", "jrt")]
     cells = [f"{v:.1f}" + (f" (paper {p})" if paper and len(tasks) == len(TABLE1) else "") for v, p in
              zip(avg, paper or (None, None))]
@@ -379,7 +382,8 @@ def table1(summary, model_name=""):
 
 def _check_repeats(repeats):
     if not isinstance(repeats, int) or repeats < 1:
-        raise ValueError(f"repeats must be an int >= 1 (1: the default prompt, 2: JRT-Prompt); got {repeats!r}")
+        raise ValueError(f"repeats must be an int >= 1 (1: the default prompt, 2: JRT-Prompt); "
+                         f"got {repeats!r}")
 
 
 def _check_text(fn, required=(), optional=()):
