@@ -301,7 +301,7 @@ def train_settings(g, name, d_model, seed):
 def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
     """Train one model of the overflow experiment and save it in train.py's checkpoint format (atomically),
     with the test's shape and its training settings in its config, so that it is reused only for the same
-    settings and `python chunked.py --task mqar_long` can test it too."""
+    settings and `python evaluate.py oprm --task mqar_long` can test it too."""
     C = max(g["train_contexts"])
     model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d_model, n_head=g["n_head"],
                        feature_dim=g["feature_dim"], prefix_len=C, init_std=g["init_std"], seed=seed, device=device)

@@ -1,12 +1,9 @@
 """
 Models from the Hugging Face hub: the released JRT-RNN / Based checkpoints mapped into our `Model`
-(HazyResearch/prefix-linear-attention), with the released code's padding at inference, and transformers'
-causal LMs (Transformers and the Mamba family) behind the decode interface of lm.py.
-
-`from_official` / `from_pretrained` turn a released checkpoint into a Model (a local directory needs no
-extra package); `OfficialLM` decodes it as the released code does. `HFLM` puts a transformers causal LM
-behind the interface. transformers, huggingface_hub, datasets and safetensors are optional
-(requirements-extra.txt), each imported only where it is used.
+(HazyResearch/prefix-linear-attention; `from_official`, `from_pretrained`, and `OfficialLM` to decode
+with the released code's padding), and transformers' causal LMs behind lm.py's interface (`HFLM`).
+transformers, huggingface_hub, datasets and safetensors are optional (requirements-extra.txt), each
+imported only where it is used; a local checkpoint directory needs none of them.
 """
 import hashlib
 import importlib.machinery
@@ -392,7 +389,6 @@ def _load_weights(path):
 
 
 # ---------------------------------------------------------------- the released code's padding at inference
-
 OFFICIAL_PAD_ID = 220   # GPT-2's " ": the token the released code pads prompts with
 
 
@@ -433,8 +429,12 @@ def prefill_official(model, idx, pad_mask=None, pad_id=OFFICIAL_PAD_ID):
 class OfficialLM(ModelLM):
     """Our Model behind the interface, prefilled with the released code's padding (`prefill_official`)."""
 
+    def __init__(self, model, pad_id=OFFICIAL_PAD_ID):
+        super().__init__(model)
+        self.pad_id = pad_id
+
     def prefill(self, idx, pad_mask=None):
-        logits, cache = prefill_official(self.model, idx, pad_mask)
+        logits, cache = prefill_official(self.model, idx, pad_mask, self.pad_id)
         return logits.float(), cache
 
 

@@ -21,7 +21,7 @@ def rand_tokens(n, seed, low=1, high=64):
 
 
 class NeedleLM:
-    """A stub of prompt.py's interface that knows one fact: once `needle` has been read, the next token
+    """A stub of lm.py's interface that knows one fact: once `needle` has been read, the next token
     is `answer` (logit `sure`); before that it is unsure, or says `idk` with logit `idk_sure`.
     It records every row it prefills, so tests can see what was read and how often."""
     vocab_size = 16

@@ -379,6 +379,25 @@ def test_prefill_official_masks_nothing_past_M_and_equals_prefill_without_pads()
         prefill_official(model, idx, pad)                              # 220 is outside this tiny vocabulary
 
 
+
+def test_official_lm_decodes_the_released_padding_through_the_interface():
+    from hf import OfficialLM
+    from lm import greedy
+    conf = official_conf(enc=16)                                     # M = 16: both rows get padded to it
+    model = from_official(official_state_dict(conf), conf).double()
+    prompts = [[5, 6, 7, 8, 9], list(range(20, 31))]
+    got = greedy(OfficialLM(model, pad_id=3), prompts, max_new_tokens=3, batch_size=2)
+    for p, out in zip(prompts, got):                                  # each row alone: prefill_official, steps
+        logits, cache = prefill_official(model, torch.tensor([p]), pad_id=3)
+        want = []
+        for _ in range(3):
+            want.append(int(logits.argmax(-1)))
+            logits, cache = model.step(torch.tensor(want[-1:]), cache)
+        assert out == want
+    with pytest.raises(ValueError, match=r"pad_id=220"):              # the released pad id, outside this vocab
+        OfficialLM(model).prefill(*left_pad(prompts))
+
+
 def test_select_keeps_rows_and_leaves_the_cache_alone():
     import copy
     model = from_official(official_state_dict(official_conf()), official_conf()).double()
