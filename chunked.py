@@ -252,14 +252,14 @@ def decode(lm, states, chunks, max_new_tokens=48, stop_token=None):
     stop = () if stop_token is None else (stop_token,)
     answers = {}
     for rows, cache in states.groups:
-        mine = [c for c in chunks if int(rows[0]) <= c <= int(rows[-1])]
+        mine = [i for i in chunks if int(rows[0]) <= i <= int(rows[-1])]
         if not mine:
             continue
-        local = torch.tensor([c - int(rows[0]) for c in mine], device=rows.device)
+        local = torch.tensor([i - int(rows[0]) for i in mine], device=rows.device)
         sub = lm.select(cache, local)                                         # only these chunks' states
-        for c, (answer, _) in zip(mine, greedy_decode(lm, states.logits[mine], sub, max_new_tokens, stop)):
-            answers[c] = answer
-    return [answers[c] for c in chunks]
+        for i, (answer, _) in zip(mine, greedy_decode(lm, states.logits[mine], sub, max_new_tokens, stop)):
+            answers[i] = answer
+    return [answers[i] for i in chunks]
 
 
 # ----------------------------------------------------------------------------- all four steps

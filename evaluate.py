@@ -210,17 +210,17 @@ def mqar_long(lm, *, num_pairs, context_len, seq_len, vocab_size, chunk_lens, n=
     return {"full": hits["full"] / n, **{L: {**share(hits[L]), "holds": share(holds[L])} for L in chunk_lens}}
 
 
-def accuracy_rows(model, c, pairs, chunk_lens, n, seed=0):
+def accuracy_rows(model, cfg, pairs, chunk_lens, n, seed=0):
     """Full context vs OPRM for a model trained on MQAR, one record per (pairs, L) as each is measured:
-    {"model", "pairs", "L", "full", every rule of RULES, "oracle", "holds": {rule: share}, "seconds"}; c is
-    the model's training config (vocab_size, seq_len, context_len, num_pairs, model)."""
-    C = c["context_len"] or 2 * c["num_pairs"]
+    {"model", "pairs", "L", "full", every rule of RULES, "oracle", "holds": {rule: share}, "seconds"}; cfg
+    is the model's training config (vocab_size, seq_len, context_len, num_pairs, model)."""
+    C = cfg["context_len"] or 2 * cfg["num_pairs"]
     for k in pairs:
         t0 = time.time()
-        acc = mqar_long(model, num_pairs=k, context_len=C, seq_len=c["seq_len"], vocab_size=c["vocab_size"],
-                        chunk_lens=chunk_lens, n=n, seed=seed)
+        acc = mqar_long(model, num_pairs=k, context_len=C, seq_len=cfg["seq_len"],
+                        vocab_size=cfg["vocab_size"], chunk_lens=chunk_lens, n=n, seed=seed)
         for L in chunk_lens:
-            yield dict(model=c["model"], pairs=k, L=L, full=acc["full"], **acc[L], seconds=time.time() - t0)
+            yield dict(model=cfg["model"], pairs=k, L=L, full=acc["full"], **acc[L], seconds=time.time() - t0)
 
 
 def markdown_row(r):
@@ -398,12 +398,12 @@ def default_pairs(n, context_len, vocab_size):
     return sorted({k for k in (n // 4, n // 2, n, n * 3 // 2, 2 * n, 4 * n) if 1 <= k <= room})
 
 
-def _mqar_config(path, c):
+def _mqar_config(path, cfg):
     """The training config of an MQAR checkpoint, or a one-line error saying what --task mqar_long needs."""
-    if c.get("task", "mqar") != "mqar" or not all(k in c for k in ("num_pairs", "seq_len", "vocab_size")):
+    if cfg.get("task", "mqar") != "mqar" or not all(k in cfg for k in ("num_pairs", "seq_len", "vocab_size")):
         raise ValueError(f"--ckpt {path}: --task mqar_long needs a checkpoint trained on MQAR "
-                         f"(train.py --task=mqar); this one was trained on task={c.get('task')!r}")
-    return dict(c, context_len=c.get("context_len") or 0, model=c.get("model", os.path.basename(path)))
+                         f"(train.py --task=mqar); this one was trained on task={cfg.get('task')!r}")
+    return dict(cfg, context_len=cfg.get("context_len") or 0, model=cfg.get("model", os.path.basename(path)))
 
 
 def run_prompt(a, say):
@@ -488,11 +488,11 @@ def run_oprm(a, say):
                              + OVERFLOW_RECIPE + ")")
         say(ACC_HEADER)
         for path in a.ckpt.split(","):
-            model, c = load_checkpoint(path, device)
-            c = _mqar_config(path, c)
-            C = c["context_len"] or 2 * c["num_pairs"]
-            pairs = ints(a.num_pairs) or default_pairs(c["num_pairs"], C, c["vocab_size"])
-            for r in accuracy_rows(model, c, pairs, ints(a.chunk_len) or [C // 4], a.n or 200):
+            model, cfg = load_checkpoint(path, device)
+            cfg = _mqar_config(path, cfg)
+            C = cfg["context_len"] or 2 * cfg["num_pairs"]
+            pairs = ints(a.num_pairs) or default_pairs(cfg["num_pairs"], C, cfg["vocab_size"])
+            for r in accuracy_rows(model, cfg, pairs, ints(a.chunk_len) or [C // 4], a.n or 200):
                 say(markdown_row(r))
     else:  # text: a LongBench set or a .jsonl file, on a Hugging Face recurrent LM
         if not a.hf:
