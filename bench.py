@@ -57,7 +57,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from chunked import speculative_prefill
 from kernels import pla, pla_flop, pla_reference
-from model import PRESETS, Config, Model, resolve_device
+from lm import map_tensors, resolve_device
+from model import PRESETS, Config, Model
 
 SIZES = {
     "gpu": dict(
@@ -304,22 +305,6 @@ def prefill_suite(S, dev, dtype, backend, peak, rows=None, emit=lambda rec: None
 
 # ----------------------------------------------------------------------------- decode
 
-def tensors(c):
-    if torch.is_tensor(c):
-        yield c
-    elif isinstance(c, (dict, list, tuple)):
-        for x in (c.values() if isinstance(c, dict) else c):
-            yield from tensors(x)
-
-
-def batched(c, B):  # a one-sequence cache copied to B rows (every cache tensor has the batch first)
-    if torch.is_tensor(c):
-        return c.repeat(B, *[1] * (c.dim() - 1))
-    if isinstance(c, dict):
-        return {k: batched(x, B) for k, x in c.items()}
-    return type(c)(batched(x, B) for x in c) if isinstance(c, (list, tuple)) else c
-
-
 @torch.no_grad()
 def decode_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
     """Prefill one sequence of T tokens, copy its cache to B rows, then time greedy Model.step."""
@@ -335,10 +320,13 @@ def decode_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
                 try:
                     if one is None:
                         one = model.prefill(torch.randint(cfg.vocab_size, (1, T), device=dev))[1]
-                    rec["cache_bytes_per_seq"] = sum(t.nbytes for t in tensors(one))  # all layers, context T
+                    sizes = []
+                    map_tensors(one, lambda t: sizes.append(t.nbytes))
+                    rec["cache_bytes_per_seq"] = sum(sizes)                          # all layers, context T
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
-                    cache, tok = batched(one, B), torch.randint(cfg.vocab_size, (B,), device=dev)
+                    cache = map_tensors(one, lambda t: t.repeat(B, *[1] * (t.dim() - 1)))  # B copies of the row
+                    tok = torch.randint(cfg.vocab_size, (B,), device=dev)
                     for _ in range(2):  # warm-up
                         logits, cache = model.step(tok, cache)
                     sync(dev)

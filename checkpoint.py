@@ -22,7 +22,8 @@ import re
 import numpy as np
 import torch
 
-from model import Config, Model, resolve_device
+from lm import resolve_device
+from model import Config, Model
 
 
 def read_checkpoint(path, device="cpu", mmap=False):

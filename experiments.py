@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 
 import data
-from chunked import ACC_HEADER, accuracy_rows, markdown_row
 from checkpoint import load_checkpoint, save_checkpoint
-from model import Config, Model, resolve_device
-from prompt import accuracy, answer_logits, jrt_examples
+from evaluate import ACC_HEADER, accuracy, accuracy_rows, markdown_row
+from lm import resolve_device
+from model import Config, Model
+from prompt import jrt_examples
 
 LAYERS = {  # name -> layer layout: Zoology-style conv + mixer stacks
     "based": ("conv", "la") * 2,          # causal Based
@@ -118,7 +119,8 @@ def fit(model, ex, iters, lr, batch_size=64, seed=0, log_every=100):
             group["lr"] = train.get_lr(it, hp)
         e = ex[torch.randint(len(ex), (batch_size,), generator=gen)]
         b = train.to_device(dict(x=e.x, y=e.y, M=e.prefix_len, pad=e.pad, mlm=None), dev)  # drops all-pad columns
-        logits, y = answer_logits(model, b["x"], b["y"], b["M"], b["pad"])
+        logits, _ = model(b["x"], b["y"], b["M"], b["pad"], scored_only=True)   # (n, V): the scored positions
+        y = b["y"][b["y"] != -100]
         loss = F.cross_entropy(logits.float(), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -299,7 +301,7 @@ def train_settings(g, name, d_model, seed):
 def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
     """Train one model of the overflow experiment and save it in train.py's checkpoint format (atomically),
     with the test's shape and its training settings in its config, so that it is reused only for the same
-    settings and `python chunked.py --task mqar_long` can test it too."""
+    settings and `python evaluate.py oprm --task mqar_long` can test it too."""
     C = max(g["train_contexts"])
     model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d_model, n_head=g["n_head"],
                        feature_dim=g["feature_dim"], prefix_len=C, init_std=g["init_std"], seed=seed, device=device)

@@ -1,21 +1,10 @@
 """
 Models from the Hugging Face hub: the released JRT-RNN / Based checkpoints mapped into our `Model`
-(HazyResearch/prefix-linear-attention), and transformers' causal LMs (Transformers and the Mamba family)
-behind the interface prompt.py and chunked.py decode through.
-
-The interface (our `Model` meets it itself; `model.ModelLM` fixes its prefill options):
-
-    lm.vocab_size                          int
-    lm.prefill(idx, pad_mask=None)         idx (B, T) int64, left-padded where pad_mask (B, T) is True
-                                           -> (logits (B, V) for the next token, cache)
-    lm.step(idx_t, cache)                  idx_t (B,) -> (logits (B, V), cache): one more token per row
-    lm.select(cache, rows)                 the cache of batch rows `rows` (indices), in that order
-
-`from_official` / `from_pretrained` turn a released checkpoint into a Model (a local directory needs no
-extra package). `HFLM` puts a transformers causal LM behind the interface. transformers, huggingface_hub,
-datasets and safetensors are optional (requirements-extra.txt), each imported only where it is used.
+(HazyResearch/prefix-linear-attention; `from_official`, `from_pretrained`, and `OfficialLM` to decode
+with the released code's padding), and transformers' causal LMs behind lm.py's interface (`HFLM`).
+transformers, huggingface_hub, datasets and safetensors are optional (requirements-extra.txt), each
+imported only where it is used; a local checkpoint directory needs none of them.
 """
-import copy
 import hashlib
 import importlib.machinery
 import importlib.util
@@ -29,7 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from checkpoint import read_checkpoint
-from model import Config, Model, _is_int, _is_number
+from lm import ModelLM, map_tensors, select_rows
+from model import Config, Model, _is_int, _is_number, check_tokens
 
 EXTRAS = "pip install -r requirements-extra.txt"
 
@@ -72,30 +62,6 @@ def import_transformers(what):
         else:
             sys.modules["kernels"] = ours
     return transformers
-
-
-def _map_tensors(obj, fn):
-    """A copy of a cache object with fn applied to every tensor inside lists, tuples, dicts and plain
-    objects (transformers' cache classes). The original is left as it was."""
-    if isinstance(obj, torch.Tensor):
-        return fn(obj)
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(o, fn) for o in obj)
-    if isinstance(obj, dict):
-        return type(obj)((k, _map_tensors(v, fn)) for k, v in obj.items())
-    if hasattr(obj, "__dict__") and not isinstance(obj, (torch.nn.Module, type)):
-        new = copy.copy(obj)
-        for k, v in vars(obj).items():
-            setattr(new, k, _map_tensors(v, fn))
-        return new
-    return obj
-
-
-def _select_rows(obj, rows, B):
-    """A copy of a cache object keeping batch rows `rows`: every tensor whose first dim is the batch size B
-    is indexed; the rest is shared."""
-    pick = lambda t: t.index_select(0, rows.to(t.device)) if t.dim() and t.shape[0] == B else t  # noqa: E731
-    return _map_tensors(obj, pick)
 
 
 # ---------------------------------------------------------------- the released checkpoints (official code)
@@ -329,7 +295,7 @@ def from_official(state_dict, config):
 
 
 def from_pretrained(name_or_dir, device="cpu"):
-    """`Model.from_pretrained`: config.json and the weights of a released checkpoint -> Model in eval mode.
+    """config.json and the weights of a released checkpoint -> Model in eval mode.
     Weights from huggingface_hub's cache are checked against the sha256 the hub recorded for them; a damaged,
     truncated or malformed file is one ValueError line that names it."""
     config_path, weight_paths = _pretrained_files(name_or_dir)
@@ -422,6 +388,56 @@ def _load_weights(path):
     return sd
 
 
+# ---------------------------------------------------------------- the released code's padding at inference
+OFFICIAL_PAD_ID = 220   # GPT-2's " ": the token the released code pads prompts with
+
+
+@torch.no_grad()
+def prefill_official(model, idx, pad_mask=None, pad_id=OFFICIAL_PAD_ID):
+    """`Model.prefill` as the released JRT-RNN code runs at inference, to reproduce its reported numbers
+    (our exact padding, `prefill`, stays the default everywhere else); decode with `model.step` as usual:
+    - rows shorter than M = config.prefix_len (1024) are left-padded to M with token `pad_id` (220, " "),
+      and the pads already in idx (pad_mask) become `pad_id` too;
+    - pads are ordinary tokens to conv, swa, la and the MLPs, and lie inside the prefix, which is the
+      first min(M, T) positions of the padded row;
+    - pla layers zero the pads' k and k_enc before φ, but only when T <= M (the official code masks
+      only then): φ(0) = [1, 0, ..., 0], so each pad still adds 1 to both normalisers and its v, v_enc
+      to the numerators."""
+    V, M = model.config.vocab_size, model.config.prefix_len
+    if not (isinstance(pad_id, int) and 0 <= pad_id < V):
+        raise ValueError(f"pad_id={pad_id!r}: expected a token id in [0, vocab_size = {V})")
+    check_tokens(model.config, idx, None, pad_mask)
+    real = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else ~pad_mask   # (B, T)
+    idx = idx.masked_fill(~real, pad_id)
+    if idx.shape[1] < M:                                                    # left-pad to M
+        idx, real = F.pad(idx, (M - idx.shape[1], 0), value=pad_id), F.pad(real, (M - idx.shape[1], 0))
+    hooks = []
+    if idx.shape[1] <= M and not bool(real.all()):
+        keep = real[..., None]                                              # (B, T, 1)
+
+        def zero_pad_keys(linear, inputs, k):                              # k (B, T or M, H·f)
+            return k * keep[:, :k.shape[1]].to(k.dtype)
+        hooks = [lin.register_forward_hook(zero_pad_keys) for b in model.blocks if b.name == "pla"
+                 for lin in (b.mixer.k, b.mixer.k_enc)]
+    try:
+        return model.prefill(idx)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+class OfficialLM(ModelLM):
+    """Our Model behind the interface, prefilled with the released code's padding (`prefill_official`)."""
+
+    def __init__(self, model, pad_id=OFFICIAL_PAD_ID):
+        super().__init__(model)
+        self.pad_id = pad_id
+
+    def prefill(self, idx, pad_mask=None):
+        logits, cache = prefill_official(self.model, idx, pad_mask, self.pad_id)
+        return logits.float(), cache
+
+
 # ------------------------------------------------------------ transformers' models behind the interface
 
 class HFLM:
@@ -441,7 +457,7 @@ class HFLM:
       - the Mamba family (CACHED): it zeroes the pads' inputs before and after its convolution, so a pad
         never enters the conv or SSM state.
     Elsewhere (RWKV, RecurrentGemma, hybrids with other recurrent layers) pads would enter the state:
-    prompt.greedy then batches only prompts of equal length, and OPRM refuses the model.
+    the prompt harness then batches only prompts of equal length, and OPRM refuses the model.
     Checked on tiny random GPT-2, Llama, Mamba, Falcon-Mamba and Mamba-2 models with transformers 5.24 and
     5.25. Import transformers through `import_transformers` (below) when running from this folder.
     """
@@ -521,7 +537,7 @@ class HFLM:
             idx, mask = torch.cat([cache["idx"], idx_t[:, None]], 1), F.pad(cache["mask"], (0, 1), value=1)
             logits, _ = self._forward(idx, mask, (mask.cumsum(1) - 1).clamp(min=0))
             return logits, {"idx": idx, "mask": mask}
-        hf = _map_tensors(cache["hf"], torch.clone)   # the model writes into the cache it gets: a copy
+        hf = map_tensors(cache["hf"], torch.clone)   # the model writes into the cache it gets: a copy
         mask = F.pad(cache["mask"], (0, 1), value=1)
         logits, hf = self._forward(idx_t[:, None], mask, cache["pos"][:, None], hf)
         return logits, {"hf": hf, "B": idx_t.shape[0], "mask": mask, "pos": cache["pos"] + 1}
@@ -530,7 +546,7 @@ class HFLM:
         rows = torch.as_tensor(rows, dtype=torch.long)
         if self.mode == "rerun":
             return {"idx": cache["idx"][rows], "mask": cache["mask"][rows]}
-        return {"hf": _select_rows(cache["hf"], rows, cache["B"]), "B": len(rows),
+        return {"hf": select_rows(cache["hf"], rows, cache["B"]), "B": len(rows),
                 "mask": cache["mask"][rows], "pos": cache["pos"][rows]}
 
 

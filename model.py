@@ -16,7 +16,6 @@ nothing to any mixer: no key, no sum, no conv input (unlike the official code), 
 left-padded prompts gives the same outputs as each prompt alone.
 """
 import math
-import os
 from dataclasses import dataclass, fields, replace
 
 import torch
@@ -24,14 +23,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kernels import pla, pla_flop, pla_step
+from lm import decode, select_rows
 
 MIXERS = ("pla", "la", "swa", "conv", "attn")
-OFFICIAL_PAD_ID = 220   # GPT-2's " ": the token the released code pads prompts with
 
 
 @dataclass
 class Config:
-    vocab_size: int = 50264        # GPT-2's 50257 padded to a multiple of 8 (JRT paper); the last id is [MASK]
+    vocab_size: int = 50264        # GPT-2's 50257 padded to a multiple of 8 (JRT paper); last id: [MASK]
     d_model: int = 1024            # width of the residual stream
     layers: tuple = ("conv", "pla", "swa", "conv")  # one mixer name per layer: the visible layer layout
     n_head: int = 16               # heads of every attention-like mixer; dv = head dim = d_model / n_head
@@ -39,37 +38,16 @@ class Config:
     window: int = 128              # swa: each token sees itself and this many previous tokens
     conv_kernel: int = 3           # BaseConv: causal depthwise kernel length
     mlp_hidden: int = 0            # SwiGLU hidden width; 0 means 2·d_model (Based / JRT-RNN)
-    prefix_len: int = 1024         # M: default prefix of pla layers, clipped to the sequence (paper: 1024 of 2048)
+    prefix_len: int = 1024         # M: prefix of pla layers, clipped to the sequence (paper: 1024 of 2048)
     rope_base: float = 10000.0     # rotary base of swa/attn
     norm_eps: float = 1e-5         # RMSNorm epsilon
     init_std: float = 0.02         # N(0, 0.02) init; output projections get 0.02/√(2·n_layer)
-    tie_embeddings: bool = True    # the output layer is the input embedding (JRT paper); False: its own matrix
-    backend: str = "auto"          # pla/la kernels: "auto" (Triton on CUDA, torch elsewhere), "torch", "triton"
+    tie_embeddings: bool = True    # the output layer is the input embedding (JRT paper); False: its own
+    backend: str = "auto"          # pla/la kernels: "auto" (Triton on CUDA, else torch), "torch", "triton"
 
     def __post_init__(self):
         self.layers = tuple(self.layers)
-        bad = [m for m in self.layers if m not in MIXERS]
-        if bad or not self.layers:
-            raise ValueError(f"layers must be a non-empty list of mixer names from {MIXERS}; got {list(self.layers)}")
-        for name in ("vocab_size", "d_model", "n_head", "feature_dim", "window", "conv_kernel"):
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 1:
-                raise ValueError(f"{name} must be a positive int; got {getattr(self, name)!r}")
-        for name in ("prefix_len", "mlp_hidden"):  # 0 is meaningful for these: no prefix / 2·d_model
-            if not _is_int(getattr(self, name)) or getattr(self, name) < 0:
-                raise ValueError(f"{name} must be an int >= 0; got {getattr(self, name)!r}")
-        for name in ("rope_base", "norm_eps"):     # 0 or less gives NaN or inf in the forward pass
-            if not _is_number(getattr(self, name)) or not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be a number > 0; got {getattr(self, name)!r}")
-        if not _is_number(self.init_std) or not self.init_std >= 0:
-            raise ValueError(f"init_std must be a number >= 0; got {self.init_std!r}")
-        if self.d_model % self.n_head:
-            raise ValueError(f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
-        if ({"swa", "attn"} & set(self.layers)) and (self.d_model // self.n_head) % 2:
-            raise ValueError(f"rotary needs an even head dim; d_model / n_head = {self.d_model // self.n_head}")
-        if not isinstance(self.tie_embeddings, bool):
-            raise ValueError(f"tie_embeddings must be True or False; got {self.tie_embeddings!r}")
-        if self.backend not in ("auto", "torch", "triton"):
-            raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {self.backend!r}")
+        check_config(self)
 
     @property
     def n_layer(self):
@@ -88,6 +66,33 @@ class Config:
         if unknown:
             raise ValueError(f"unknown Config field(s) {unknown}; allowed: {sorted(allowed)}")
         return replace(PRESETS[name], **overrides)
+
+
+def check_config(cfg):
+    """Every field in range: a bad value is one line here, not NaN or a shape error later."""
+    bad = [m for m in cfg.layers if m not in MIXERS]
+    if bad or not cfg.layers:
+        raise ValueError(f"layers must be a non-empty list of mixer names from {MIXERS}; "
+                         f"got {list(cfg.layers)}")
+    for name in ("vocab_size", "d_model", "n_head", "feature_dim", "window", "conv_kernel"):
+        if not _is_int(getattr(cfg, name)) or getattr(cfg, name) < 1:
+            raise ValueError(f"{name} must be a positive int; got {getattr(cfg, name)!r}")
+    for name in ("prefix_len", "mlp_hidden"):  # 0 is meaningful for these: no prefix / 2·d_model
+        if not _is_int(getattr(cfg, name)) or getattr(cfg, name) < 0:
+            raise ValueError(f"{name} must be an int >= 0; got {getattr(cfg, name)!r}")
+    for name in ("rope_base", "norm_eps"):     # 0 or less gives NaN or inf in the forward pass
+        if not _is_number(getattr(cfg, name)) or not getattr(cfg, name) > 0:
+            raise ValueError(f"{name} must be a number > 0; got {getattr(cfg, name)!r}")
+    if not _is_number(cfg.init_std) or not cfg.init_std >= 0:
+        raise ValueError(f"init_std must be a number >= 0; got {cfg.init_std!r}")
+    if cfg.d_model % cfg.n_head:
+        raise ValueError(f"d_model ({cfg.d_model}) must be divisible by n_head ({cfg.n_head})")
+    if ({"swa", "attn"} & set(cfg.layers)) and (cfg.d_model // cfg.n_head) % 2:
+        raise ValueError(f"rotary needs an even head dim; d_model / n_head = {cfg.d_model // cfg.n_head}")
+    if not isinstance(cfg.tie_embeddings, bool):
+        raise ValueError(f"tie_embeddings must be True or False; got {cfg.tie_embeddings!r}")
+    if cfg.backend not in ("auto", "torch", "triton"):
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton'; got {cfg.backend!r}")
 
 
 def _is_int(x):
@@ -113,7 +118,7 @@ PRESETS = {  # the paper's models (JRT paper), then CPU-sized ones for tests and
     "based-360m": Config(d_model=1024, layers=_jrt_layout(27, (1, 6, 11, 16, 21), "la")),
     # Transformer++: SwiGLU of width 8d/3 rounded up to 256, as in the baseline's code: 360M parameters
     "transformer-360m": Config(d_model=1024, layers=("attn",) * 24, mlp_hidden=2816),
-    # Zoology-style recall models: conv + mixer, no sliding window (a window as long as the input is attention)
+    # Zoology-style recall models: conv + mixer, no sliding window (one as long as the input is attention)
     "jrt-tiny": Config(vocab_size=512, d_model=64, n_head=4, layers=("conv", "pla") * 2, prefix_len=64),
     "based-tiny": Config(vocab_size=512, d_model=64, n_head=4, layers=("conv", "la") * 2, prefix_len=64),
     "transformer-tiny": Config(vocab_size=512, d_model=64, n_head=4, layers=("attn",) * 2, prefix_len=64),
@@ -140,7 +145,7 @@ class LinearAttention(nn.Module):
     def heads(self, x, n):  # (B, T, H·n) -> (B, H, T, n)
         return x.view(*x.shape[:2], self.H, n).transpose(1, 2)
 
-    def forward(self, x, pad_mask, enc_end, want_cache=False):
+    def forward(self, x, pad_mask, enc_end, return_cache=False):
         B, T, d = x.shape
         dv = d // self.H
         q, k, v = self.heads(self.q(x), self.f), self.heads(self.k(x), self.f), self.heads(self.v(x), dv)
@@ -153,10 +158,10 @@ class LinearAttention(nn.Module):
             if pad_mask is not None:
                 enc_pad = enc_pad | pad_mask[:, :Me]
         y = pla(q, k, v, k_enc, v_enc, pad_mask=pad_mask, enc_pad_mask=enc_pad,
-                return_state=want_cache, backend=self.backend)
-        y, state = y if want_cache else (y, None)
+                return_state=return_cache, backend=self.backend)
+        y, state = y if return_cache else (y, None)
         y = self.out(y.transpose(1, 2).reshape(B, T, d))
-        return (y, state) if want_cache else y
+        return (y, state) if return_cache else y
 
     def step(self, x, state):  # x (B, d); state (S (B,H,D,dv), z (B,H,D))
         B, d = x.shape
@@ -206,7 +211,7 @@ class SoftmaxAttention(nn.Module):
         self.qkv = nn.Linear(d, 3 * d, bias=False)
         self.out = nn.Linear(d, d, bias=False)
 
-    def forward(self, x, pad_mask, enc_end, want_cache=False):
+    def forward(self, x, pad_mask, enc_end, return_cache=False):
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.H, d // self.H).permute(2, 0, 3, 1, 4)  # 3 × (B, H, T, hd)
         pos = torch.arange(T, device=x.device)
@@ -220,7 +225,7 @@ class SoftmaxAttention(nn.Module):
             allowed = (j <= i) & (~pad_mask[:, None, :] | (i == j))                        # (B, T, T)
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed[:, None])
         y = self.out(y.transpose(1, 2).reshape(B, T, d))
-        if not want_cache:
+        if not return_cache:
             return y
         valid = torch.ones(B, T, dtype=torch.bool, device=x.device) if pad_mask is None else ~pad_mask
         if self.window is None:  # attn: a KV cache that grows by one entry per token
@@ -228,9 +233,10 @@ class SoftmaxAttention(nn.Module):
         W = self.window          # swa: a ring buffer of the last W keys, position p in slot p % W
         idx = torch.arange(max(0, T - W), T, device=x.device)
         kb, vb = k.new_zeros(B, self.H, W, k.shape[-1]), v.new_zeros(B, self.H, W, v.shape[-1])
-        vld = torch.zeros(B, W, dtype=torch.bool, device=x.device)
-        kb[:, :, idx % W], vb[:, :, idx % W], vld[:, idx % W] = k[:, :, idx], v[:, :, idx], valid[:, idx]
-        return y, {"k": kb, "v": vb, "valid": vld, "pos": T}
+        valid_slots = torch.zeros(B, W, dtype=torch.bool, device=x.device)
+        slot = idx % W
+        kb[:, :, slot], vb[:, :, slot], valid_slots[:, slot] = k[:, :, idx], v[:, :, idx], valid[:, idx]
+        return y, {"k": kb, "v": vb, "valid": valid_slots, "pos": T}
 
     def step(self, x, cache):  # x (B, d)
         B, d = x.shape
@@ -261,17 +267,17 @@ class BaseConv(nn.Module):
         self.conv = nn.Conv1d(2 * d, 2 * d, self.K, groups=2 * d, bias=False)  # depthwise, causal by left pad
         self.out = nn.Linear(2 * d, d)
 
-    def forward(self, x, pad_mask, enc_end, want_cache=False):
+    def forward(self, x, pad_mask, enc_end, return_cache=False):
         u1, u2 = self.inp(x).chunk(2, dim=-1)                                   # 2 × (B, T, 2d)
         if pad_mask is not None:
             u1 = u1.masked_fill(pad_mask[..., None], 0.0)                       # pads are no conv input
         u1 = u1.transpose(1, 2)                                                 # (B, 2d, T)
         h = self.conv(F.pad(u1, (self.K - 1, 0))).transpose(1, 2)               # (B, T, 2d)
         y = self.out(F.silu(h) * u2)
-        if not want_cache:
+        if not return_cache:
             return y
         padded = F.pad(u1, (self.K - 1, 0))                                     # zeros before the first token
-        return y, padded[..., padded.shape[-1] - (self.K - 1):]                 # (B, 2d, K-1): the last inputs
+        return y, padded[..., padded.shape[-1] - (self.K - 1):]                 # (B, 2d, K-1): last inputs
 
     def step(self, x, tail):  # x (B, d)
         u1, u2 = self.inp(x).chunk(2, dim=-1)
@@ -304,15 +310,16 @@ class Block(nn.Module):
     def __init__(self, cfg, name):
         super().__init__()
         self.name = name
-        self.norm1, self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps), nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm1 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.norm2 = nn.RMSNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mixer, self.mlp = make_mixer(name, cfg), SwiGLU(cfg)
 
-    def forward(self, x, pad_mask, enc_end, want_cache=False):
-        h = self.mixer(self.norm1(x), pad_mask, enc_end, want_cache)
-        h, cache = h if want_cache else (h, None)
+    def forward(self, x, pad_mask, enc_end, return_cache=False):
+        h = self.mixer(self.norm1(x), pad_mask, enc_end, return_cache)
+        h, cache = h if return_cache else (h, None)
         x = x + h
         x = x + self.mlp(self.norm2(x))
-        return (x, cache) if want_cache else x
+        return (x, cache) if return_cache else x
 
     def step(self, x, cache):
         h, cache = self.mixer.step(self.norm1(x), cache)
@@ -321,6 +328,13 @@ class Block(nn.Module):
 
 
 # ----------------------------------------------------------------------------- the model
+
+def masked_ce(logits, targets):
+    """Mean cross-entropy over positions whose target is not -100; 0 when there are none."""
+    n = (targets != -100).sum()
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return ce / n.clamp(min=1)
+
 
 class Model(nn.Module):
     def __init__(self, config):
@@ -342,48 +356,9 @@ class Model(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    # -- input checks: a user's mistake gets a message, not a traceback from inside torch
-    def _check(self, idx, prefix_len, pad_mask):
-        V = self.config.vocab_size
-        if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
-            raise ValueError(f"idx must be an int64 tensor (B, T); got {getattr(idx, 'dtype', type(idx))} "
-                             f"{tuple(getattr(idx, 'shape', ()))}")
-        B, T = idx.shape
-        if B == 0 or T == 0:
-            raise ValueError(f"idx must hold at least one row and one token per row; got (B, T) = ({B}, {T})")
-        if ((idx < 0) | (idx >= V)).any():
-            raise ValueError(f"token ids must be in [0, vocab_size = {V}); got min {int(idx.min())}, max {int(idx.max())}")
-        if pad_mask is not None:
-            if not isinstance(pad_mask, torch.Tensor) or pad_mask.shape != (B, T) or pad_mask.dtype != torch.bool:
-                raise ValueError(f"pad_mask must be a bool tensor (B, T) = ({B}, {T}), True at pads; got "
-                                 f"{getattr(pad_mask, 'dtype', type(pad_mask).__name__)} {tuple(getattr(pad_mask, 'shape', ()))}")
-            if (pad_mask[:, 1:] & ~pad_mask[:, :-1]).any() or pad_mask[:, -1].any():
-                raise ValueError("pad_mask must mark left padding: each row True...True then False...False, "
-                                 "with at least one real token")
-        if prefix_len is not None:
-            allowed = f"an int in [0, T = {T}] or an int tensor of shape (B,) = ({B},) with values in it"
-            if isinstance(prefix_len, torch.Tensor):
-                if prefix_len.dtype not in (torch.long, torch.int) or prefix_len.shape not in ((), (B,)):
-                    raise ValueError(f"prefix_len must be {allowed}; got a {prefix_len.dtype} tensor "
-                                     f"of shape {tuple(prefix_len.shape)}")
-                bad = bool(((prefix_len < 0) | (prefix_len > T)).any())
-            elif _is_int(prefix_len):
-                bad = not 0 <= prefix_len <= T
-            else:                                     # 3.5 or "3" would be floored or fail deep inside torch
-                raise ValueError(f"prefix_len must be {allowed}; got {prefix_len!r}")
-            if bad:
-                raise ValueError(f"prefix_len must be {allowed}; got {prefix_len}")
-
-    def _check_targets(self, targets, B, T):
-        V = self.config.vocab_size
-        if not isinstance(targets, torch.Tensor) or targets.shape != (B, T) \
-                or targets.dtype not in (torch.long, torch.int):
-            raise ValueError(f"targets must be an int64 tensor (B, T) = ({B}, {T}) like idx; got "
-                             f"{getattr(targets, 'dtype', type(targets).__name__)} {tuple(getattr(targets, 'shape', ()))}")
-        bad = (targets != -100) & ((targets < 0) | (targets >= V))
-        if bad.any():
-            raise ValueError(f"targets must be token ids in [0, vocab_size = {V}) or -100 (not scored); "
-                             f"got {int(targets[bad][0])}")
+    @property
+    def vocab_size(self):
+        return self.config.vocab_size
 
     def _enc_end(self, idx, prefix_len, pad_mask):
         """Where each row's prefix ends, in padded coordinates: pads + min(M, real length). None: no pla."""
@@ -392,106 +367,78 @@ class Model(nn.Module):
         B, T = idx.shape
         M = self.config.prefix_len if prefix_len is None else prefix_len
         M = torch.as_tensor(M, device=idx.device).expand(B)
-        pads = pad_mask.sum(1) if pad_mask is not None else torch.zeros(B, dtype=torch.long, device=idx.device)
+        pads = torch.zeros(B, dtype=torch.long, device=idx.device) if pad_mask is None else pad_mask.sum(1)
         return pads + torch.minimum(M, T - pads)  # a prompt shorter than M is its own prefix
 
-    def forward(self, idx, targets=None, prefix_len=None, pad_mask=None):
+    def forward(self, idx, targets=None, prefix_len=None, pad_mask=None, scored_only=False):
         """idx (B, T) -> logits (B, T, V); loss if targets (B, T) are given (-100 = ignored).
 
+        scored_only: the output head only where a target is scored: logits (n, V), the scored positions
+        row by row. Set disjointness scores one position of ~75 over a 2048-token vocabulary, so the head
+        on every position would be most of a CPU training step.
         The loss is the mean cross-entropy over the scored positions, and 0 (with zero gradient) when
         every target is -100: a batch with nothing to score then leaves the weights as they are, where
         the mean over no positions would be NaN and poison every weight at the next update."""
-        self._check(idx, prefix_len, pad_mask)
-        if targets is not None:
-            self._check_targets(targets, *idx.shape)
+        check_tokens(self.config, idx, prefix_len, pad_mask)
+        check_targets(self.config, targets, idx.shape, scored_only)
         enc_end = self._enc_end(idx, prefix_len, pad_mask)
-        x = self.wte(idx)
+        x = self.wte(idx)                                                  # (B, T, d)
         for block in self.blocks:
             x = block(x, pad_mask, enc_end)
-        logits = self.lm_head(self.norm_f(x))
-        loss = None
-        if targets is not None:
-            ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
-            loss = ce / (targets != -100).sum().clamp(min=1)
-        return logits, loss
+        if scored_only:
+            scored = targets != -100                                       # (B, T)
+            logits = self.lm_head(self.norm_f(x[scored]))                  # (n, V)
+            return logits, masked_ce(logits[None], targets[scored][None])
+        logits = self.lm_head(self.norm_f(x))                              # (B, T, V)
+        return logits, None if targets is None else masked_ce(logits, targets)
 
     @torch.no_grad()
     def prefill(self, idx, prefix_len=None, pad_mask=None):
         """Read a prompt in parallel; return the last position's logits (B, V) and the decode cache."""
-        self._check(idx, prefix_len, pad_mask)
+        check_tokens(self.config, idx, prefix_len, pad_mask)
         enc_end = self._enc_end(idx, prefix_len, pad_mask)
-        x, caches = self.wte(idx), []
+        x, cache = self.wte(idx), []
         for block in self.blocks:
-            x, c = block(x, pad_mask, enc_end, want_cache=True)
-            caches.append(c)
-        return self.lm_head(self.norm_f(x[:, -1])), caches
+            x, layer_cache = block(x, pad_mask, enc_end, return_cache=True)
+            cache.append(layer_cache)
+        return self.lm_head(self.norm_f(x[:, -1])), cache
 
     @torch.no_grad()
     def step(self, idx_t, cache):
         """One token per row: idx_t (B,) -> logits (B, V), updated cache (constant size but for attn)."""
-        if isinstance(idx_t, torch.Tensor) and idx_t.dim() == 2 and idx_t.shape[1] == 1:
-            idx_t = idx_t[:, 0]
-        if not isinstance(idx_t, torch.Tensor) or idx_t.dim() != 1:
-            raise ValueError(f"idx_t must be an int64 tensor (B,) or (B, 1), one token per row; got "
-                             f"{getattr(idx_t, 'dtype', type(idx_t).__name__)} {tuple(getattr(idx_t, 'shape', ()))}")
-        self._check(idx_t[:, None], None, None)
-        self._check_cache(cache, len(idx_t))
+        idx_t = check_step(self.config, idx_t, cache)
         x, new = self.wte(idx_t), []
-        for block, c in zip(self.blocks, cache):
-            x, c = block.step(x, c)
-            new.append(c)
+        for block, layer_cache in zip(self.blocks, cache):
+            x, layer_cache = block.step(x, layer_cache)
+            new.append(layer_cache)
         return self.lm_head(self.norm_f(x)), new
 
-    def _check_cache(self, cache, B):
-        """A cache from prefill/step of this model, for B rows: zip would silently drop missing layers."""
-        L = self.config.n_layer
-        if not isinstance(cache, (list, tuple)) or len(cache) != L:
-            got = f"{len(cache)} entries" if isinstance(cache, (list, tuple)) else f"a {type(cache).__name__}"
-            raise ValueError(f"cache must be the list of {L} per-layer entries (n_layer = {L}) that prefill or "
-                             f"step of this model returned; got {got}")
-        kinds = {"swa": dict, "attn": dict, "pla": (tuple, list), "la": (tuple, list), "conv": torch.Tensor}
-        for i, (name, c) in enumerate(zip(self.config.layers, cache)):
-            rows = c.get("k") if isinstance(c, dict) else c[0] if isinstance(c, (tuple, list)) and c else c
-            if not isinstance(c, kinds[name]) or not isinstance(rows, torch.Tensor) or rows.dim() == 0 \
-                    or rows.shape[0] != B:
-                got = f"B = {rows.shape[0]}" if isinstance(rows, torch.Tensor) and rows.dim() else type(c).__name__
-                raise ValueError(f"cache[{i}] ({name}) must be that layer's cache for B = {B} rows, as prefill "
-                                 f"returned it; got {got}")
+    @staticmethod
+    def select(cache, rows):
+        """The cache of batch rows `rows` (indices, in that order); the cache given is left unchanged."""
+        return select_rows(cache, rows)
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, stop_token=None, prefix_len=None,
                  pad_mask=None):
-        """Batched sampling (temperature 0: greedy). Rows that emit stop_token keep emitting it.
-        Returns (B, T + n) with n ≤ max_new_tokens (fewer when every row has stopped)."""
-        V = self.config.vocab_size
-        if not _is_int(max_new_tokens) or max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
-        if not _is_number(temperature) or not temperature >= 0:   # < 0 would favour the least likely tokens
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy); got {temperature!r}")
-        if top_k is not None and (not _is_int(top_k) or top_k < 1):
-            raise ValueError(f"top_k must be None (no cut) or an int >= 1; got {top_k!r}")
-        if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < V):
-            raise ValueError(f"stop_token must be None or a token id in [0, vocab_size = {V}); got {stop_token!r}")
-        logits, cache = self.prefill(idx, prefix_len, pad_mask)
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        out = []
-        for i in range(max_new_tokens):
+        """Batched sampling (temperature 0: greedy) through lm.decode. Rows that emit stop_token keep
+        emitting it. Returns (B, T + n) with n ≤ max_new_tokens (fewer when every row has stopped)."""
+        check_generate(self.config, max_new_tokens, temperature, top_k, stop_token)
+
+        def sample(logits):                                                # (b, V) -> (b,)
             if temperature == 0:
-                nxt = logits.argmax(-1)
-            else:
-                logits = logits.float() / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                nxt = torch.multinomial(F.softmax(logits, dim=-1), 1)[:, 0]
-            if stop_token is not None:
-                nxt = torch.where(done, torch.full_like(nxt, stop_token), nxt)
-                done = done | (nxt == stop_token)
-            out.append(nxt)
-            if i == max_new_tokens - 1 or bool(done.all()):
-                break
-            logits, cache = self.step(nxt, cache)
-        return torch.cat([idx, torch.stack(out, 1)], 1) if out else idx
+                return logits.argmax(-1)
+            logits = logits.float() / temperature
+            if top_k is not None:
+                kth = torch.topk(logits, min(top_k, logits.shape[-1])).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            return torch.multinomial(F.softmax(logits, dim=-1), 1)[:, 0]
+        logits, cache = self.prefill(idx, prefix_len, pad_mask)
+        stop = () if stop_token is None else (stop_token,)
+        rows = decode(self, logits, cache, max_new_tokens, stop, pick=sample)
+        n = max(len(tokens) + stopped for tokens, stopped in rows)         # a stopped row shows its stop
+        new = [tokens + [stop_token] * (n - len(tokens)) for tokens, _ in rows]
+        return torch.cat([idx, torch.tensor(new, dtype=idx.dtype, device=idx.device).view(len(idx), n)], 1)
 
     def flops_per_token(self, T):
         """Training FLOP per token at length T, forward + backward = 3 × forward. 6 per weight used in a
@@ -515,7 +462,8 @@ class Model(nn.Module):
         c = self.config
         H, dv, D = c.n_head, c.d_model // c.n_head, 1 + c.feature_dim + c.feature_dim ** 2
         if "attn" in c.layers and seq_len is None:
-            raise ValueError("state_size: a model with attn layers needs seq_len (its KV cache grows with it)")
+            raise ValueError("state_size: a model with attn layers needs seq_len "
+                             "(its KV cache grows with it)")
         per = {"pla": H * (D * dv + D), "la": H * (D * dv + D), "swa": 2 * c.window * c.d_model,
                "conv": 2 * c.d_model * (c.conv_kernel - 1), "attn": 2 * c.d_model * (seq_len or 0)}
         sizes = {}
@@ -525,129 +473,101 @@ class Model(nn.Module):
         return sizes
 
 
-    # -- the interface prompt.py and chunked.py decode through (prefill / step / select), besides forward
+# ----------------------------------------------------------------------------- input checks
+# A user's mistake gets a one-line message naming the value and what is allowed, not a traceback from
+# inside torch. Config checks itself when built; forward, prefill, step and generate check their input.
 
-    @property
-    def vocab_size(self):
-        return self.config.vocab_size
-
-    @staticmethod
-    def select(cache, rows):
-        """The cache of batch rows `rows` (indices, in that order), e.g. to drop rows that finished decoding
-        or to decode one OPRM chunk. Every tensor of a cache has the batch first; ints (positions) are shared.
-        The cache given is left unchanged."""
-        rows = torch.as_tensor(rows, dtype=torch.long)
-
-        def pick(c):
-            if isinstance(c, torch.Tensor):
-                return c.index_select(0, rows.to(c.device))
-            if isinstance(c, dict):
-                return {k: pick(v) for k, v in c.items()}
-            if isinstance(c, (list, tuple)):
-                return type(c)(pick(v) for v in c)
-            return c
-        return pick(cache)
-
-    @torch.no_grad()
-    def prefill_official(self, idx, pad_mask=None, pad_id=OFFICIAL_PAD_ID):
-        """`prefill` as the released JRT-RNN code runs at inference, to reproduce its reported
-        numbers; our exact padding (`prefill`) stays the default everywhere else. Differences:
-
-        - rows shorter than M = config.prefix_len (1024) are left-padded to M with token `pad_id` (220, " "),
-          and the pads already in idx (pad_mask) become `pad_id` too;
-        - pads are ordinary tokens to conv, swa, la and the MLPs, and lie inside the prefix, which is the
-          first min(M, T) positions of the padded row;
-        - pla layers zero the pads' k and k_enc before φ, but only when T <= M (the official code masks
-          only then): φ(0) = [1, 0, ..., 0], so each pad still adds 1 to both normalisers and its v, v_enc
-          to the numerators.
-        Decode with `step` as usual. Returns (logits (B, V), cache)."""
-        V, M = self.config.vocab_size, self.config.prefix_len
-        if not (isinstance(pad_id, int) and 0 <= pad_id < V):
-            raise ValueError(f"pad_id={pad_id!r}: expected a token id in [0, vocab_size = {V})")
-        self._check(idx, None, pad_mask)
-        real = torch.ones_like(idx, dtype=torch.bool) if pad_mask is None else ~pad_mask   # (B, T)
-        idx = idx.masked_fill(~real, pad_id)
-        if idx.shape[1] < M:                                                    # left-pad to M
-            idx, real = F.pad(idx, (M - idx.shape[1], 0), value=pad_id), F.pad(real, (M - idx.shape[1], 0))
-        hooks = []
-        if idx.shape[1] <= M and not bool(real.all()):
-            keep = real[..., None]                                              # (B, T, 1)
-
-            def zero_pad_keys(linear, inputs, k):                              # k (B, T or M, H·f)
-                return k * keep[:, :k.shape[1]].to(k.dtype)
-            hooks = [lin.register_forward_hook(zero_pad_keys) for b in self.blocks if b.name == "pla"
-                     for lin in (b.mixer.k, b.mixer.k_enc)]
-        try:
-            return self.prefill(idx)
-        finally:
-            for h in hooks:
-                h.remove()
-
-    @classmethod
-    def from_pretrained(cls, name_or_dir, device="cpu"):
-        """A released checkpoint -> Model in eval mode. name_or_dir: a local directory with the
-        official config.json and pytorch_model.bin or *.safetensors, or a hub name such as
-        "hazyresearch/JRT-360M-30B" (downloaded through huggingface_hub, an optional extra). The weights are
-        read without running pickled code. The key mapping lives in hf.py (`hf.from_official`)."""
-        import hf  # hf.py imports this file: imported here, when a released checkpoint is asked for
-        return hf.from_pretrained(name_or_dir, device)
+def _kind(x):
+    return f"{getattr(x, 'dtype', type(x).__name__)} {tuple(getattr(x, 'shape', ()))}"
 
 
-# ----------------------------------------------------------------------------- one interface for the harnesses
-
-def left_pad(seqs, pad_id=0, device=None):
-    """Token lists of any lengths -> idx (B, T) and pad_mask (B, T), padded on the left."""
-    T = max(len(s) for s in seqs)
-    idx = torch.full((len(seqs), T), pad_id, dtype=torch.long, device=device)
-    pad = torch.ones(len(seqs), T, dtype=torch.bool, device=device)
-    for b, s in enumerate(seqs):
-        if len(s):
-            idx[b, T - len(s):] = torch.as_tensor(s, dtype=torch.long)
-            pad[b, T - len(s):] = False
-    return idx, pad
-
-
-class ModelLM:
-    """Our Model with its prefill options fixed, behind the same interface (prefill / step / select):
-    prefix_len, M for pla layers (None: the config's; a tensor: one per row); official_pads, the released
-    code's padding (`Model.prefill_official`) instead of ours. The Model itself meets the interface too."""
-
-    def __init__(self, model, prefix_len=None, official_pads=False):
-        if official_pads and prefix_len is not None:
-            raise ValueError("official_pads=True reads the first M = config.prefix_len positions as the prefix; "
-                             f"it takes no prefix_len (got {prefix_len!r})")
-        self.model, self.prefix_len, self.official_pads = model, prefix_len, official_pads
-        self.vocab_size = model.config.vocab_size
-
-    def prefill(self, idx, pad_mask=None):
-        if self.official_pads:
-            logits, cache = self.model.prefill_official(idx, pad_mask)
-        else:
-            logits, cache = self.model.prefill(idx, prefix_len=self.prefix_len, pad_mask=pad_mask)
-        return logits.float(), cache
-
-    def step(self, idx_t, cache):
-        logits, cache = self.model.step(idx_t, cache)
-        return logits.float(), cache
-
-    def select(self, cache, rows):
-        return Model.select(cache, rows)
+def check_tokens(config, idx, prefix_len=None, pad_mask=None):
+    """idx (B, T) token ids of this vocabulary; pad_mask left padding; prefix_len M in [0, T]."""
+    V = config.vocab_size
+    if not isinstance(idx, torch.Tensor) or idx.dim() != 2 or idx.dtype not in (torch.long, torch.int):
+        raise ValueError(f"idx must be an int64 tensor (B, T); got {getattr(idx, 'dtype', type(idx))} "
+                         f"{tuple(getattr(idx, 'shape', ()))}")
+    B, T = idx.shape
+    if B == 0 or T == 0:
+        raise ValueError(f"idx must hold at least one row and one token per row; got (B, T) = ({B}, {T})")
+    if ((idx < 0) | (idx >= V)).any():
+        raise ValueError(f"token ids must be in [0, vocab_size = {V}); got min {int(idx.min())}, "
+                         f"max {int(idx.max())}")
+    if pad_mask is not None:
+        if not isinstance(pad_mask, torch.Tensor) or pad_mask.shape != (B, T) or pad_mask.dtype != torch.bool:
+            raise ValueError(f"pad_mask must be a bool tensor (B, T) = ({B}, {T}), True at pads; got "
+                             f"{_kind(pad_mask)}")
+        if (pad_mask[:, 1:] & ~pad_mask[:, :-1]).any() or pad_mask[:, -1].any():
+            raise ValueError("pad_mask must mark left padding: each row True...True then False...False, "
+                             "with at least one real token")
+    if prefix_len is not None:
+        allowed = f"an int in [0, T = {T}] or an int tensor of shape (B,) = ({B},) with values in it"
+        if isinstance(prefix_len, torch.Tensor):
+            if prefix_len.dtype not in (torch.long, torch.int) or prefix_len.shape not in ((), (B,)):
+                raise ValueError(f"prefix_len must be {allowed}; got a {prefix_len.dtype} tensor "
+                                 f"of shape {tuple(prefix_len.shape)}")
+            bad = bool(((prefix_len < 0) | (prefix_len > T)).any())
+        elif _is_int(prefix_len):
+            bad = not 0 <= prefix_len <= T
+        else:                                     # 3.5 or "3" would be floored or fail deep inside torch
+            raise ValueError(f"prefix_len must be {allowed}; got {prefix_len!r}")
+        if bad:
+            raise ValueError(f"prefix_len must be {allowed}; got {prefix_len}")
 
 
-def resolve_device(name="auto"):
-    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'mps' -> torch.device, with a one-line error when that device
-    is absent (every CLI's --device goes through here). 'auto' is CUDA when available, else the CPU."""
-    name = str(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    kind = name.split(":")[0]
-    if kind not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
-    if kind == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={name!r} but CUDA is not available here; use device='cpu' (or 'auto')")
-    if kind == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
-        raise ValueError(f"device={name!r} but MPS is not available here; use device='cpu' (or 'auto')")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise ValueError(f"device={name!r} is not a device; use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'") from None
+def check_targets(config, targets, shape, scored_only=False):
+    """targets like idx, token ids or -100; scored_only needs them."""
+    if targets is None:
+        if scored_only:
+            raise ValueError("scored_only=True puts the head where targets are scored: give targets (B, T)")
+        return
+    V, (B, T) = config.vocab_size, shape
+    if not isinstance(targets, torch.Tensor) or targets.shape != (B, T) \
+            or targets.dtype not in (torch.long, torch.int):
+        raise ValueError(f"targets must be an int64 tensor (B, T) = ({B}, {T}) like idx; "
+                         f"got {_kind(targets)}")
+    bad = (targets != -100) & ((targets < 0) | (targets >= V))
+    if bad.any():
+        raise ValueError(f"targets must be token ids in [0, vocab_size = {V}) or -100 (not scored); "
+                         f"got {int(targets[bad][0])}")
+
+
+def check_step(config, idx_t, cache):
+    """One token per row, idx_t (B,) or (B, 1), and a cache from prefill/step of this model for B rows
+    (zip would silently drop missing layers). Returns idx_t as (B,)."""
+    if isinstance(idx_t, torch.Tensor) and idx_t.dim() == 2 and idx_t.shape[1] == 1:
+        idx_t = idx_t[:, 0]
+    if not isinstance(idx_t, torch.Tensor) or idx_t.dim() != 1:
+        raise ValueError(f"idx_t must be an int64 tensor (B,) or (B, 1), one token per row; got "
+                         f"{getattr(idx_t, 'dtype', type(idx_t).__name__)} "
+                         f"{tuple(getattr(idx_t, 'shape', ()))}")
+    check_tokens(config, idx_t[:, None])
+    B, L = len(idx_t), config.n_layer
+    if not isinstance(cache, (list, tuple)) or len(cache) != L:
+        got = f"{len(cache)} entries" if isinstance(cache, (list, tuple)) else f"a {type(cache).__name__}"
+        raise ValueError(f"cache must be the list of {L} per-layer entries (n_layer = {L}) that prefill or "
+                         f"step of this model returned; got {got}")
+    kinds = {"swa": dict, "attn": dict, "pla": (tuple, list), "la": (tuple, list), "conv": torch.Tensor}
+    for i, (name, layer_cache) in enumerate(zip(config.layers, cache)):
+        rows = layer_cache.get("k") if isinstance(layer_cache, dict) else \
+            layer_cache[0] if isinstance(layer_cache, (tuple, list)) and layer_cache else layer_cache
+        if not isinstance(layer_cache, kinds[name]) or not isinstance(rows, torch.Tensor) or rows.dim() == 0 \
+                or rows.shape[0] != B:
+            got = f"B = {rows.shape[0]}" if isinstance(rows, torch.Tensor) and rows.dim() else \
+                type(layer_cache).__name__
+            raise ValueError(f"cache[{i}] ({name}) must be that layer's cache for B = {B} rows, as prefill "
+                             f"returned it; got {got}")
+    return idx_t
+
+
+def check_generate(config, max_new_tokens, temperature, top_k, stop_token):
+    V = config.vocab_size
+    if not _is_int(max_new_tokens) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0; got {max_new_tokens!r}")
+    if not _is_number(temperature) or not temperature >= 0:   # < 0 would favour the least likely tokens
+        raise ValueError(f"temperature must be a number >= 0 (0 = greedy); got {temperature!r}")
+    if top_k is not None and (not _is_int(top_k) or top_k < 1):
+        raise ValueError(f"top_k must be None (no cut) or an int >= 1; got {top_k!r}")
+    if stop_token is not None and (not _is_int(stop_token) or not 0 <= stop_token < V):
+        raise ValueError(f"stop_token must be None or a token id in [0, vocab_size = {V}); "
+                         f"got {stop_token!r}")

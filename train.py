@@ -38,7 +38,8 @@ import torch.nn.functional as F
 import data
 from kernels import pla
 from checkpoint import previous_path, read_checkpoint, rng_state, save_checkpoint, set_rng_state
-from model import PRESETS, Config, Model, resolve_device
+from lm import resolve_device
+from model import PRESETS, Config, Model
 
 # -----------------------------------------------------------------------------------------------------
 # Defaults: the offline run `python train.py`, a conv + pla JRT-RNN learning MQAR on the CPU in ~3 minutes.

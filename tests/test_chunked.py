@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from chunked import cache_context, chunk_spans, entropy, oprm_generate, speculative_prefill
+from lm import ModelLM
 from model import Config, Model
-from model import ModelLM
 
 PRESETS = ("based-tiny", "jrt-tiny", "transformer-tiny")
 
@@ -21,7 +21,7 @@ def rand_tokens(n, seed, low=1, high=64):
 
 
 class NeedleLM:
-    """A stub of prompt.py's interface that knows one fact: once `needle` has been read, the next token
+    """A stub of lm.py's interface that knows one fact: once `needle` has been read, the next token
     is `answer` (logit `sure`); before that it is unsure, or says `idk` with logit `idk_sure`.
     It records every row it prefills, so tests can see what was read and how often."""
     vocab_size = 16
@@ -240,7 +240,7 @@ def test_bad_inputs_say_what_is_allowed():
 def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
     from dataclasses import asdict
 
-    from chunked import main
+    from evaluate import main
     model = tiny("jrt-tiny")
     text = tmp_path / "text.pt"
     torch.save(dict(model=model.state_dict(), model_args=asdict(model.config), config=dict(task="text")), text)
@@ -266,23 +266,28 @@ def test_cli_bad_input_is_one_line_naming_what_is_wrong(tmp_path, capsys):
               (("--ckpt", str(text), "--out", str(tmp_path)), r"--out .*: is a folder")]
     for argv, msg in cases:
         with pytest.raises(SystemExit) as e:
-            main(list(argv))
+            main(["oprm", *argv])
         err = capsys.readouterr().err
         assert e.value.code == 2 and err.startswith("error: ") and len(err.strip().splitlines()) == 1, (argv, err)
         assert re.search(msg, err), (argv, err)
 
 
 def test_cli_out_creates_its_folder_first(tmp_path, capsys):
-    from chunked import main
-    out = tmp_path / "new" / "cost.md"
-    main(["--task", "cost", "--models", "based-tiny", "--context_lens", "64", "--chunk_len", "32",
-          "--out", str(out)])
+    from dataclasses import asdict
+
+    from evaluate import main
+    model = tiny("based-tiny")
+    ckpt = tmp_path / "mqar.pt"
+    config = dict(task="mqar", vocab_size=64, seq_len=24, num_pairs=4, context_len=16, model="tiny")
+    torch.save(dict(model=model.state_dict(), model_args=asdict(model.config), config=config), ckpt)
+    out = tmp_path / "new" / "acc.md"
+    main(["oprm", "--ckpt", str(ckpt), "--num_pairs", "4", "--chunk_len", "8", "--n", "2", "--out", str(out)])
     printed = capsys.readouterr().out
-    assert "| based-tiny | 64 | 32 |" in printed and out.read_text() == printed
+    assert "| tiny | 4 | 8 |" in printed and out.read_text() == printed
 
 
 def test_f1_score():
-    from chunked import f1_score
+    from evaluate import f1_score
     assert f1_score("The Red door", ["red door"]) == 1.0                 # case, articles, punctuation ignored
     assert f1_score("red, blue", ["red"]) == pytest.approx(2 / 3)        # precision 1/2, recall 1
     assert f1_score("green", ["red", "green light"]) == pytest.approx(2 / 3)  # the best gold answer
@@ -290,7 +295,7 @@ def test_f1_score():
 
 
 def test_mqar_long_default_pairs_fit_context_and_vocabulary():
-    from chunked import default_pairs
+    from evaluate import default_pairs
     import data
     assert default_pairs(4, 32, 64) == [1, 2, 4, 6, 8, 16]     # trained with 4 pairs in 32 tokens
     assert default_pairs(16, 64, 64) == [4, 8, 16, 24]         # 32 pairs would need 32 keys in [1, 32)

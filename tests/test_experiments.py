@@ -7,10 +7,9 @@ import torch
 
 import data
 import experiments
-from chunked import mqar_long
+from evaluate import accuracy, mqar_long
 from experiments import GRIDS, LAYERS, fit, fit_mqar, main, make_model, relabel
 from checkpoint import load_checkpoint
-from prompt import accuracy
 
 
 

@@ -13,9 +13,10 @@ import data  # noqa: E402
 import hf  # noqa: E402
 
 transformers = hf.import_transformers("the tests")
-from chunked import main as chunked_main, oprm_generate, speculative_prefill  # noqa: E402
+from chunked import oprm_generate, speculative_prefill  # noqa: E402
+from evaluate import main as evaluate_main  # noqa: E402
 from hf import HFLM  # noqa: E402
-from prompt import greedy  # noqa: E402
+from lm import greedy, map_tensors  # noqa: E402
 
 V = 64
 
@@ -86,7 +87,7 @@ def test_batched_left_padded_prefill_equals_one_by_one(family):
 
 
 def hf_left_pad(prompts):
-    from model import left_pad
+    from lm import left_pad
     return left_pad(prompts)
 
 
@@ -125,7 +126,7 @@ def test_oprm_end_to_end_on_a_hf_model(family):
 def snapshot(obj):
     """Every tensor reachable from a cache, cloned, in a fixed order."""
     out = []
-    hf._map_tensors(obj, lambda t: out.append(t.clone()) or t)
+    map_tensors(obj, lambda t: out.append(t.clone()) or t)
     return out
 
 
@@ -165,7 +166,7 @@ def test_families_that_cannot_keep_pads_out_are_refused():
         oprm_generate(rerun, [1], [2] * 20, [3], 5)
 
 
-def test_chunked_cli_on_a_hf_model(tmp_path, capsys, monkeypatch):
+def test_oprm_cli_on_a_hf_model(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(hf, "load", lambda name, device, mode="auto": (HFLM(tiny("mamba", vocab=258), mode),
                                                                        data.get_tokenizer("bytes")))
     rows = [{"context": "The key is blue. " * 6 + "The door is red.", "input": "What colour is the door?",
@@ -176,7 +177,7 @@ def test_chunked_cli_on_a_hf_model(tmp_path, capsys, monkeypatch):
 
     def cli(*argv):
         try:
-            chunked_main(list(argv))
+            evaluate_main(["oprm", *argv])
             code = 0
         except SystemExit as e:
             code = e.code
@@ -215,7 +216,8 @@ def test_text_parts_follow_the_longbench_layout():
 
 
 def test_text_rows_answer_from_the_full_context_and_from_the_chosen_chunk():
-    from chunked import KINDS, f1_score, text_parts, text_rows
+    from chunked import KINDS, text_parts, text_rows
+    from evaluate import f1_score
     tok = data.get_tokenizer("bytes")
     model = tiny("mamba", vocab=258)
     row = {"context": "The key is blue. " * 4 + "The door is red.", "input": "Door?", "answers": ["red"]}
@@ -228,8 +230,8 @@ def test_text_rows_answer_from_the_full_context_and_from_the_chosen_chunk():
 
 
 
-def test_prompt_cli_runs_a_saved_transformer_from_the_repository_root(tmp_path):
-    """`python prompt.py --hf DIR` puts the repository first on sys.path, where our kernels.py would stand in
+def test_evaluate_cli_runs_a_saved_transformer_from_the_repository_root(tmp_path):
+    """`python evaluate.py prompt --hf DIR` puts the repository first on sys.path, where our kernels.py would stand in
     for the `kernels` package transformers imports: the command must still load and decode the model."""
     import os
     import subprocess
@@ -248,7 +250,7 @@ def test_prompt_cli_runs_a_saved_transformer_from_the_repository_root(tmp_path):
     rows.write_text("\n".join(json.dumps({**row, "context": c})
                               for c in ("the door is red", "the key is blue the door is red")))
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    argv = [sys.executable, "prompt.py", "--hf", str(folder), "--task", str(rows), "--device", "cpu"]
+    argv = [sys.executable, "evaluate.py", "prompt", "--hf", str(folder), "--task", str(rows), "--device", "cpu"]
     r = subprocess.run(argv, cwd=root, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.splitlines()[2].startswith("| task | 2 | "), r.stdout            # both rows decoded

@@ -232,7 +232,7 @@ def test_tied_and_untied_output_layer():
 
 
 def test_resolve_device_names_what_is_missing():
-    from model import resolve_device
+    from lm import resolve_device
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda")
     for bad in ("gpu", "cuda:x"):

@@ -1,5 +1,5 @@
-"""The loaders of the released checkpoints (hf.from_official, Model.from_pretrained) and the official
-inference quirks (Model.prefill_official), against a float64 forward pass of the official architecture
+"""The loaders of the released checkpoints (hf.from_official, hf.from_pretrained) and the official
+inference quirks (hf.prefill_official), against a float64 forward pass of the official architecture
 written here from the official modules' definitions, on the official key names."""
 import json
 import math
@@ -11,8 +11,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf import from_official, official_config
-from model import PRESETS, Config, Model, left_pad
+from hf import from_official, from_pretrained, official_config, prefill_official
+from lm import left_pad
+from model import PRESETS, Config, Model
 
 F64 = torch.float64
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "official")
@@ -276,7 +277,7 @@ def test_released_configs_give_the_papers_models(name, preset, millions):
     assert round(n / 1e6, 1) == millions
 
 
-# ----------------------------------------------------------------------------- Model.from_pretrained
+# ----------------------------------------------------------------------------- hf.from_pretrained
 
 def _write(folder, conf, sd, fmt="bin"):
     os.makedirs(folder, exist_ok=True)
@@ -296,11 +297,11 @@ def test_from_pretrained_reads_a_local_directory(tmp_path):
     sd = official_state_dict(conf)
     idx = torch.randint(0, 60, (2, 14))
     want = official_forward(sd, conf, idx)
-    model = Model.from_pretrained(_write(tmp_path / "bin", conf, sd))
+    model = from_pretrained(_write(tmp_path / "bin", conf, sd))
     assert not model.training
     torch.testing.assert_close(model.double()(idx)[0], want, rtol=1e-9, atol=1e-9)
     pytest.importorskip("safetensors", reason="optional extra (requirements-extra.txt)")
-    model = Model.from_pretrained(_write(tmp_path / "st", conf, sd, fmt="safetensors"))
+    model = from_pretrained(_write(tmp_path / "st", conf, sd, fmt="safetensors"))
     torch.testing.assert_close(model.double()(idx)[0], want, rtol=1e-9, atol=1e-9)
 
 
@@ -322,10 +323,10 @@ def test_from_pretrained_bad_input_is_one_line(tmp_path, monkeypatch):
              (str(tmp_path / "nothing" / "here" / "x"), r"neither a directory nor a hub name")]
     for where, msg in cases:
         with pytest.raises(ValueError, match=msg):
-            Model.from_pretrained(where)
+            from_pretrained(where)
     monkeypatch.setitem(sys.modules, "huggingface_hub", None)       # not installed
     with pytest.raises(ValueError, match=r"needs `pip install huggingface_hub.*or pass a local directory"):
-        Model.from_pretrained("hazyresearch/JRT-360M-30B")
+        from_pretrained("hazyresearch/JRT-360M-30B")
 
 
 def test_from_pretrained_offline_says_so(monkeypatch):
@@ -335,7 +336,7 @@ def test_from_pretrained_offline_says_so(monkeypatch):
         raise OSError("We couldn't connect to the hub")
     monkeypatch.setattr(hub, "snapshot_download", offline)
     with pytest.raises(ValueError, match=r"could not download 'hazyresearch/JRT-360M-30B'.*local directory"):
-        Model.from_pretrained("hazyresearch/JRT-360M-30B")
+        from_pretrained("hazyresearch/JRT-360M-30B")
 
 
 # ----------------------------------------------------------------------------- the official inference quirks
@@ -346,7 +347,7 @@ def test_prefill_official_pads_count_as_the_official_code_lets_them():
     model = from_official(sd, conf).double()
     prompts = [[5, 6, 7, 8, 9], list(range(20, 31))]
     idx, pad = left_pad(prompts)
-    logits, cache = model.prefill_official(idx, pad, pad_id=3)
+    logits, cache = prefill_official(model, idx, pad, pad_id=3)
     # the reference: each row left-padded with token 3 to M, pads' k zeroed in PLA only
     full = torch.full((2, 16), 3)
     kmask = torch.zeros(2, 16, dtype=torch.bool)
@@ -369,13 +370,32 @@ def test_prefill_official_masks_nothing_past_M_and_equals_prefill_without_pads()
     sd = official_state_dict(conf)
     model = from_official(sd, conf).double()
     idx, pad = left_pad([[5, 6, 7], list(range(20, 32))])             # T = 12 > M = 8: no mask officially
-    logits, _ = model.prefill_official(idx, pad, pad_id=3)
+    logits, _ = prefill_official(model, idx, pad, pad_id=3)
     want = official_forward(sd, conf, idx.masked_fill(pad, 3))
     torch.testing.assert_close(logits, want[:, -1], rtol=1e-9, atol=1e-9)
     full = torch.randint(0, 60, (2, 8))                               # T = M, no pads: the same as prefill
-    torch.testing.assert_close(model.prefill_official(full, pad_id=3)[0], model.prefill(full)[0])
+    torch.testing.assert_close(prefill_official(model, full, pad_id=3)[0], model.prefill(full)[0])
     with pytest.raises(ValueError, match=r"pad_id=220: expected a token id in \[0, vocab_size = 64\)"):
-        model.prefill_official(idx, pad)                              # 220 is outside this tiny vocabulary
+        prefill_official(model, idx, pad)                              # 220 is outside this tiny vocabulary
+
+
+
+def test_official_lm_decodes_the_released_padding_through_the_interface():
+    from hf import OfficialLM
+    from lm import greedy
+    conf = official_conf(enc=16)                                     # M = 16: both rows get padded to it
+    model = from_official(official_state_dict(conf), conf).double()
+    prompts = [[5, 6, 7, 8, 9], list(range(20, 31))]
+    got = greedy(OfficialLM(model, pad_id=3), prompts, max_new_tokens=3, batch_size=2)
+    for p, out in zip(prompts, got):                                  # each row alone: prefill_official, steps
+        logits, cache = prefill_official(model, torch.tensor([p]), pad_id=3)
+        want = []
+        for _ in range(3):
+            want.append(int(logits.argmax(-1)))
+            logits, cache = model.step(torch.tensor(want[-1:]), cache)
+        assert out == want
+    with pytest.raises(ValueError, match=r"pad_id=220"):              # the released pad id, outside this vocab
+        OfficialLM(model).prefill(*left_pad(prompts))
 
 
 def test_select_keeps_rows_and_leaves_the_cache_alone():
@@ -413,11 +433,11 @@ def test_from_pretrained_names_a_damaged_file_in_one_line(tmp_path):
         with open(path, "wb") as f:
             f.write(body)
         with pytest.raises(ValueError, match=msg) as e:
-            Model.from_pretrained(folder)
+            from_pretrained(folder)
         assert len(str(e.value).splitlines()) == 1
         with open(path, "wb") as f:
             f.write(good if path == config else data)
-    Model.from_pretrained(folder)                                    # restored: loads again
+    from_pretrained(folder)                                    # restored: loads again
 
 
 def _hub_cache(tmp_path, conf, sd):
@@ -445,7 +465,7 @@ def test_a_hub_download_whose_bytes_changed_is_refused(tmp_path, monkeypatch):
     monkeypatch.setattr(hub, "snapshot_download", lambda *args, **kwargs: snap)
     idx = torch.randint(0, 60, (1, 9))
     want = official_forward(sd, conf, idx)
-    torch.testing.assert_close(Model.from_pretrained("hazyresearch/JRT-360M-30B").double()(idx)[0], want,
+    torch.testing.assert_close(from_pretrained("hazyresearch/JRT-360M-30B").double()(idx)[0], want,
                                rtol=1e-9, atol=1e-9)
     data = bytearray(open(blob, "rb").read())
     data[-3] ^= 0x40                                                 # one flipped bit in a weight...
@@ -455,5 +475,5 @@ def test_a_hub_download_whose_bytes_changed_is_refused(tmp_path, monkeypatch):
     assert load_file(blob)                                           # ...loads, as safetensors sees it
     with pytest.raises(ValueError, match=r"model.safetensors: damaged: its sha256 is [0-9a-f]{12}\.\.\., the "
                                          r"hub recorded [0-9a-f]{12}\.\.\.; delete .* and load again") as e:
-        Model.from_pretrained("hazyresearch/JRT-360M-30B")
+        from_pretrained("hazyresearch/JRT-360M-30B")
     assert len(str(e.value).splitlines()) == 1

@@ -1,15 +1,15 @@
-"""prompt.py: the exact prompt formats, the budget cut, the metric and error modes, JR-p token builders,
-greedy decoding through the interface, and the optional Hugging Face adapter."""
+"""prompt.py: the exact prompt formats, the budget cut, JR-p token builders, Table 1's rows; and its harness
+in evaluate.py: the metric and error modes, greedy decoding through lm.py's interface, the CLI."""
 import re
 
 import pytest
 import torch
 
 import data
+from evaluate import accuracy, contains, error_mode, evaluate
+from lm import ModelLM, greedy
 from model import Config, Model
-from model import ModelLM
-from prompt import (accuracy, contains, cut_around, error_mode, evaluate, extraction_prompt,
-                    greedy, jrt_examples, jrt_tokens, qa_prompt, read_twice, text_prompt)
+from prompt import cut_around, extraction_prompt, jrt_examples, jrt_tokens, qa_prompt, read_twice, text_prompt
 
 BYTES = data.get_tokenizer("bytes")  # built in code: no download
 
@@ -189,10 +189,10 @@ def _save(path, model, **config):
 
 
 def _cli(capsys, *argv):
-    """prompt.main on argv: (exit code, what it printed on stdout, on stderr)."""
-    from prompt import main
+    """`evaluate.py prompt` on argv: (exit code, what it printed on stdout, on stderr)."""
+    from evaluate import main
     try:
-        main(list(argv))
+        main(["prompt", *argv])
         code = 0
     except SystemExit as e:
         code = e.code
@@ -203,15 +203,15 @@ def _cli(capsys, *argv):
 def test_cli_on_a_checkpoint(tmp_path, capsys):
     import json
 
-    from prompt import main
+    from evaluate import main
     model = tiny(("conv", "pla"), vocab=258)
     mqar = _save(tmp_path / "mqar.pt", model, task="mqar", vocab_size=128, seq_len=32, num_pairs=4)
     text = _save(tmp_path / "text.pt", model, task="text", tokenizer="bytes")
-    table = main(["--ckpt", mqar, "--task", "mqar", "--n", "8"])
+    table = main(["prompt", "--ckpt", mqar, "--task", "mqar", "--n", "8"])
     assert table.splitlines()[0] == "| task | n | default acc | jrt acc |" and "| T=32 k=4 | 8 |" in table
     jsonl = tmp_path / "ex.jsonl"
     jsonl.write_text("\n".join(json.dumps(e) for e in _text_examples()[:2]))
-    table = main(["--ckpt", text, "--task", str(jsonl), "--formats", "default,jrt"])
+    table = main(["prompt", "--ckpt", text, "--task", str(jsonl), "--formats", "default,jrt"])
     assert "| extract | 2 |" in table and "jrt acc" in table
     code, out, err = _cli(capsys, "--ckpt", mqar, "--task", "mqar", "--formats", "twice")
     assert code == 2 and err.startswith("error: unknown prompt format 'twice'") and "Traceback" not in err
