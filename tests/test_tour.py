@@ -154,7 +154,8 @@ def check_references(text, source):
             problems.append(f"TOUR.md:{line_of(pos)}: `{span}`: {problem}")
 
     def check_name(pos, span, path, dotted, call):
-        check(pos, span, source.lookup(path, dotted) or (source.keywords(path, dotted, call) if call else None))
+        missing = source.lookup(path, dotted)
+        check(pos, span, missing or (source.keywords(path, dotted, call) if call else None))
 
     for paragraph in re.finditer(r"(?:.+\n?)+", text):
         in_source = paragraph.group().startswith("Source:")
