@@ -55,7 +55,7 @@ def test_tour_section(title, start, text):
 # ----------------------------------------------------------------------------- the tour's references
 
 FENCE = re.compile(r"^```.*?^```", re.M | re.S)
-SPAN = re.compile(r"`([^`\n]+)`")
+SPAN = re.compile(r"`([^`]+)`")  # within a paragraph, so it may cross a line break
 PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|md|png))(?::(\w+(?:\.\w+)?))?")
 DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?(\([^`]*\))?")
 BARE = re.compile(r"^([A-Za-z_]\w*)(\(.*\))?$")
@@ -161,7 +161,7 @@ def check_references(text, source):
         in_source = paragraph.group().startswith("Source:")
         last_file = None
         for m in SPAN.finditer(paragraph.group()):
-            span, pos = m.group(1), paragraph.start() + m.start()
+            span, pos = " ".join(m.group(1).split("\n")), paragraph.start() + m.start()
             rest = span
             for p in PATH.finditer(span):
                 path, name = p.group(1), p.group(2)
