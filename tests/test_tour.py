@@ -5,8 +5,9 @@
 #
 # The tour's prose points at the code: `file.py`, `file.py:name`, `module.name`, `Class.method`,
 # `results/x.md`, README sections, and in a "Source:" paragraph bare `name`s of the file named before
-# them. test_tour_references reads those with ast (nothing is imported) and fails, with TOUR.md's line,
-# when a file is gone or a name is no longer defined where the tour says it is.
+# them (a lowercase `a.b` is module a's b, unless a is a library such as torch). test_tour_references
+# reads those with ast (nothing is imported) and fails, with TOUR.md's line, when a file is gone or a
+# name is no longer defined where the tour says it is.
 import ast
 import doctest
 import os
@@ -60,6 +61,7 @@ PATH = re.compile(r"(?<![\w/.-])((?:[\w-]+/)*[\w-]+\.(?:py|md|png))(?::(\w+(?:\.
 DOTTED = re.compile(r"(?<![\w.])([A-Za-z_]\w*)\.([A-Za-z_]\w*)(?:\.([A-Za-z_]\w*))?(\([^`]*\))?")
 BARE = re.compile(r"^([A-Za-z_]\w*)(\(.*\))?$")
 README_SECTION = re.compile(r'README,? "([^"]+)"')
+EXTERNAL = {"torch", "triton", "numpy", "math", "tiktoken", "transformers", "datasets"}  # not ours to check
 
 
 def top_level(body):
@@ -172,11 +174,14 @@ def check_references(text, source):
                         check_name(pos, span, path, name, None)
                 rest = rest.replace(p.group(), " ")
             found = False
-            for d in DOTTED.finditer(rest):
+            for d in DOTTED.finditer("" if span.startswith("python ") else rest):  # a command: its files only
                 first, second, third, call = d.groups()
-                if source.exists(first + ".py"):
+                if first[0].islower() and first not in EXTERNAL:  # in prose, `a.b` names module a
                     found = True
-                    check_name(pos, span, first + ".py", ".".join(filter(None, (second, third))), call)
+                    if not source.exists(first + ".py"):
+                        check(pos, span, f"no file {first}.py")
+                    else:
+                        check_name(pos, span, first + ".py", ".".join(filter(None, (second, third))), call)
                 elif first[0].isupper() and third is None:
                     found = True
                     homes = classes.get(first, [])
@@ -218,15 +223,15 @@ def test_tour_references_catch_renames(tmp_path):
     (tmp_path / "results").mkdir()
     (tmp_path / "results" / "here.md").write_text("x\n")
     good = ("`mod.py`, `mod.py:func`, `mod.func`, `mod.func(kw=2)`, `Thing.method`, `mod.Thing.method`,\n"
-            "`results/here.md`, `python mod.py --x`, README \"Usage\".\n\n"
+            "`results/here.md`, `python mod.py --x=in.txt`, README \"Usage\", `torch.device`.\n\n"
             "Source: `mod.py`: `func`, `func(kw=0)`, `VALUE`, `Thing`, `\"a string\"`, `x = 1`.\n")
     bad = ["`gone.py`", "`mod.py:renamed`", "`mod.renamed`", "`mod.func(old_kw=2)`", "`Thing.renamed`",
-           "`Gone.method`", "`results/gone.md`", "README \"Gone\""]
+           "`Gone.method`", "`results/gone.md`", "README \"Gone\"", "`gone.func`"]
     text = good + "\n" + "\n".join(f"line {b}." for b in bad) + "\n\nSource: `mod.py`: `renamed`.\n"
     text += "\n```python\n>>> `mod.inside_a_snippet_is_not_a_reference`\n```\n"
     checked, problems = check_references(text, Source(str(tmp_path)))
     assert len(problems) == len(bad) + 1, "\n".join(problems)
     for i, b in enumerate(bad):
         assert any(p.startswith(f"TOUR.md:{6 + i}: ") for p in problems), (b, problems)
-    assert "TOUR.md:15: `renamed`: mod.py defines no `renamed`" in problems, problems
+    assert "TOUR.md:16: `renamed`: mod.py defines no `renamed`" in problems, problems
     assert checked >= len(bad) + 14
