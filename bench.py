@@ -1,5 +1,6 @@
 """
-Benchmarks (JRT paper, Table 5; OPRM's cost): markdown tables on stdout, every number in a JSON file.
+Benchmarks (JRT paper, Table 5): markdown tables on stdout, every number in a JSON file. OPRM's prefill time
+and peak memory against context length are bench/oprm.py's (`python bench/oprm.py`; results/oprm_cost.md).
 
   prefill  latency of the mixing operator alone on random inputs, as in the paper's Table 5:
            FlashAttention-2 vs our Based kernel at T, JRT-Prompt (Based at 2T) and JRT-RNN (PLA with
@@ -9,9 +10,6 @@ Benchmarks (JRT paper, Table 5; OPRM's cost): markdown tables on stdout, every n
   decode   tokens/s of Model.step and the cache memory per sequence at growing context: constant
            state (jrt-360m) vs growing KV cache (transformer-360m).
   train    tokens/s and MFU of one training step (forward, backward, AdamW) of the 360M presets.
-  oprm     OPRM's speculative prefill (chunked.py) against one full-context prefill: seconds and peak
-           memory against context length, tiny presets with random weights (--models, --context_lens,
-           --chunk_len, --max_batch_tokens); results/oprm_cost.md.
   compile  no GPU needed: every Triton launch at the Table-5 shape compiled for sm_90 and sm_80 (bf16 and
            fp32, dv 64 and 112) and read: grid, registers, spills, shared memory, CTAs per SM and waves,
            MMA FLOP issued ÷ useful, async copies and atomics in the main loop, FLOP and least HBM bytes.
@@ -33,12 +31,10 @@ kernel checks, the Table-5 row, forward + backward, sweeps, ..., each row saved 
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test. Outputs go
 under out/ (git-ignored) unless --out says otherwise. The exit status is 1 when a row failed (an error
-or a wrong result). `python bench.py --suite oprm` takes about 100 s on a CPU (one thread);
-`python bench.py --suite compile [--jobs N]` writes out/compile.json unless --out says otherwise (about
-2 minutes on 2 cores; compile_check.py).
+or a wrong result). `python bench.py --suite compile [--jobs N]` writes out/compile.json unless --out
+says otherwise (about 2 minutes on 2 cores; compile_check.py).
 """
 import argparse
-import ctypes
 import gc
 import json
 import math
@@ -55,10 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from chunked import speculative_prefill
 from kernels import pla, pla_flop, pla_reference
 from lm import map_tensors, resolve_device
-from model import PRESETS, Config, Model
+from model import Config, Model
 
 SIZES = {
     "gpu": dict(
@@ -384,99 +379,6 @@ def train_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
     return recs
 
 
-# ----------------------------------------------------------------------------- oprm (OPRM's prefill cost)
-# OPRM (Ben-Kish et al. 2025) prefills every chunk [P, C_i, S] and keeps every chunk's state: what that costs
-# in time and peak memory against one full-context prefill of the same tokens (chunked.speculative_prefill
-# with one chunk).
-
-def rss_follows_tensors():
-    """glibc keeps freed blocks under its mmap threshold resident (the threshold grows up to 32 MB), so the
-    peak resident size would miss memory reused from earlier calls. A fixed 64 KB threshold (mallopt
-    M_MMAP_THRESHOLD = -3) maps every tensor on its own and unmaps it when freed. Linux/glibc only."""
-    try:
-        ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)
-    except (OSError, AttributeError):
-        pass
-
-
-def proc_status(field):
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field))
-
-
-def memory_mark(device):
-    """Start measuring peak memory: CUDA's allocator statistics, or on Linux the process's peak resident
-    size (VmHWM), which writing 5 to /proc/self/clear_refs resets. Returns the baseline in bytes."""
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        return torch.cuda.memory_allocated()
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return proc_status("VmRSS:")
-    except OSError:
-        return None
-
-
-def memory_peak(device, base):
-    if base is None:
-        return float("nan")
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated() - base
-    return proc_status("VmHWM:") - base
-
-
-@torch.no_grad()
-def prefill_cost(model, context_len, chunk_len, *, max_batch_tokens=120_000, suffix_len=8, reps=3, seed=0):
-    """Seconds (best of reps) and peak memory above the start (bytes) of the speculative prefill of a
-    random context: one chunk (full context) vs OPRM's chunks. The states are kept, as OPRM keeps them."""
-    device = next(model.parameters()).device
-    g = torch.Generator().manual_seed(seed)
-    context = torch.randint(1, model.config.vocab_size, (context_len,), generator=g).tolist()
-    suffix = torch.randint(1, model.config.vocab_size, (suffix_len,), generator=g).tolist()
-    out = {}
-    for name, L in (("full", context_len), ("oprm", chunk_len)):
-        speculative_prefill(model, [], context, suffix, L, max_batch_tokens=max_batch_tokens)  # warm-up
-        best, peak = float("inf"), 0
-        for _ in range(reps):
-            base = memory_mark(device)
-            t0 = time.perf_counter()
-            states = speculative_prefill(model, [], context, suffix, L, max_batch_tokens=max_batch_tokens)
-            sync(device)
-            best = min(best, time.perf_counter() - t0)
-            peak = max(peak, memory_peak(device, base))
-            del states
-        out[name] = (best, peak)
-    return out
-
-
-def oprm_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
-    """prefill_cost of each preset (fp32, random weights) at each context length N, in chunks of
-    L = min(chunk_len, N) tokens. S["oprm"]: models, context_lens, chunk_len, max_batch_tokens."""
-    opt, recs = S["oprm"], []
-    if dev.type == "cpu":
-        rss_follows_tensors()
-    for preset in opt["models"]:
-        torch.manual_seed(0)
-        model = Model(Config.from_preset(preset, backend=backend)).to(dev).eval()
-        for N in opt["context_lens"]:
-            L = min(opt["chunk_len"], N)
-            rec = dict(model=preset, context=N, L=L, max_batch_tokens=opt["max_batch_tokens"])
-            try:
-                cost = prefill_cost(model, N, L, max_batch_tokens=opt["max_batch_tokens"])
-                rec.update(status="ok", full_s=cost["full"][0], oprm_s=cost["oprm"][0],
-                           full_bytes=cost["full"][1], oprm_bytes=cost["oprm"][1])
-            except Exception as e:  # noqa: BLE001
-                rec.update(failure(e))
-            free(rec["status"] != "ok")
-            print(f"oprm {preset} N={N} L={L}: {rec['status']}", file=sys.stderr)
-            recs.append(rec)
-            emit(rec)
-        del model
-    return recs
-
-
 # ----------------------------------------------------------------------------- output
 
 def atomic_write(path, text):
@@ -532,15 +434,6 @@ def tables(suite, recs, S):
         if any("peak_bytes" in r for r in recs):
             out += ["\n### decode peak GPU memory, GB (weights + caches + activations)\n"]
             out += pivot(recs, ["model", "T"], "B", lambda r: f"{r.get('peak_bytes', 0) / 1e9:.2f}")
-    elif suite == "oprm":
-        budget = S["oprm"]["max_batch_tokens"]
-        out += [f"\n### OPRM's prefill of [C_i, S] with |S| = 8, max_batch_tokens {budget}: "
-                "seconds (best of 3) and peak memory above the start (MB)\n",
-                "| model | context | L | full s | OPRM s | full MB | OPRM MB |", "|" + "---|" * 7]
-        for r in recs:
-            cells = ([f"{r['full_s']:.3f}", f"{r['oprm_s']:.3f}", f"{r['full_bytes'] / 2**20:.1f}",
-                      f"{r['oprm_bytes'] / 2**20:.1f}"] if r["status"] == "ok" else [word(r), "", "", ""])
-            out.append("| " + " | ".join([r["model"], str(r["context"]), str(r["L"]), *cells]) + " |")
     else:
         out += ["\n### train step (forward, backward, AdamW)\n",
                 "| model | params | B × T | ms/step | tokens/s | TFLOP/s | MFU |", "|" + "---|" * 7]
@@ -687,18 +580,18 @@ def headline(meta):
             f"{meta['date']} · {meta['sizes']} sizes, {meta['dtype']}")
 
 
-def check_out(out):
+def check_out(out, prog="bench.py"):
     """--out before any work: the JSON file's folder is made (with its parents); a folder, or a folder that
     cannot be made or written, is refused in one line."""
     if os.path.isdir(out):
-        sys.exit(f"bench.py --out={out}: a folder; give a .json file path (the suite writes one file)")
+        sys.exit(f"{prog} --out={out}: a folder; give a .json file path (the suite writes one file)")
     folder = os.path.dirname(out) or "."
     try:
         os.makedirs(folder, exist_ok=True)
     except OSError as e:
-        sys.exit(f"bench.py --out={out}: cannot make the folder {folder}: {e.strerror}")
+        sys.exit(f"{prog} --out={out}: cannot make the folder {folder}: {e.strerror}")
     if not os.access(folder, os.W_OK):
-        sys.exit(f"bench.py --out={out}: the folder {folder} is not writable")
+        sys.exit(f"{prog} --out={out}: the folder {folder} is not writable")
 
 
 def check_plot(fmt):
@@ -713,34 +606,14 @@ def check_plot(fmt):
         sys.exit(f"bench.py --plot={fmt}: unknown image format; matplotlib writes {', '.join(sorted(known))}")
 
 
-def oprm_options(args):
-    """--suite oprm's options before any work, one line for each mistake."""
-    try:
-        context_lens = [int(v) for v in args.context_lens.split(",")]
-    except ValueError:
-        context_lens = []
-    if not context_lens or min(context_lens) < 1:
-        sys.exit(f"bench.py --context_lens={args.context_lens}: expected positive ints, comma-separated")
-    for name in ("chunk_len", "max_batch_tokens"):
-        if getattr(args, name) < 1:
-            sys.exit(f"bench.py --{name}={getattr(args, name)}: must be >= 1")
-    models = args.models.split(",")
-    unknown = [m for m in models if m not in PRESETS]
-    if unknown:
-        sys.exit(f"bench.py --models={args.models}: unknown preset {unknown[0]!r}; model.py has "
-                 f"{', '.join(sorted(PRESETS))}")
-    return dict(models=models, context_lens=context_lens, chunk_len=args.chunk_len,
-                max_batch_tokens=args.max_batch_tokens)
-
-
-SUITES = dict(prefill=prefill_suite, decode=decode_suite, train=train_suite, oprm=oprm_suite)
+SUITES = dict(prefill=prefill_suite, decode=decode_suite, train=train_suite)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="bench.py", description="JRT-RNN benchmarks (JRT paper, Table 5) and "
-                                "OPRM's prefill cost; see the docstring of bench.py. The first run on a GPU "
-                                "is `bash bench/gpu.sh --out DIR`")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "oprm", "compile"),
+    p = argparse.ArgumentParser(prog="bench.py", description="JRT-RNN benchmarks (JRT paper, Table 5); see "
+                                "the docstring of bench.py (OPRM's cost: bench/oprm.py). The first run on a "
+                                "GPU is `bash bench/gpu.sh --out DIR`")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "compile"),
                    default="prefill")
     add_run_options(p, tiny="the tiny sizes (automatic without CUDA)")
     p.add_argument("--out", default=None, help="JSON file (default out/bench-<suite>-<device>.json)")
@@ -748,15 +621,6 @@ def main(argv=None):
                    help="also draw figures beside the JSON, as png (default) or another format matplotlib "
                         "writes (needs matplotlib: pip install matplotlib)")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compile suite: parallel compiles")
-    p.add_argument("--models", default="based-tiny,jrt-tiny,transformer-tiny",
-                   help="oprm: model.py presets, random weights")
-    p.add_argument("--context_lens", default="1024,2048,4096,8192,16384", help="oprm: context lengths")
-    p.add_argument("--chunk_len", type=int, default=512, help="oprm: OPRM's chunk length L (≤ the context)")
-    p.add_argument("--max_batch_tokens", type=int, default=120_000,
-                   help="oprm: tokens per prefill batch (the OPRM paper's ~120k)")
-    p.add_argument("--threads", type=int, default=None,
-                   help="CPU threads (default: 1 for oprm, whose tiny models run fastest on one; torch's "
-                        "default for the others); 0 = torch's default")
     args = p.parse_args(argv)
     if args.suite == "compile":  # compile_check.py: what the GPU compiler makes of kernels.py, no GPU needed
         import compile_check
@@ -764,15 +628,7 @@ def main(argv=None):
     dev = run_device(args, "bench.py")
     if args.plot:  # before the long runs, not after them
         check_plot(args.plot)
-    oprm = oprm_options(args) if args.suite == "oprm" else None
-    if args.threads is not None and args.threads < 0:
-        sys.exit(f"bench.py --threads={args.threads}: must be >= 0 (0: torch's default)")
-    threads = args.threads if args.threads is not None else 1 if args.suite == "oprm" else 0
-    if threads:
-        torch.set_num_threads(threads)
     S, dtype, peak, meta, slug = describe(args, dev)
-    if oprm:
-        S = dict(S, oprm=oprm)
     args.out = args.out or f"out/bench-{args.suite}-{slug}.json"
     check_out(args.out)
     print(headline(meta), flush=True)
