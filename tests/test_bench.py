@@ -1,6 +1,6 @@
-"""bench.py and bench/gpu.py at their tiny sizes: every table has its rows and columns, the numbers parse,
-each row passed its check against the reference, and a wrong (or failing) implementation is reported as
-such, not timed. Times themselves are not checked."""
+"""bench.py, bench/gpu.py and bench/oprm.py at their tiny sizes: every table has its rows and columns, the
+numbers parse, each row passed its check against the reference, and a wrong (or failing) implementation is
+reported as such, not timed. Times themselves are not checked."""
 import importlib.util
 import json
 import os
@@ -22,15 +22,15 @@ NUM = r"\d+(\.\d+)?(e[-+]?\d+)?"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def load_gpu():
-    """bench/gpu.py as a module: bench/ is a folder of files beside the module bench (bench.py)."""
-    spec = importlib.util.spec_from_file_location("gpu", os.path.join(ROOT, "bench", "gpu.py"))
+def load_script(name):
+    """bench/<name>.py as a module: bench/ is a folder of files beside the module bench (bench.py)."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", f"{name}.py"))
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
 
 
-gpu = load_gpu()
+gpu, oprm = load_script("gpu"), load_script("oprm")
 
 
 def tables(text):
@@ -300,18 +300,20 @@ def test_bad_arguments_stop_up_front(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match="--device: device="):
             bench.main(["--suite", "prefill", "--device", bad, *TINY])
     (tmp_path / "file").write_text("")
-    for suite in ("prefill", "oprm"):
-        monkeypatch.setitem(bench.SUITES, suite, lambda *a: pytest.fail("ran before checking the arguments"))
+    monkeypatch.setitem(bench.SUITES, "prefill", lambda *a: pytest.fail("ran before checking the arguments"))
     monkeypatch.setattr(gpu, "gpu_suite", lambda *a: pytest.fail("ran before checking the arguments"))
-    oprm = ["--suite", "oprm"]
+    monkeypatch.setattr(oprm, "oprm_suite", lambda *a: pytest.fail("ran before checking the arguments"))
+    o = "bench/oprm.py"  # its errors name the script; --threads 0 leaves this process's threads alone
     for main, args, said in ((gpu.main, ["--out", str(tmp_path / "file")], "writes a folder"),
                              (bench.main, ["--out", str(tmp_path)], "a folder; give a .json file"),
                              (bench.main, ["--commit", "nope"], "--commit=nope: give a git commit id"),
                              (gpu.main, ["--commit", "nope"], "--commit=nope: give a git commit id"),
                              (gpu.main, ["--budget_s", "0"], "--budget_s=0: must be > 0"),
-                             (bench.main, [*oprm, "--context_lens", "64,0"], "--context_lens=64,0: expected"),
-                             (bench.main, [*oprm, "--chunk_len", "0"], "--chunk_len=0: must be >= 1"),
-                             (bench.main, [*oprm, "--models", "jrt-tiny,x"], "--models=jrt-tiny,x: unknown")):
+                             (oprm.main, ["--context_lens", "64,0"], f"{o} --context_lens=64,0: expected"),
+                             (oprm.main, ["--chunk_len", "0"], f"{o} --chunk_len=0: must be >= 1"),
+                             (oprm.main, ["--threads", "-1"], f"{o} --threads=-1: must be >= 0"),
+                             (oprm.main, ["--models", "jrt-tiny,x"], f"{o} --models=jrt-tiny,x: unknown"),
+                             (oprm.main, ["--threads", "0", "--out", str(tmp_path)], f"{o} --out=.*folder")):
         with pytest.raises(SystemExit, match=said) as e:
             main([*args, *TINY])
         assert "\n" not in str(e.value)
@@ -328,15 +330,19 @@ def test_plot_format_is_checked_up_front(tmp_path, monkeypatch):
         bench.main(["--suite", "prefill", "--plot", "nope", "--out", str(tmp_path / "p.json"), *TINY])
 
 
-def test_oprm_cost_table_and_its_folder(tmp_path, capsys):
-    """--suite oprm: full context vs OPRM's chunks, seconds and MB, one row per model and context; the
-    missing folder of --out is made first."""
+def test_oprm_cost_table_and_its_folder(tmp_path):
+    """python bench/oprm.py: full context vs OPRM's chunks, seconds and MB, one row per model and context;
+    the missing folder of --out is made first; exit status 0."""
     out = tmp_path / "new" / "oprm.json"
-    res = bench.main(["--suite", "oprm", "--models", "based-tiny,transformer-tiny", "--context_lens", "64",
-                      "--chunk_len", "32", "--out", str(out)])
-    t = tables(capsys.readouterr().out)[0]
+    run = subprocess.run([sys.executable, "bench/oprm.py", "--models", "based-tiny,transformer-tiny",
+                          "--context_lens", "64", "--chunk_len", "32", "--out", str(out)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    t = tables(run.stdout)[0]
     assert t[0] == ["model", "context", "L", "full s", "OPRM s", "full MB", "OPRM MB"]
     assert [r[:3] for r in t[1:]] == [["based-tiny", "64", "32"], ["transformer-tiny", "64", "32"]]
     assert all(re.fullmatch(NUM, c) for r in t[1:] for c in r[3:]), t
-    assert json.loads(out.read_text())["oprm"] == res["oprm"]
+    res = json.loads(out.read_text())
+    assert [(r["model"], r["context"], r["L"]) for r in res["oprm"]] == [("based-tiny", 64, 32),
+                                                                          ("transformer-tiny", 64, 32)]
     assert all(r["status"] == "ok" and r["full_s"] > 0 and r["oprm_bytes"] >= 0 for r in res["oprm"])
