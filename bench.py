@@ -26,13 +26,14 @@ kernel checks, the Table-5 row, forward + backward, sweeps, ..., each row saved 
     python bench.py --suite prefill
     python bench.py --suite decode
     python bench.py --suite train
-    python bench.py --suite all --plot   # all three; figures need matplotlib (pip install matplotlib)
+    python bench.py --suite all          # all three
+    python bench/plot.py out/bench-all-<device>.json   # figures from the JSON (needs matplotlib)
 
 Without CUDA the same commands run the "tiny" sizes below through the PyTorch backend in fp32, in
 seconds (`--tiny` forces them on a GPU too); tests/test_bench.py runs them as a smoke test. Outputs go
-under out/ (git-ignored) unless --out says otherwise. The exit status is 1 when a row failed (an error
-or a wrong result). `python bench.py --suite compile [--jobs N]` writes out/compile.json unless --out
-says otherwise (about 2 minutes on 2 cores; compile_check.py).
+under out/ (git-ignored) unless --out says otherwise, out/compile.json for `python bench.py --suite
+compile [--jobs N]` (compile_check.py: about 2 minutes on 2 cores). The exit status is 1 when a row
+failed (an error or a wrong result).
 """
 import argparse
 import gc
@@ -46,6 +47,7 @@ import sys
 import time
 from collections import namedtuple
 from datetime import datetime, timezone
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -153,6 +155,7 @@ def timeit(fn, dev, warmup, min_runs, budget_s):
 # ----------------------------------------------------------------------------- prefill
 
 FA2 = "FlashAttention-2 (SDPA flash)"
+sdpa = partial(F.scaled_dot_product_attention, is_causal=True)  # whichever backend PyTorch picks
 Row = namedtuple("Row", "name kind fn ref backward skip", defaults=(False, False, None))
 # kind: "attn" q, k, v (B,H,T,dv); "based" q, k (B,H,T,f), v (B,H,T,dv); "prompt" the same at 2T;
 # "pla" plus k_enc, v_enc over M = T/2. ref: the row the others' speed-up is over (FlashAttention-2).
@@ -162,10 +165,6 @@ Row = namedtuple("Row", "name kind fn ref backward skip", defaults=(False, False
 def fa2(q, k, v):
     with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # forced: an error, not a silent fallback, if it can't run
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def sdpa(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 FLA_HOW = ("carry a folder of wheels made with `pip download --no-deps --only-binary=:all: -d .whl "
@@ -473,30 +472,6 @@ def notes(recs):
     return out
 
 
-def plot(results, base, fmt):
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    figs = {"prefill": ("T", "ms", [(r["implementation"], r["T"], r["ms"])
-                                    for r in results.get("prefill", []) if r["sweep"] == "T"]),
-            "decode": ("context T", "tokens/s", [(f"{r['model']} B={r['B']}", r["T"], r["tokens_per_s"])
-                                                 for r in results.get("decode", [])])}
-    for name, (xl, yl, pts) in figs.items():
-        if not pts:
-            continue
-        fig, ax = plt.subplots(figsize=(8, 5))
-        for label in dict.fromkeys(p[0] for p in pts):
-            xy = [(x, y) for lab, x, y in pts if lab == label and y]
-            if xy:
-                ax.plot(*zip(*xy), marker="o", label=label)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set(xlabel=xl, ylabel=yl, title=f"{name}: {results['meta']['device']}")
-        ax.legend(fontsize=7)
-        fig.savefig(f"{base}-{name}.{fmt}", dpi=120, bbox_inches="tight")
-        print(f"wrote {base}-{name}.{fmt}")
-
-
 def git_commit():
     try:
         return subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
@@ -505,15 +480,10 @@ def git_commit():
         return None
 
 
-def failed(results):
-    """The rows that failed (an error, or a result that disagrees with the reference), over all suites."""
-    return [r for k, v in results.items() if k not in ("meta", "cut") for r in v
-            if r["status"] in ("error", "wrong")]
-
-
 def exit_status(results, prog="bench.py"):
-    """1 when the run was cut short or a row failed (each failure named on one line), else 0."""
-    bad = failed(results)
+    """1 when the run was cut short or a row failed (an error or a wrong result; each named on one line)."""
+    bad = [r for k, v in results.items() if k not in ("meta", "cut") for r in v
+           if r["status"] in ("error", "wrong")]
     for r in bad:
         why = r.get("error", r.get("err", ""))
         print(f"{prog}: {r.get('section', '')} {row_name(r)}: {r['status']} {why}"[:400], file=sys.stderr)
@@ -594,18 +564,6 @@ def check_out(out, prog="bench.py"):
         sys.exit(f"{prog} --out={out}: the folder {folder} is not writable")
 
 
-def check_plot(fmt):
-    """--plot before any work: matplotlib must be there (it is optional) and know the image format."""
-    try:
-        from matplotlib.figure import Figure
-    except ImportError:
-        sys.exit("bench.py --plot needs matplotlib, which is not installed (pip install matplotlib); "
-                 "or drop --plot")
-    known = Figure().canvas.get_supported_filetypes()
-    if fmt not in known:
-        sys.exit(f"bench.py --plot={fmt}: unknown image format; matplotlib writes {', '.join(sorted(known))}")
-
-
 SUITES = dict(prefill=prefill_suite, decode=decode_suite, train=train_suite)
 
 
@@ -613,21 +571,15 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="bench.py", description="JRT-RNN benchmarks (JRT paper, Table 5); see "
                                 "the docstring of bench.py (OPRM's cost: bench/oprm.py). The first run on a "
                                 "GPU is `bash bench/gpu.sh --out DIR`")
-    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "compile"),
-                   default="prefill")
+    p.add_argument("--suite", choices=("prefill", "decode", "train", "all", "compile"), default="prefill")
     add_run_options(p, tiny="the tiny sizes (automatic without CUDA)")
     p.add_argument("--out", default=None, help="JSON file (default out/bench-<suite>-<device>.json)")
-    p.add_argument("--plot", nargs="?", const="png", default=None, metavar="FORMAT",
-                   help="also draw figures beside the JSON, as png (default) or another format matplotlib "
-                        "writes (needs matplotlib: pip install matplotlib)")
     p.add_argument("--jobs", type=int, default=os.cpu_count(), help="compile suite: parallel compiles")
     args = p.parse_args(argv)
     if args.suite == "compile":  # compile_check.py: what the GPU compiler makes of kernels.py, no GPU needed
         import compile_check
         return compile_check.main(args.out, args.jobs, git_commit())
     dev = run_device(args, "bench.py")
-    if args.plot:  # before the long runs, not after them
-        check_plot(args.plot)
     S, dtype, peak, meta, slug = describe(args, dev)
     args.out = args.out or f"out/bench-{args.suite}-{slug}.json"
     check_out(args.out)
@@ -640,8 +592,6 @@ def main(argv=None):
         print(tables(suite, results[suite], S))
         atomic_write(args.out, json.dumps(results, indent=1))  # after every suite: a cut run keeps those done
     print(f"\nwrote {args.out}")
-    if args.plot:
-        plot(results, os.path.splitext(args.out)[0], args.plot)
     return results
 
 

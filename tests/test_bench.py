@@ -30,7 +30,7 @@ def load_script(name):
     return mod
 
 
-gpu, oprm = load_script("gpu"), load_script("oprm")
+gpu, oprm, plot = load_script("gpu"), load_script("oprm"), load_script("plot")
 
 
 def tables(text):
@@ -317,17 +317,39 @@ def test_bad_arguments_stop_up_front(tmp_path, monkeypatch):
         with pytest.raises(SystemExit, match=said) as e:
             main([*args, *TINY])
         assert "\n" not in str(e.value)
+
+
+def bench_json(tmp_path):
+    """A JSON file as bench.py writes it, with one prefill row."""
+    path = tmp_path / "bench-prefill.json"
+    row = dict(implementation="Based, ours (torch)", sweep="T", B=2, T=128, ms=1.5, status="ok")
+    path.write_text(json.dumps(dict(meta=dict(device="CPU"), prefill=[row, dict(row, T=256, ms=2.5)])))
+    return path
+
+
+def test_plot_checks_its_file_and_matplotlib_up_front(tmp_path, monkeypatch):
+    """bench/plot.py: a file that is not bench.py's JSON, no matplotlib, or an unknown image format are each
+    refused in one line, before anything is drawn."""
+    monkeypatch.setattr(plot, "plot", lambda *a: pytest.fail("drew before checking its arguments"))
+    (tmp_path / "train.json").write_text(json.dumps(dict(meta={}, train=[])))
+    cases = [([str(tmp_path / "none.json")], "none.json: cannot read it as JSON"),
+             ([str(tmp_path / "train.json")], "train.json: no prefill or decode rows to draw")]
+    if importlib.util.find_spec("matplotlib"):
+        cases.append(([str(bench_json(tmp_path)), "--format", "nope"], "--format=nope: unknown image format"))
+    for args, said in cases:
+        with pytest.raises(SystemExit, match=said) as e:
+            plot.main(args)
+        assert str(e.value).startswith("bench/plot.py ") and "\n" not in str(e.value)
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` raises ImportError
     monkeypatch.setitem(sys.modules, "matplotlib.figure", None)
-    with pytest.raises(SystemExit, match="needs matplotlib"):
-        bench.main(["--suite", "prefill", "--plot", *TINY])
+    with pytest.raises(SystemExit, match="bench/plot.py needs matplotlib"):
+        plot.main([str(bench_json(tmp_path))])
 
 
-def test_plot_format_is_checked_up_front(tmp_path, monkeypatch):
+def test_plot_draws_the_prefill_sweep(tmp_path):
     pytest.importorskip("matplotlib")
-    monkeypatch.setitem(bench.SUITES, "prefill", lambda *a: pytest.fail("ran before checking --plot"))
-    with pytest.raises(SystemExit, match="--plot=nope: unknown image format"):
-        bench.main(["--suite", "prefill", "--plot", "nope", "--out", str(tmp_path / "p.json"), *TINY])
+    assert plot.main([str(bench_json(tmp_path))]) == [str(tmp_path / "bench-prefill-prefill.png")]
+    assert (tmp_path / "bench-prefill-prefill.png").stat().st_size > 0
 
 
 def test_oprm_cost_table_and_its_folder(tmp_path):

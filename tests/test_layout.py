@@ -8,7 +8,7 @@ FILES = sorted(f for f in os.listdir(ROOT) if f.endswith(".py"))
 MODULES = {f[:-3] for f in FILES}
 MAX_LINES = 600
 # Being reordered in their own change; remove each name once its file is back under MAX_LINES.
-KNOWN_LONG = {"kernels.py", "bench.py", "train.py"}
+KNOWN_LONG = {"kernels.py", "train.py"}
 
 
 def project_imports(path):
