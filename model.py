@@ -322,6 +322,13 @@ class Block(nn.Module):
 
 # ----------------------------------------------------------------------------- the model
 
+def masked_ce(logits, targets):
+    """Mean cross-entropy over positions whose target is not -100; 0 when there are none."""
+    n = (targets != -100).sum()
+    ce = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=-100, reduction="sum")
+    return ce / n.clamp(min=1)
+
+
 class Model(nn.Module):
     def __init__(self, config):
         super().__init__()
