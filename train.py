@@ -8,12 +8,9 @@ the defaults below are the whole configuration, the loop is written out.
     torchrun --standalone --nproc_per_node=8 train.py config/xxx.py        # DDP, one process per GPU
 
 Ctrl-C, or SIGTERM (how a cluster preempts a job), finishes the current step, saves a checkpoint and
-says how to continue (--resume=True gives the same loss curve as never stopping); a second signal aborts
-at once. --resume=True restores the saved run's config: only checkpoint.MAY_CHANGE may take new values.
-A run never replaces a checkpoint unless told to (--resume=True or --overwrite=True). Every save keeps
-the one before it as ckpt.prev.pt and carries a sha256 checksum, verified on load. Checkpoints hold
-tensors and plain Python values only, and are loaded with torch.load(weights_only=True), so loading one
-never runs code from the file.
+says how to continue: --resume=True gives the same loss curve as never stopping, with the saved run's
+config. A run never replaces a checkpoint unless told to (--overwrite=True). These guards, the checksum
+and the loading that never runs code from the file are checkpoint.py's.
 
 Objectives (JRT paper). Synthetic tasks: the context is the prefix M handed to the model, and the loss
 is cross-entropy on the answer positions only. Text: next-token loss for models without pla layers;
