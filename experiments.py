@@ -285,13 +285,13 @@ def mqar_mixture(g, seed=0):
                        seq_len=C + 2 * g["query_slots"], num_pairs=k, num_queries=min(k, g["query_slots"]),
                        context_len=C, idk_frac=g["idk_frac"], seed=seed + i, split="train")
              for i, (C, k) in enumerate(shapes)]
-    T = max(e.x.shape[1] for e in parts)
+    T = max(part.x.shape[1] for part in parts)
     left = lambda t, value: torch.cat([torch.full((len(t), T - t.shape[1]), value, dtype=t.dtype), t], 1)
-    return data.Examples(torch.cat([left(e.x, 0) for e in parts]),
-                         torch.cat([left(e.y, -100) for e in parts]),
-                         torch.cat([e.prefix_len for e in parts]),
-                         torch.cat([left(e.pad, True) for e in parts]),
-                         torch.cat([torch.full((len(e),), i) for i, e in enumerate(parts)]),
+    return data.Examples(torch.cat([left(part.x, 0) for part in parts]),
+                         torch.cat([left(part.y, -100) for part in parts]),
+                         torch.cat([part.prefix_len for part in parts]),
+                         torch.cat([left(part.pad, True) for part in parts]),
+                         torch.cat([torch.full((len(part),), i) for i, part in enumerate(parts)]),
                          [f"C={C} k={k}" for C, k in shapes], g["vocab_size"])
 
 
@@ -318,8 +318,8 @@ def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
     config = dict(model=f"{NAMES[name]} d{d_model}", train_seconds=time.time() - t0, context_len=C,
                   seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]),
                   vocab_size=g["vocab_size"], settings=train_settings(g, name, d_model, seed))
-    ck = dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"])
-    save_checkpoint(ck, os.fspath(path))             # atomic, with a checksum verified on load
+    saved = dict(model=model.state_dict(), model_args=asdict(model.config), config=config, iter=g["iters"])
+    save_checkpoint(saved, os.fspath(path))          # atomic, with a checksum verified on load
     return model, config
 
 
@@ -328,17 +328,17 @@ def trained_model(name, d_model, g, out_dir, *, seed=0, device=None):
     path = os.path.join(out_dir, f"{name}_d{d_model}.pt")
     want = train_settings(g, name, d_model, seed)
     if os.path.exists(path):
-        model, c = load_checkpoint(path, device or "cpu")
-        have = c.get("settings", {})
+        model, config = load_checkpoint(path, device or "cpu")
+        have = config.get("settings", {})
         if have == want:
             print(f"reusing {path}", flush=True)
-            return model, c
+            return model, config
         diff = [f"{k} {have.get(k, '?')} -> {v}" for k, v in want.items() if have.get(k) != v]
         print(f"{path} was trained with other settings ({'; '.join(diff)}): training again", flush=True)
     print(f"overflow: training {NAMES[name]}, d_model {d_model}", flush=True)
-    model, c = fit_mqar(name, d_model, g, path, device=device, seed=seed)
-    print(f"saved {path}: {c['train_seconds']:.0f} s of training", flush=True)
-    return model, c
+    model, config = fit_mqar(name, d_model, g, path, device=device, seed=seed)
+    print(f"saved {path}: {config['train_seconds']:.0f} s of training", flush=True)
+    return model, config
 
 
 def overflow(g, seed=0, out_dir="out/oprm", models=None, device=None):
@@ -349,15 +349,15 @@ def overflow(g, seed=0, out_dir="out/oprm", models=None, device=None):
     trained = [trained_model(name, d, g, out_dir, seed=seed, device=device) for name, d in runs]
     sizes = ["| model | layers | d_model | state (numbers per sequence) | training s |",
              "|---|---|---|---|---|"]
-    for (name, d), (model, c) in zip(runs, trained):
-        state = model.state_size(c["seq_len"])["total"]
-        sizes.append(f"| {c['model']} | {','.join(LAYERS[name])} | {d} | {state:,}"
+    for (name, d), (model, config) in zip(runs, trained):
+        state = model.state_size(config["seq_len"])["total"]
+        sizes.append(f"| {config['model']} | {','.join(LAYERS[name])} | {d} | {state:,}"
                      + (" (its KV cache at the test length)" if name == "transformer" else "")
-                     + f" | {c['train_seconds']:.0f} |")
+                     + f" | {config['train_seconds']:.0f} |")
     rows, records = [ACC_HEADER], []
     print(ACC_HEADER, flush=True)
-    for model, c in trained:
-        for r in accuracy_rows(model, c, g["test_pairs"], g["chunk_lens"], g["n_test"], seed=seed):
+    for model, config in trained:
+        for r in accuracy_rows(model, config, g["test_pairs"], g["chunk_lens"], g["n_test"], seed=seed):
             rows.append(markdown_row(r))
             records.append(r)
             print(rows[-1], flush=True)

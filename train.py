@@ -362,15 +362,15 @@ def evaluate(model, tests, cfg, ctx, device, rank, world, mask_id):
         for ex in tests:
             counts = torch.zeros(len(ex.groups), 2, device=device)
             for i in range(rank * cfg.batch_size, len(ex), world * cfg.batch_size):
-                e = ex[i:i + cfg.batch_size]
-                b = to_device(examples_batch(e), device)
+                rows = ex[i:i + cfg.batch_size]
+                b = to_device(examples_batch(rows), device)
                 with ctx:
                     logits, _ = model(b["x"], prefix_len=b["M"], pad_mask=b["pad"])
                 ans = b["y"] != -100                                                  # (B, T)
                 correct = ((logits.argmax(-1) == b["y"]) & ans).sum(1)                # (B,)
-                g = e.group.to(device)
-                counts[:, 0].index_add_(0, g, correct.float())
-                counts[:, 1].index_add_(0, g, ans.sum(1).float())
+                group = rows.group.to(device)
+                counts[:, 0].index_add_(0, group, correct.float())
+                counts[:, 1].index_add_(0, group, ans.sum(1).float())
                 ce = F.cross_entropy(logits.flatten(0, 1).float(), b["y"].flatten(), reduction="sum")
                 loss_sum += torch.stack([ce, ans.sum().float()])
             names += ex.groups
@@ -381,9 +381,9 @@ def evaluate(model, tests, cfg, ctx, device, rank, world, mask_id):
     model.train()
     out = dict(loss=(loss_sum[0] / loss_sum[1].clamp(min=1)).item())
     if sums:
-        c = torch.cat(sums)
-        out["acc"] = (c[:, 0].sum() / c[:, 1].sum()).item()
-        out["slices"] = {n: (c[i, 0] / c[i, 1].clamp(min=1)).item() for i, n in enumerate(names)}
+        every = torch.cat(sums)                             # (slices, [correct, answers])
+        out["acc"] = (every[:, 0].sum() / every[:, 1].sum()).item()
+        out["slices"] = {n: (every[i, 0] / every[i, 1].clamp(min=1)).item() for i, n in enumerate(names)}
     return out
 
 
