@@ -430,6 +430,8 @@ def peak_flops(cfg, device_type):
 # the recall experiment: models x widths, best over learning rates, one table
 
 def run_grid(cfg, rank, world):
+    """Train `cfg.model` with each layout of grid_layers at each width of grid_d_model, keep the best test
+    accuracy over grid_lr, and print one markdown table (also written to out_dir/recall_table.md)."""
     if cfg.task == "text" or not cfg.grid_d_model:
         raise ConfigError("the grid needs a recall task (mqar or disjoint_sets) and grid_d_model, "
                           "e.g. (32, 64)")
