@@ -77,12 +77,7 @@ SIZES = {
         train=("jrt-tiny", "based-tiny", "transformer-tiny"), train_B=2, train_T=128,
         checks=[(1, 2, 100, 37, 64), (1, 1, 70, 21, 112)], grad_T=256, quick_T=(64,), quick_B=(1, 2)),
 }
-PEAK = [  # (device name contains, dense bf16 FLOP/s, memory bytes/s): datasheets; --peak overrides.
-    ("H100 PCIe", 756e12, 2.0e12),  # rounded to 800 TFLOP/s and 3 TB/s the floor is ≈ 1.1 ms;
-    ("H100", 989e12, 3.35e12),      # with the SXM datasheet the JRT-RNN floor at 32k/16 is ≈ 1.0 ms
-    ("H200", 989e12, 4.8e12),
-    ("A100", 312e12, 2.0e12),
-]
+from train import PEAK
 TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-4}  # max |y - ref| / max |ref|
 
 

@@ -10,6 +10,13 @@ runs code from the file, and holding every random stream of a run, so that a res
     rng_state / set_rng_state        Python, NumPy, torch (and CUDA) generators and the batch sampler, as
                                      tensors and plain values, so that weights_only=True can load them
 
+and the guards of a train.py run around them:
+
+    StopOnSignal                     Ctrl-C or SIGTERM finishes the step, so that the run can save first
+    load_for_resume, resumed_config  --resume=True: the checkpoint, and its run's config (only the keys of
+                                     MAY_CHANGE may take new values)
+    check_out_dir                    a run never replaces a checkpoint unless told to
+
 A bad file is one line (FileNotFoundError, else ValueError) naming the path and what is wrong. A file
 written by torch.save directly carries no checksum and is read unverified.
 """
@@ -18,6 +25,11 @@ import os
 import pickle
 import random
 import re
+import signal
+import sys
+import threading
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -44,10 +56,10 @@ def read_checkpoint(path, device="cpu", mmap=False):
             why = re.search(r"WeightsUnpickler error:\s*(.+)", str(e))
             raise ValueError(f"{path} is not a readable checkpoint (not written by torch.save): "
                              f"{why.group(1) if why else _first_line(e)}") from None
-        old = "; train.py checkpoints of older versions held numpy RNG states: retrain to get one that loads" \
-            if found.group(1).startswith("numpy") else ""
-        raise ValueError(f"{path}: refused: it holds a Python object ({found.group(1)}), and loading that could "
-                         f"run code; only tensors and plain Python values are loaded (torch.load with "
+        old = ("; train.py checkpoints of older versions held numpy RNG states: retrain to get one that "
+               "loads") if found.group(1).startswith("numpy") else ""
+        raise ValueError(f"{path}: refused: it holds a Python object ({found.group(1)}), and loading that "
+                         f"could run code; only tensors and plain Python values are loaded (torch.load with "
                          f"weights_only=True){old}") from None
     except Exception as e:  # truncated, empty, or not written by torch.save
         raise ValueError(f"{path} is not a readable checkpoint (truncated, or not written by torch.save): "
@@ -124,8 +136,8 @@ def rng_state(gen, device_type):
     name, keys, pos, has_gauss, cached = np.random.get_state()
     return dict(python=(version, torch.tensor(mt, dtype=torch.int64), gauss),
                 numpy=(name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-                torch=torch.get_rng_state(), cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None,
-                sampler=gen.get_state())
+                torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state() if device_type == "cuda" else None, sampler=gen.get_state())
 
 
 def set_rng_state(rng, gen, device_type):
@@ -155,3 +167,119 @@ def save_checkpoint(ck, path):
 
 def previous_path(path):
     return path[:-3] + ".prev.pt" if path.endswith(".pt") else path + ".prev"
+
+
+def state_dict_clean(sd):
+    """Strip the wrappers' prefixes: `_orig_mod.` (torch.compile) and `module.` (DDP)."""
+    strip = lambda k: k.replace("_orig_mod.", "").removeprefix("module.")
+    return {strip(k): v for k, v in sd.items()}
+
+
+# -----------------------------------------------------------------------------------------------------
+# the guards of a train.py run: Ctrl-C and SIGTERM, resume, overwrite
+
+class ConfigError(ValueError):
+    """A user's configuration mistake: printed as one line, without a traceback."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: the run stopped after a whole step, its checkpoint saved (already said)."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+class StopOnSignal:
+    """While active, the first SIGINT (Ctrl-C) or SIGTERM (a cluster's preemption, `timeout`, `kill`) only
+    raises a flag, so that the loop can finish its step and save; a second one aborts at once
+    (KeyboardInterrupt). Signals can be caught in the main thread only. Under torchrun, a signal reaches
+    every process twice (from the terminal or the scheduler, then forwarded by torchrun): there a repeat
+    within `grace` seconds counts as the same one."""
+    SIGNALS = {signal.SIGINT: b"Ctrl-C", signal.SIGTERM: b"SIGTERM"}
+
+    def __init__(self, master, grace=0.0):
+        self.master, self.grace, self.requested, self.signum, self.previous = master, grace, False, None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self.handler) for s in self.SIGNALS}
+        return self
+
+    def handler(self, signum, frame):
+        if self.requested:
+            if time.time() - self.requested < self.grace:
+                return
+            raise KeyboardInterrupt
+        self.requested, self.signum = time.time(), signum
+        if self.master:  # os.write: a print here could interrupt a print of the loop (a reentrant call)
+            name = self.SIGNALS[signum]
+            os.write(sys.stderr.fileno(), b"\n" + name + b": finishing this step, then saving a checkpoint ("
+                     + name + b" again aborts at once, without saving)\n")
+
+    def __exit__(self, *exc):
+        for s, previous in self.previous.items():
+            signal.signal(s, previous)
+
+
+TRAINING_KEYS = ("model", "optimizer", "model_args", "config", "iter", "rng")
+
+
+def load_for_resume(path):
+    """The checkpoint to continue from, or a ConfigError that says what is wrong and, when the previous
+    checkpoint is there, how to continue from that one."""
+    prev = previous_path(path)
+    hint = (f"; the previous checkpoint is {prev}: to continue from it, `cp {prev} {path}` and run again "
+            f"with --resume=True") if os.path.exists(prev) else ""
+    if not os.path.exists(path):
+        raise ConfigError(f"resume=True but there is no checkpoint at {path}{hint}")
+    try:
+        ck = read_checkpoint(path)
+    except (ValueError, FileNotFoundError) as e:
+        raise ConfigError(f"resume=True: {e}{hint}") from None
+    if not isinstance(ck, dict) or not all(k in ck for k in TRAINING_KEYS):
+        have = sorted(ck) if isinstance(ck, dict) else type(ck).__name__
+        raise ConfigError(f"resume=True: {path} is not a train.py checkpoint with its training state "
+                          f"(it needs the keys {list(TRAINING_KEYS)}; it has {have}){hint}")
+    return ck
+
+
+# --resume=True restores the saved run's config. These keys may take new values there (each change is
+# printed): how long and how fast to go on, how to log and save, on what hardware. None of them changes
+# the model, the task or its data, so the saved config still describes the saved model. A new value
+# for any other key is refused.
+MAY_CHANGE = ("max_iters", "lr", "min_lr_ratio", "warmup_iters", "lr_decay_iters",    # the optimiser,
+              "weight_decay", "beta1", "beta2", "grad_clip", "batch_size", "grad_accum",  # from here on
+              "out_dir", "eval_interval", "log_interval", "eval_iters", "save_checkpoint",  # I/O
+              "resume", "overwrite", "device", "dtype", "compile", "backend",             # hardware
+              "peak_flops", "threads")
+
+
+def resumed_config(cfg, saved, given, path, log=print):
+    """The saved run's config, with the new values this run gives for keys of MAY_CHANGE (printed). A
+    given key that would change the model, the task or the data is refused, in one line."""
+    out, changed = dict(vars(cfg)), []
+    for k, old in saved.items():
+        if k not in out or k in ("out_dir", "resume"):   # an older version's key; where we found it
+            continue
+        if k not in given or out[k] == old:
+            out[k] = old
+        elif k in MAY_CHANGE:
+            changed.append(f"{k} {old!r} -> {out[k]!r}")
+        else:
+            raise ConfigError(f"resume=True: {k}={out[k]!r} would change the model, the task or its data of "
+                              f"the run saved in {path}, which has {k}={old!r}; drop --{k} to continue that "
+                              f"run, or start a new one in another --out_dir")
+    log(f"config restored from {path}; changed: {', '.join(changed) or 'nothing'}")
+    return SimpleNamespace(**out)
+
+
+def check_out_dir(cfg, path):
+    """Stop before training if out_dir cannot hold a checkpoint, or holds one this run would replace
+    without being told to."""
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        raise ConfigError(f"out_dir={cfg.out_dir!r} is a file; expected a directory (created if missing)")
+    if cfg.resume or cfg.overwrite or not os.path.exists(path):
+        return
+    raise ConfigError(f"out_dir={cfg.out_dir!r} holds a checkpoint ({path}): continue it with --resume=True, "
+                      f"replace it with --overwrite=True, or choose another --out_dir")
