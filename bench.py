@@ -56,6 +56,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from kernels import pla, pla_flop, pla_reference
 from lm import map_tensors, resolve_device
 from model import Config, Model
+from train import PEAK  # (device, dense bf16 FLOP/s, memory bytes/s)
 
 SIZES = {
     "gpu": dict(
@@ -77,7 +78,6 @@ SIZES = {
         train=("jrt-tiny", "based-tiny", "transformer-tiny"), train_B=2, train_T=128,
         checks=[(1, 2, 100, 37, 64), (1, 1, 70, 21, 112)], grad_T=256, quick_T=(64,), quick_B=(1, 2)),
 }
-from train import PEAK
 TOL = {torch.bfloat16: 2e-2, torch.float32: 1e-4}  # max |y - ref| / max |ref|
 
 
