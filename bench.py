@@ -314,7 +314,7 @@ def decode_suite(S, dev, dtype, backend, peak, emit=lambda rec: None):
                     rec["cache_bytes_per_seq"] = sum(sizes)                          # all layers, context T
                     if dev.type == "cuda":
                         torch.cuda.reset_peak_memory_stats()
-                    cache = map_tensors(one, lambda t: t.repeat(B, *[1] * (t.dim() - 1)))  # B copies of the row
+                    cache = map_tensors(one, lambda t: t.repeat(B, *[1] * (t.dim() - 1)))  # B copies
                     tok = torch.randint(cfg.vocab_size, (B,), device=dev)
                     for _ in range(2):  # warm-up
                         logits, cache = model.step(tok, cache)
@@ -541,7 +541,8 @@ def describe(args, dev):
 
 
 def headline(meta):
-    return (f"{meta['device']} · torch {meta['torch']} · triton {meta['triton']} · commit {meta['commit']} · "
+    return (f"{meta['device']} · torch {meta['torch']} · triton {meta['triton']} · "
+            f"commit {meta['commit']} · "
             f"{meta['date']} · {meta['sizes']} sizes, {meta['dtype']}")
 
 

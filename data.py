@@ -4,7 +4,8 @@ The data: two synthetic recall tasks generated in memory, and any UTF-8 text fil
 Both synthetic tasks return the same `Examples`, so train.py treats them alike:
     x          (N, T) int64  input tokens
     y          (N, T) int64  the target at each position, -100 where nothing is scored
-    prefix_len (N,)   int64  M: positions < M are the context, read non-causally by JRT-RNN's encoder (JRT paper)
+    prefix_len (N,)   int64  M: positions < M are the context, read non-causally by JRT-RNN's encoder
+                             (JRT paper)
     pad        (N, T) bool   True at left padding (set disjointness mixtures only); never a key, never scored
     group      (N,)   int64  index into `groups`, the slice an example belongs to (accuracy per slice)
 
@@ -55,7 +56,7 @@ def _rng(seed, split):
 
 def _distinct(rng, low, high, n, k):
     """(n, k) integers from [low, high), distinct within each row, uniform over all such rows."""
-    if 4 * k > high - low:                                            # dense: k of a random permutation of the range
+    if 4 * k > high - low:                       # dense: k of a random permutation of the range
         return low + np.argsort(rng.random((n, high - low), dtype=np.float32), axis=1)[:, :k]
     out = rng.integers(low, high, size=(n, k))
     todo = np.arange(n)                                               # rows that may hold a repeat
@@ -120,27 +121,27 @@ def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, con
     _check(k >= 1, "num_pairs", k, "expected >= 1")
     _check(1 <= q <= k, "num_queries", q, f"expected 1..num_pairs={k}")
     _check(C % 2 == 0 and 2 * k <= C, "context_len", C, f"expected even and >= 2*num_pairs={2 * k}")
-    S = (P - C) // 2                                                # query slots: even offsets after the context
+    S = (P - C) // 2                                  # query slots: even offsets after the context
     _check(S >= q, "seq_len", T, f"too short: {q} queries after a context of {C} need a pass of "
            f">= {C + 2 * q} tokens" + (", twice" if read_twice else ""))
-    n_keys = k + (q if idk_frac > 0 else 0)                         # absent keys for IDK queries come from the same range
+    n_keys = k + (q if idk_frac > 0 else 0)           # absent keys (IDK queries) come from the same range
     _check(n_keys <= V // 2 - 1 and k <= V - 1 - V // 2, "vocab_size", V,
            f"too small for {n_keys} distinct keys in [1, V/2) and {k} distinct values in [V/2, V-1)")
     _check(power_a > 0, "power_a", power_a, "expected > 0 (1.0 = uniform query placement)")
     _check(0.0 <= idk_frac <= 1.0, "idk_frac", idk_frac, "expected a probability in [0, 1]")
 
     rng = _rng(seed, split)
-    keys = _distinct(rng, 1, V // 2, n, n_keys)                      # (N, k [+q]): k in the context, q absent ones
+    keys = _distinct(rng, 1, V // 2, n, n_keys)       # (N, k [+q]): k in the context, q absent ones
     values = _distinct(rng, V // 2, V - 1, n, k)                     # (N, k)
     rows = np.arange(n)[:, None]
     x = np.zeros((n, P), dtype=np.int64)                             # (N, P), 0 = filler
     y = np.full((n, P), -100, dtype=np.int64)                        # (N, P)
 
-    slot = np.argsort(rng.random((n, C // 2)), axis=1)[:, :k]        # (N, k) random pair slots; all of them when C = 2k
+    slot = np.argsort(rng.random((n, C // 2)), axis=1)[:, :k]  # (N, k) random pair slots; all when C = 2k
     x[rows, 2 * slot] = keys[:, :k]
     x[rows, 2 * slot + 1] = values
 
-    asked = np.argsort(rng.random((n, k)), axis=1)[:, :q]            # (N, q) which pairs are queried, in random order
+    asked = np.argsort(rng.random((n, k)), axis=1)[:, :q]      # (N, q) the pairs queried, in random order
     absent = rng.random((n, q)) < idk_frac                           # (N, q)
     q_key = np.where(absent, keys[:, k:] if idk_frac > 0 else 0, np.take_along_axis(keys, asked, axis=1))
     q_val = np.where(absent, idk_token(V), np.take_along_axis(values, asked, axis=1))
@@ -152,15 +153,16 @@ def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, con
     x[rows, q_pos] = q_key
     y[rows, q_pos] = q_val
 
-    if random_filler:                                                # drawn last: the rest is as with filler 0
+    if random_filler:                                 # drawn last: the rest is as with filler 0
         filler = x == 0                                              # (N, P); no key, value or IDK id is 0
         x[filler] = rng.integers(0, V - 1, size=int(filler.sum()))
-    if read_twice:                                                   # `kv, queries, kv, queries`; score the last block
+    if read_twice:                                    # `kv, queries, kv, queries`; score the last block
         x = np.concatenate([x, x], axis=1)                           # (N, T)
         y = np.concatenate([np.full_like(y, -100), y], axis=1)       # (N, T)
-    M = P + C if read_twice else C                                   # everything before the scored query block
+    M = P + C if read_twice else C                    # everything before the scored query block
     name = f"T={T} k={k}" + (f" q={q}" if q != k else "") + (f" ctx={C}" if C != 2 * k else "") \
-        + (f" idk={idk_frac}" if idk_frac else "") + (" x2" if read_twice else "") + (" rand" if random_filler else "")
+        + (f" idk={idk_frac}" if idk_frac else "") + (" x2" if read_twice else "") \
+        + (" rand" if random_filler else "")
     return _examples(x, y, np.full(n, M, dtype=np.int64), np.zeros(x.shape, dtype=bool),
                      np.zeros(n, dtype=np.int64), [name], V)
 
@@ -171,7 +173,7 @@ def mqar(n, *, vocab_size=8192, seq_len=256, num_pairs=16, num_queries=None, con
 SD_VOCAB = 2048
 SD_MASK, SD_START, SD_SEP, SD_CUE = 0, 1, 2, 3                 # 0 is also the left padding
 SD_TRAIN_SHAPES = [(4, 16), (16, 4), (8, 32), (32, 8), (64, 16), (16, 64),
-                   (4, 128), (128, 4), (16, 256), (256, 16), (4, 256), (256, 4)]   # (|A|, |B|), the JRT paper's
+                   (4, 128), (128, 4), (16, 256), (256, 16), (4, 256), (256, 4)]  # (|A|, |B|): JRT paper
 # The JRT paper gives the test mixture only as "adds (1,32)...(768,16) for length extrapolation". Our reading:
 # the train shapes plus shorter and longer sets, in both orders.
 SD_TEST_SHAPES = SD_TRAIN_SHAPES + [(1, 32), (32, 1), (512, 16), (16, 512), (768, 16), (16, 768)]
@@ -208,7 +210,7 @@ def disjoint_sets(n, *, shapes=SD_TRAIN_SHAPES, halves=False, seed=0, split="tra
             AB = _distinct(rng, 4, SD_VOCAB, n, a + b)
             A, B = AB[:, :a], AB[:, a:]
         shared = A[rows, rng.integers(0, a, size=n)]                  # (N,)
-        B[rows, rng.integers(0, b, size=n)] = shared                  # copy one A token into B: exactly one in common
+        B[rows, rng.integers(0, b, size=n)] = shared  # copy one A token into B: exactly one in common
         col = lambda t: np.full((n, 1), t, dtype=np.int64)
         row = np.concatenate([col(SD_START), A, col(SD_SEP), B, col(SD_CUE)], axis=1)  # (N, |A|+|B|+3)
         xs.append(np.pad(row, ((0, 0), (T - row.shape[1], 0)), constant_values=SD_MASK))  # left-padded to T

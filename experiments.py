@@ -202,7 +202,8 @@ def plot_set_order(records, plt):
 
 # ----------------------------------------------------------------------------- JRT: reading twice
 
-READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")  # trained on → tested on
+# trained on → tested on
+READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")
 
 
 def read_twice(g, seeds=None, device=None):
@@ -244,7 +245,8 @@ def read_twice(g, seeds=None, device=None):
     each = lambda v: f" ({', '.join(f'{100 * x:.1f}' for x in v)})" if len(v) > 1 else ""
     spread = lambda v: f"{100 * sum(v) / len(v):.1f}" + each(v)           # the mean, then each seed's
     rows = ["| model | T (one pass) | pairs k | queries q | d_model | f | state | seeds | once → once "
-            "| once → twice (zero-shot) | twice → twice | twice → once | twice − once | train time (all) |",
+            "| once → twice (zero-shot) | twice → twice | twice → once | twice − once "
+            "| train time (all) |",
             "|---" * 14 + "|"]
     for r in records:
         gain = [t - o for t, o in zip(r["twice → twice"], r["once → once"])]
