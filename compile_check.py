@@ -116,8 +116,8 @@ def kernel_launches(dtype, dv, B=2, H=2, T=256, M=128, sms=132, masks=True):
 # and its FLOP, atomic adds and bytes are left out.
 
 def _cols(a, width):
-    """Columns of `width` the launch's blocks cover: blocks of BV from C0 (a forward launch), clipped."""
-    return max(0, min(a["BV"] * a["_grid"][0], width - a.get("C0", 0)))
+    """Columns of `width` the launch's blocks of BV cover, clipped."""
+    return min(a["BV"] * a["_grid"][0], width)
 
 
 def _es(x):
