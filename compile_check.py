@@ -6,6 +6,7 @@ last IR (TTGIR) are read.
 No GPU is needed and nothing runs: these are compile facts and counts, never a time.
 
     python bench.py --suite compile [--jobs N] [--out FILE]      # tables on stdout, JSON in out/compile.json
+    python compile_check.py --masks [--jobs N] [--out FILE]     # the same launches with pad masks
 
 Per launch (kernel and its constexprs), for each arch, dtype and dv:
   grid       programs the launch starts (kernels.py's own block choice for the arch's SM count).
@@ -491,23 +492,23 @@ def totals(recs, dv, shape):
     return out
 
 
-def main(out, jobs, commit):
+def main(out, jobs, commit, masks=False):
     why = compile_tools()
     if why:
         sys.exit(f"bench.py --suite compile: {why}")
     import triton
     out = out or "out/compile.json"
     t0 = time.perf_counter()
-    todo = compile_jobs()
+    todo = compile_jobs(masks=masks)
     recs = compile_suite(todo, jobs)
     for r, j in zip(recs, todo):
         r["phase"] = j["launches"][0]["phase"]
-    meta = dict(triton=triton.__version__, torch=torch.__version__, commit=commit, shape=TABLE5,
+    meta = dict(triton=triton.__version__, torch=torch.__version__, commit=commit, shape=TABLE5, masks=masks,
                 date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(["python", *sys.argv]),
                 wall_s=round(time.perf_counter() - t0, 1))
     print(f"triton {meta['triton']} · commit {meta['commit']} · {meta['date']} · "
-          f"{meta['wall_s']} s of compiling\n")
+          f"{meta['wall_s']} s of compiling{' · with pad masks' if masks else ''}\n")
     shape = ", ".join(f"{k} {v}" for k, v in TABLE5.items())
     main_recs = [r for r in recs if (r["arch"], r["dtype"], r["dv"]) == ("sm_90", "bf16", 64)]
     print(f"## Every launch of a forward + backward at the Table-5 shape ({shape}, f 16, dv 64), bf16, "
@@ -531,3 +532,14 @@ def main(out, jobs, commit):
         json.dump(dict(meta=meta, compile=recs), fh, indent=1)
     print(f"\nwrote {out}")
     return recs
+
+
+if __name__ == "__main__":  # the same report; --masks: the launches with pad masks (the HAS_W variants)
+    import argparse
+    ap = argparse.ArgumentParser(description="bench.py --suite compile, and its pad-mask variants")
+    ap.add_argument("--masks", action="store_true")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    main(a.out, a.jobs, git or "unknown", a.masks)

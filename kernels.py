@@ -33,13 +33,9 @@ matrix, z its last column, and w = 0 marks a pad:
      16 columns and writes its own partial of dq, dk: no atomics, summed in a fixed order.
 bf16 products (fp32 sums) for 16-bit inputs, fp32 products for fp32 inputs. For bf16 a program is one
 warpgroup (4 warps): a 64-row MMA tile belongs to one warpgroup, and a second one would repeat it. The
-next chunk's loads are in flight while a chunk computes (num_stages 2). With triton 3.9 no kernel spills
-registers on an H100 or A100 (3.6 spills a few bytes in _fwd_kernel and _bwd_dkv_kernel), and each fits
-twice on an SM (≤ 255 registers × 128 threads); `python bench.py --suite compile` shows it, no GPU needed.
-FLOP per head: forward ≈ T·(4·D·dv + 2·C·(f + dv)) + M·2·D·dv (read and update the state for every
-decoder token, C×C scores and values inside a chunk, one state update per prefix key); backward ≈
-2.5× that. At the JRT paper's throughput shape (Table 5: B = H = 16, T = 32768, M = 16384, dv = 64,
-C = 64): ≈ 0.82 TFLOP.
+next chunk's loads are in flight while a chunk computes (num_stages 2). Compiled for an H100 or an A100,
+no kernel spills registers (triton 3.9; 3.6 spills a few bytes with pad masks) and each fits at least
+twice on an SM; `python bench.py --suite compile` shows it, no GPU needed. FLOP: pla_flop.
 
 Public API (layout (B, H, T, ·) everywhere):
     feature_map(x)                       (..., f) -> (..., D)
@@ -53,12 +49,9 @@ normaliser, which is what the official code does.)
 """
 
 import math
-
 import os
 
-
 import torch
-
 
 EPS = 1e-12  # added to the normaliser, as in the official code; it only matters for rows with no keys
 
