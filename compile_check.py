@@ -541,5 +541,5 @@ if __name__ == "__main__":  # the same report; --masks: the launches with pad ma
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     ap.add_argument("--out")
     a = ap.parse_args()
-    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    main(a.out, a.jobs, git or "unknown", a.masks)
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    main(a.out, a.jobs, git.stdout.strip() or "unknown", a.masks)

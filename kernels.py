@@ -326,7 +326,7 @@ def _put(P, t, T, col, NC, x):
 
 @triton.jit
 def _x(X, t, T, scale, F: tl.constexpr):
-    """x̃ = x·f^-¼ at rows t: (BT, f) fp32, read once per chunk; every φ slice is built from it."""
+    """x̃ = x·f^-¼ at rows t: (BT, f) fp32; the φ slices of _P and _PT are built from it in registers."""
     return _load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale
 
 
