@@ -6,6 +6,7 @@ last IR (TTGIR) are read.
 No GPU is needed and nothing runs: these are compile facts and counts, never a time.
 
     python bench.py --suite compile [--jobs N] [--out FILE]      # tables on stdout, JSON in out/compile.json
+    python compile_check.py --masks [--jobs N] [--out FILE]     # the same launches with pad masks
 
 Per launch (kernel and its constexprs), for each arch, dtype and dv:
   grid       programs the launch starts (kernels.py's own block choice for the arch's SM count).
@@ -41,7 +42,8 @@ Per launch (kernel and its constexprs), for each arch, dtype and dv:
              bound where lanes are masked off).
   FLOP       useful MMA FLOP of the launch (all programs): the products the tiles ask for, padding
              columns included; the footer sets the forward's total beside kernels.pla_flop.
-  HBM bytes  a work model (MODEL): the bytes each program must read or write at least, summed.
+  HBM bytes  a work model (MODEL): the bytes each program must read or write at least, summed; in
+             brackets the fp32 partial sums among them (written by the kernel, read back by torch to add).
 To adapt to new kernels: kernel_launches records whatever kernels.py launches; MODEL needs one entry per
 kernel (its loops' trip counts and its least bytes), a few lines.
 
@@ -109,12 +111,14 @@ def kernel_launches(dtype, dv, B=2, H=2, T=256, M=128, sms=132, masks=True):
 # ----------------------------------------------------------------------------- the work model per kernel
 # For each kernel: its loops' trip counts (the source's `range` loops in order; static_range unrolls) and the
 # bytes all its programs must read or write at least, from the launch's arguments `a` (names as in kernels.py,
-# constexprs included) and its grid. _es(x): bytes per element of tensor x. A kernel missing here still gets
-# every SASS column; its ratio counts one trip per loop, and its FLOP, atomic adds and bytes are left out.
+# constexprs included) and its grid. _es(x): bytes per element of tensor x. partials: the bytes of fp32
+# partial sums it writes (states, dq, dk), which torch then reads back once to add them up; HBM bytes count
+# them with the rest. A kernel missing here still gets every SASS column; its ratio counts one trip per loop,
+# and its FLOP, atomic adds and bytes are left out.
 
 def _cols(a, width):
-    """Columns of `width` the launch's blocks cover: blocks of BV from C0 (a forward launch), clipped."""
-    return max(0, min(a["BV"] * a["_grid"][0], width - a.get("C0", 0)))
+    """Columns of `width` the launch's blocks of BV cover, clipped."""
+    return min(a["BV"] * a["_grid"][0], width)
 
 
 def _es(x):
@@ -122,38 +126,47 @@ def _es(x):
 
 
 MODEL = {
-    # one program: a segment of SEG prefix keys, BV columns; reads k̃, [v, 1]; writes a partial (D, BV) state
+    # one program: a segment of SEG prefix keys, BV columns; reads k̃, v; writes a partial (D, BV) state and
+    # z's column (every block writes the same z)
     "_enc_fwd_kernel": lambda a, BH, D, F: dict(
         trips=[math.ceil(a["SEG"] / a["BT"])],
-        bytes=BH * a["_grid"][0] * a["M"] * F * _es(a["KE"]) + BH * a["M"] * _cols(a, a["DV"]) * _es(a["VE"])
-        + BH * a["_grid"][1] * D * _cols(a, a["DV"] + 1) * 4),
-    # one program: one head, BV columns, all T; reads q̃, k̃, v, the state; writes y, the state and 1/den
-    # (the ones column's block) or reads 1/den (the others)
+        bytes=BH * a["_grid"][0] * a["M"] * F * _es(a["KE"])
+        + BH * a["M"] * _cols(a, a["DV"]) * _es(a["VE"]),
+        partials=BH * a["_grid"][1] * D * (_cols(a, a["DV"]) + a["_grid"][0]) * 4),
+    # one program: one head, BV columns, all T; reads q̃, k̃, v, the state and z; writes y, 1/den, the state
+    # and z (every block computes and writes the same den and z)
     "_fwd_kernel": lambda a, BH, D, F: dict(
         trips=[math.ceil(a["T"] / a["BT"])],
         bytes=BH * a["_grid"][0] * a["T"] * (2 * F * _es(a["Q"]) + 4)
-        + BH * a["T"] * 2 * _cols(a, a["DV"]) * _es(a["V"]) + BH * 2 * D * _cols(a, a["DV"] + 1) * 4),
-    # one program: one chunk of BT rows of one head, all columns: reads q, k, v, dy, 1/den, dden;
-    # writes dq, dk, dv
+        + BH * a["T"] * 2 * _cols(a, a["DV"]) * _es(a["V"])
+        + BH * 2 * D * (_cols(a, a["DV"]) + a["_grid"][0]) * 4,
+        partials=0),
+    # one program: one chunk of BT rows of one head, all columns (three loops over them: dy·y for dden, the
+    # score gradient, dv): reads q, k, v, y, dy, 1/den; writes dden, dv and partial 0 of dq and dk
     "_bwd_chunk_kernel": lambda a, BH, D, F: dict(
-        trips=[math.ceil((a["DV"] + 1) / a["BV"]), math.ceil(a["DV"] / a["BV"])],
-        bytes=BH * a["T"] * (2 * F * _es(a["Q"]) + 3 * a["DV"] * _es(a["V"]) + 8 + 2 * F * 4)),
-    # one program: one head, 16 columns; reads q, k, v, dy, 1/den, dden, the state; adds to dq (fp32)
+        trips=[math.ceil(a["DV"] / a["BV"]), math.ceil((a["DV"] + 1) / a["BV"]),
+               math.ceil(a["DV"] / a["BV"])],
+        bytes=BH * a["T"] * (2 * F * _es(a["Q"]) + 4 * a["DV"] * _es(a["V"]) + 8),
+        partials=BH * a["T"] * 2 * F * 4),
+    # one program: one head, 16 columns; reads q, k, v, dy, 1/den, dden, the state; writes its partial of dq
     "_bwd_dq_kernel": lambda a, BH, D, F: dict(
         trips=[math.ceil(a["T"] / a["BT"])],
-        bytes=BH * a["_grid"][0] * a["T"] * (2 * F * _es(a["Q"]) + 8 + F * 4)
-        + BH * a["T"] * 2 * a["DV"] * _es(a["V"]) + BH * D * (a["DV"] + 1) * 4),
-    # one program: one head, 16 columns, chunks in reverse; reads q, k, v, dy, 1/den, dden, dS; adds to dk,
-    # reads and writes dv; writes dS of the start
+        bytes=BH * a["_grid"][0] * a["T"] * (2 * F * _es(a["Q"]) + 8)
+        + BH * a["T"] * 2 * a["DV"] * _es(a["V"]) + BH * D * (a["DV"] + 1) * 4,
+        partials=BH * a["_grid"][0] * a["T"] * F * 4),
+    # one program: one head, 16 columns, chunks in reverse; reads q, k, v, dy, 1/den, dden, dS; writes its
+    # partial of dk, reads and writes dv, writes dS of the start
     "_bwd_dkv_kernel": lambda a, BH, D, F: dict(
         trips=[math.ceil(a["T"] / a["BT"])],
-        bytes=BH * a["_grid"][0] * a["T"] * (2 * F * _es(a["Q"]) + 8 + F * 4)
-        + BH * a["T"] * 4 * a["DV"] * _es(a["V"]) + BH * 2 * D * (a["DV"] + 1) * 4),
-    # one program: a segment of prefix keys, 16 columns; reads k̃, v, dS; adds to dk, writes dv
+        bytes=BH * a["_grid"][0] * a["T"] * (2 * F * _es(a["Q"]) + 8)
+        + BH * a["T"] * 4 * a["DV"] * _es(a["V"]) + BH * 2 * D * (a["DV"] + 1) * 4,
+        partials=BH * a["_grid"][0] * a["T"] * F * 4),
+    # one program: a segment of prefix keys, 16 columns; reads k̃, v, dS; writes its partial of dk, and dv
     "_enc_bwd_kernel": lambda a, BH, D, F: dict(
         trips=[math.ceil(a["SEG"] / a["BT"])],
-        bytes=BH * a["_grid"][0] * a["M"] * F * (_es(a["KE"]) + 4) + BH * a["M"] * 2 * a["DV"] * _es(a["VE"])
-        + BH * a["_grid"][1] * D * (a["DV"] + 1) * 4),
+        bytes=BH * a["_grid"][0] * a["M"] * F * _es(a["KE"]) + BH * a["M"] * 2 * a["DV"] * _es(a["VE"])
+        + BH * a["_grid"][1] * D * (a["DV"] + 1) * 4,
+        partials=BH * a["_grid"][0] * a["M"] * F * 4),
 }
 
 
@@ -175,6 +188,8 @@ def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(9
                     F = vals.get("F", 16)
                     model = MODEL.get(name)
                     work = model(dict(vals, _grid=c["grid"]), BH, 1 + F + F * F, F) if model else {}
+                    if work:
+                        work["bytes"] += work["partials"]
                     launch = dict(grid=list(c["grid"]), programs=math.prod(c["grid"]), phase=c["phase"],
                                   **work)
                     variant = tuple((k, str(kw[k])) for k, p in zip(fn.arg_names, fn.params)
@@ -200,10 +215,9 @@ def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(9
                                 attrs[(i,)] = [["tt.divisibility", 16]]
                     opts = dict(num_warps=kw.get("num_warps", 4), num_stages=kw.get("num_stages", 3))
                     config = " ".join([*(f"{k} {const[k]}" for k in ("BT", "BV", "NS") if k in const),
-                                       f"{opts['num_warps']} warps"])
-                    job = dict(kernel=name + (" (ones)" if kw.get("NORM") else ""),  # the normaliser's block
-                               config=config, arch=f"sm_{arch}", dtype=tname[dtype], dv=dv, cc=arch, sig=sig,
-                               const=const, attrs=attrs, opts=opts, launches=[launch],
+                                       f"{opts['num_warps']} warps", f"stages {opts['num_stages']}"])
+                    job = dict(kernel=name, config=config, arch=f"sm_{arch}", dtype=tname[dtype], dv=dv,
+                               cc=arch, sig=sig, const=const, attrs=attrs, opts=opts, launches=[launch],
                                modelled=model is not None)
                     seen[name, variant] = job
                     jobs.append(job)
@@ -334,7 +348,8 @@ def analyse(job, regs, smem, sass, ttgir):
     out.update(grid=[la["grid"] for la in job["launches"]], programs=programs, ctas_per_sm=ctas,
                cta_limit=why,
                waves=round(programs / (ctas * GPUS[job["cc"]]["sms"]), 2) if ctas else None,
-               bytes=sum(la.get("bytes", 0) for la in job["launches"]) if job["modelled"] else None)
+               bytes=sum(la.get("bytes", 0) for la in job["launches"]) if job["modelled"] else None,
+               partials=sum(la.get("partials", 0) for la in job["launches"]) if job["modelled"] else None)
     matched = nloops == len(dots) - 1 == len(trips)
     if matched:
         w = [*trips, 1]
@@ -366,7 +381,7 @@ def compile_one(job):
     from triton.compiler import ASTSource
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton's default said out loud (3.9 warns)
     import kernels
-    fn = getattr(kernels, job["kernel"].split()[0])  # a triton.JITFunction
+    fn = getattr(kernels, job["kernel"])  # a triton.JITFunction
     rec = {k: job[k] for k in ("kernel", "config", "arch", "dtype", "dv")}
     t0 = time.perf_counter()
     try:
@@ -425,7 +440,8 @@ def launch_table(recs):
     """The feedback table: one row per launch variant, every metric of the module's docstring."""
     lines = [_row(["kernel", "config", "grid (programs)", "regs", "stack B", "LDL+STL", "shared B",
                    "CTAs/SM (limit)", "waves", "MMA issued ÷ useful", "by layout", "MMA layouts",
-                   "main loop: async copies / atomics / BAR.SYNC", "atomic adds (M)", "GFLOP", "HBM MB"]),
+                   "main loop: async copies / atomics / BAR.SYNC", "atomic adds (M)", "GFLOP",
+                   "HBM MB (partials)"]),
              _row(["---"] * 16)]
     for r in recs:
         if r["status"] != "ok":
@@ -446,7 +462,7 @@ def launch_table(recs):
              else "no loop"),
             f"{r['atomic_adds'] / 1e6:.0f}" if r.get("atomic_adds") is not None else "?",
             f"{r['flop'] / 1e9:.1f}" if r.get("flop") is not None else "?",
-            f"{r['bytes'] / 1e6:.0f}" if r.get("bytes") is not None else "?"]))
+            f"{r['bytes'] / 1e6:.0f} ({r['partials'] / 1e6:.0f})" if r.get("bytes") is not None else "?"]))
     return "\n".join(lines)
 
 
@@ -471,28 +487,28 @@ def totals(recs, dv, shape):
     out = {}
     for phase in ("forward", "backward"):
         rs = [r for r in recs if r["status"] == "ok" and r["phase"] == phase]
-        out[phase] = {k: sum(r.get(k) or 0 for r in rs) for k in ("flop", "bytes", "atomic_adds")}
+        out[phase] = {k: sum(r.get(k) or 0 for r in rs) for k in ("flop", "bytes", "partials", "atomic_adds")}
     out["pla_flop_forward"] = BH * kernels.pla_flop(shape["T"], shape["M"], dv=dv)
     return out
 
 
-def main(out, jobs, commit):
+def main(out, jobs, commit, masks=False):
     why = compile_tools()
     if why:
         sys.exit(f"bench.py --suite compile: {why}")
     import triton
     out = out or "out/compile.json"
     t0 = time.perf_counter()
-    todo = compile_jobs()
+    todo = compile_jobs(masks=masks)
     recs = compile_suite(todo, jobs)
     for r, j in zip(recs, todo):
         r["phase"] = j["launches"][0]["phase"]
-    meta = dict(triton=triton.__version__, torch=torch.__version__, commit=commit, shape=TABLE5,
+    meta = dict(triton=triton.__version__, torch=torch.__version__, commit=commit, shape=TABLE5, masks=masks,
                 date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 command=" ".join(["python", *sys.argv]),
                 wall_s=round(time.perf_counter() - t0, 1))
     print(f"triton {meta['triton']} · commit {meta['commit']} · {meta['date']} · "
-          f"{meta['wall_s']} s of compiling\n")
+          f"{meta['wall_s']} s of compiling{' · with pad masks' if masks else ''}\n")
     shape = ", ".join(f"{k} {v}" for k, v in TABLE5.items())
     main_recs = [r for r in recs if (r["arch"], r["dtype"], r["dv"]) == ("sm_90", "bf16", 64)]
     print(f"## Every launch of a forward + backward at the Table-5 shape ({shape}, f 16, dv 64), bf16, "
@@ -501,10 +517,13 @@ def main(out, jobs, commit):
     if main_recs:
         t = totals(main_recs, 64, TABLE5)
         print(f"\nforward: {t['forward']['flop'] / 1e12:.3f} TFLOP useful MMA (kernels.pla_flop: "
-              f"{t['pla_flop_forward'] / 1e12:.3f}), {t['forward']['bytes'] / 1e9:.2f} GB least HBM traffic; "
-              f"backward: {t['backward']['flop'] / 1e12:.3f} TFLOP, {t['backward']['bytes'] / 1e9:.2f} GB, "
-              f"{t['backward']['atomic_adds'] / 1e9:.2f} billion atomic adds "
-              "(the kernels only: PyTorch's ops between them are not counted)")
+              f"{t['pla_flop_forward'] / 1e12:.3f}), {t['forward']['bytes'] / 1e9:.2f} GB least HBM traffic "
+              f"({t['forward']['partials'] / 1e9:.2f} GB of it partial sums); "
+              f"backward: {t['backward']['flop'] / 1e12:.3f} TFLOP, {t['backward']['bytes'] / 1e9:.2f} GB "
+              f"({t['backward']['partials'] / 1e9:.2f} GB of it partial sums), "
+              f"{t['backward']['atomic_adds'] / 1e9:.2f} billion atomic adds. The kernels only: torch reads "
+              "the partial sums back once more to add them up, and its other ops between the kernels are not "
+              "counted")
         meta["totals"] = t
     print("\n## Every target\n")
     print(compile_table(recs))
@@ -513,3 +532,14 @@ def main(out, jobs, commit):
         json.dump(dict(meta=meta, compile=recs), fh, indent=1)
     print(f"\nwrote {out}")
     return recs
+
+
+if __name__ == "__main__":  # the same report; --masks: the launches with pad masks (the HAS_W variants)
+    import argparse
+    ap = argparse.ArgumentParser(description="bench.py --suite compile, and its pad-mask variants")
+    ap.add_argument("--masks", action="store_true")
+    ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--out")
+    a = ap.parse_args()
+    git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    main(a.out, a.jobs, git.stdout.strip() or "unknown", a.masks)

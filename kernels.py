@@ -33,13 +33,9 @@ matrix, z its last column, and w = 0 marks a pad:
      16 columns and writes its own partial of dq, dk: no atomics, summed in a fixed order.
 bf16 products (fp32 sums) for 16-bit inputs, fp32 products for fp32 inputs. For bf16 a program is one
 warpgroup (4 warps): a 64-row MMA tile belongs to one warpgroup, and a second one would repeat it. The
-next chunk's loads are in flight while a chunk computes (num_stages 2). With triton 3.9 no kernel spills
-registers on an H100 or A100 (3.6 spills a few bytes in _fwd_kernel and _bwd_dkv_kernel), and each fits
-twice on an SM (≤ 255 registers × 128 threads); `python bench.py --suite compile` shows it, no GPU needed.
-FLOP per head: forward ≈ T·(4·D·dv + 2·C·(f + dv)) + M·2·D·dv (read and update the state for every
-decoder token, C×C scores and values inside a chunk, one state update per prefix key); backward ≈
-2.5× that. At the JRT paper's throughput shape (Table 5: B = H = 16, T = 32768, M = 16384, dv = 64,
-C = 64): ≈ 0.82 TFLOP.
+next chunk's loads are in flight while a chunk computes (num_stages 2). Compiled for an H100 or an A100,
+no kernel spills registers (triton 3.9; 3.6 spills a few bytes with pad masks) and each fits at least
+twice on an SM; `python bench.py --suite compile` shows it, no GPU needed. FLOP: pla_flop.
 
 Public API (layout (B, H, T, ·) everywhere):
     feature_map(x)                       (..., f) -> (..., D)
@@ -53,12 +49,9 @@ normaliser, which is what the official code does.)
 """
 
 import math
-
 import os
 
-
 import torch
-
 
 EPS = 1e-12  # added to the normaliser, as in the official code; it only matters for rows with no keys
 
@@ -298,12 +291,13 @@ except ImportError as err:  # Triton is optional: without it pla runs on the tor
 
 
 def _tiles(low):
-    """Chunk length BT, the f² rows' slice count NS and warps, for bf16 (low) or fp32 products: tiles that
-    compile without register spills for sm_90 and sm_80 (bench.py --suite compile). bf16: 4 warps, one
-    warpgroup, since a 64-row wgmma tile belongs to one warpgroup and an 8-warp CTA issues every MMA twice."""
+    """Chunk length BT, value columns BV a program, the f² rows' slice count NS and warps, for bf16 (low) or
+    fp32 products: tiles that compile without register spills for sm_90 and sm_80 (bench.py --suite
+    compile). bf16: 4 warps, one warpgroup, since a 64-row wgmma tile belongs to one warpgroup and an 8-warp
+    CTA issues every MMA twice. BV 16: the f²×BV fp32 state leaves registers for the chunk's tiles."""
     if low:
-        return dict(BT=64, NS=4, num_warps=4, num_stages=2)
-    return dict(BT=16, NS=8, num_warps=8, num_stages=1)  # fp32 products: no wgmma, 8 warps share the work
+        return dict(BT=64, BV=16, NS=4, num_warps=4, num_stages=2)
+    return dict(BT=16, BV=16, NS=8, num_warps=8, num_stages=1)  # fp32: no wgmma, 8 warps share the work
 
 
 @triton.jit
@@ -332,7 +326,7 @@ def _put(P, t, T, col, NC, x):
 
 @triton.jit
 def _x(X, t, T, scale, F: tl.constexpr):
-    """x̃ = x·f^-¼ at rows t: (BT, f) fp32, read once per chunk; every φ slice is built from it."""
+    """x̃ = x·f^-¼ at rows t: (BT, f) fp32; the φ slices of _P and _PT are built from it in registers."""
     return _load(X, t, T, tl.arange(0, F), F).to(tl.float32) * scale
 
 
@@ -487,12 +481,12 @@ def _grad_read(xf, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
 
 
 @triton.jit
-def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, C0, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
+def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
                     BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """Step 1: the state of one segment of prefix keys, for one (b, h) and BV value columns, and the
     normaliser's z (f×f, cheap)."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
-    e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
     A: tl.constexpr = F // NS
     KE, VE, W = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M
     s2 = ()
@@ -511,14 +505,14 @@ def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, C0, SEG, scale, F: tl.constexpr
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, C0, scale, eps, F: tl.constexpr, NS: tl.constexpr,
+def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, scale, eps, F: tl.constexpr, NS: tl.constexpr,
                 BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
     """Step 2: causal Based attention from the starting state, for one (b, h) and BV value columns. Each
     program also carries the normaliser's z (Z f×f, z₁, z₀: two small products a chunk) and divides by its
     own den. Every block computes the same den and z, bit for bit, and writes them: a branch for "the
     first block only" costs registers that sm_80 does not have."""
     bh = tl.program_id(1).to(tl.int64)
-    e, D = C0 + tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
+    e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
     A: tl.constexpr = F // NS
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T    # this head's rows (pads: its batch row)
     V, Y, RDEN = V + bh * T * DV, Y + bh * T * DV, RDEN + bh * T
@@ -655,29 +649,16 @@ def _enc_bwd_kernel(KE, VE, W, dS, DKE, DVE, M, H, DV, SEG, scale, F: tl.constex
 
 # ----------------------------------------------------------------------------- autograd and launches
 
-def _blocks(dv, M, BH, low, device):
-    """Column blocks and prefix segments. The forward cuts the dv value columns into NV blocks of BV and,
-    if dv is not a multiple of BV, one block of BVL for the rest (the narrowest power of two ≥ 16 that
-    fits); every block carries the normaliser itself. The backward's sweeps cut the dv + 1 columns [v, 1]
-    into NB blocks of 16, so that the f²×16 fp32 state leaves registers for the gradient's tiles. The
-    prefix is cut into segments, enough programs to fill the GPU, no more, since each one writes a
-    partial state."""
-    BV = 16  # fp32: BV 16, a smaller f²×BV state (_tiles)
-    NV, rest = dv // BV, dv % BV
-    BVL = max(16, triton.next_power_of_2(rest)) if rest else 0
+def _blocks(dv, M, BH, device, BV=16):
+    """Blocks of BV columns and prefix segments. The forward cuts the dv value columns into NV blocks (the
+    last one masked where dv is not a multiple of BV), each carrying the normaliser itself; the backward
+    cuts the dv + 1 columns [v, 1] into NB. The prefix is cut into segments, enough programs to fill the
+    GPU, no more, since each one writes a partial state."""
+    NV = triton.cdiv(dv, BV)
     want = 16 if INTERPRET else 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    nseg = max(1, min(triton.cdiv(M, 64), want // max(1, BH * (NV + (rest > 0)))))
+    nseg = max(1, min(triton.cdiv(M, 64), want // max(1, BH * NV)))
     seg = max(64, triton.cdiv(triton.cdiv(M, nseg), 64) * 64)  # a multiple of every BT of _tiles
-    return dict(BV=BV, NV=NV, BVL=BVL, NB=triton.cdiv(dv + 1, 16), seg=seg, nseg=triton.cdiv(M, seg))
-
-
-def _launch(kernel, grid, blocks, *args, **kw):
-    """A forward kernel over the value columns: NV blocks of BV, then the rest's block of BVL (if any). C0
-    is a launch's first column; the program that holds column 0 writes the normaliser's results."""
-    if blocks["NV"]:
-        kernel[(blocks["NV"], *grid)](*args, C0=0, BV=blocks["BV"], **kw)
-    if blocks["BVL"]:
-        kernel[(1, *grid)](*args, C0=blocks["NV"] * blocks["BV"], BV=blocks["BVL"], **kw)
+    return dict(NV=NV, NB=triton.cdiv(dv + 1, BV), seg=seg, nseg=triton.cdiv(M, seg))
 
 
 def _sym(S, f):
@@ -702,18 +683,18 @@ class _PLA(torch.autograd.Function):
         # fp32 inputs. The interpreter computes a bf16 tl.dot wrongly: there everything is fp32.
         low = not INTERPRET and {q.dtype, v.dtype} != {torch.float32}
         kw = dict(F=f, DT=tl.bfloat16 if low else tl.float32, scale=f ** -0.25, **_tiles(low))
-        blocks = _blocks(dv, M, B * H, low, q.device)
+        blocks = _blocks(dv, M, B * H, q.device, kw["BV"])
         S = (q.new_zeros(B, H, D, dv + 1, dtype=torch.float32) if S0 is None
              else torch.cat([S0.float(), z0.float()[..., None]], -1))
         if M > 0:  # 1. the prefix, reduced into partial states in parallel
             S_part = q.new_empty(B * H, blocks["nseg"], D, dv + 1, dtype=torch.float32)
-            _launch(_enc_fwd_kernel, (blocks["nseg"], B * H), blocks, k_enc, v_enc,
-                    q if keep_enc is None else keep_enc, S_part, M, H, dv, SEG=blocks["seg"],
-                    HAS_W=keep_enc is not None, **kw)
+            _enc_fwd_kernel[(blocks["NV"], blocks["nseg"], B * H)](
+                k_enc, v_enc, q if keep_enc is None else keep_enc, S_part, M, H, dv, SEG=blocks["seg"],
+                HAS_W=keep_enc is not None, **kw)
             S = S + S_part.sum(1).view(B, H, D, dv + 1)
         y, rden, S_out = torch.empty_like(v), q.new_empty(B, H, T, dtype=torch.float32), torch.empty_like(S)
-        _launch(_fwd_kernel, (B * H,), blocks, q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H,
-                dv, eps=EPS, HAS_W=keep is not None, **kw)
+        _fwd_kernel[(blocks["NV"], B * H)](q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H, dv,
+                                           eps=EPS, HAS_W=keep is not None, **kw)
         ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden)
         ctx.has_state, ctx.blocks, ctx.kw, ctx.low = S0 is not None, blocks, kw, low
         return y, S_out[..., :dv], S_out[..., dv]
@@ -723,7 +704,7 @@ class _PLA(torch.autograd.Function):
         q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden = ctx.saved_tensors
         B, H, T, f = q.shape
         dv, M = v.shape[-1], 0 if k_enc is None else k_enc.shape[2]
-        nb, kw = ctx.blocks["NB"], dict(ctx.kw, BV=16)
+        nb, kw = ctx.blocks["NB"], ctx.kw
         dy = dy.contiguous()
         dden = torch.empty_like(rden)  # (B, H, T): ∂L/∂den, the ones column's gradient (_bwd_chunk_kernel)
         dS_end = torch.cat([torch.zeros_like(S[..., :dv]) if dS_out is None else dS_out.float(),

@@ -92,17 +92,17 @@ def test_cases_cover_segments_and_value_blocks():
     if DEV == "cuda":
         pytest.skip("block counts depend on the GPU")
     low = False  # the interpreter runs the fp32 kernels (kernels._PLA.forward)
-    assert kernels._blocks(24, 70, 4, low, DEV)["nseg"] == 2      # state_pads: two prefix segments
-    assert kernels._blocks(40, 45, 1, low, DEV)["NV"] == 2        # dv40: two blocks of value columns
-    assert kernels._blocks(112, 21, 1, low, DEV)["NV"] == 7       # dv112: seven, no block for the rest
-    assert kernels._blocks(40, 45, 1, low, DEV)["BVL"] == 16      # dv40: a block for the rest, 8 of 16 used
+    assert kernels._blocks(24, 70, 4, DEV)["nseg"] == 2      # state_pads: two prefix segments
+    assert kernels._blocks(40, 45, 1, DEV)["NV"] == 3        # dv40: three blocks of columns, 8 of 16 used in one
+    assert kernels._blocks(112, 21, 1, DEV)["NV"] == 7       # dv112: seven, all 16 columns used
     assert min(T for _, _, T, *_ in CASES.values()) > 2 * kernels._tiles(low)["BT"]  # several chunks each
 
 
 # The GPU's bf16 tiles (BT 64, NS 4, BV 16) at (B, H, T, M, dv, with a state, with pads): several chunks
-# of 64, a block of value columns for the rest (72 = 4·16 + 8), several prefix segments, pads and a state;
-# and the form the benchmarks time: no masks, no state, T and M multiples of the chunk, dv 64.
-BF16_TILE_CASES = {"tails_state_pads": (1, 1, 150, 130, 72, True, True), "timed_form": (1, 2, 128, 64, 64, False, False)}
+# of 64, a last block of value columns with 8 of 16 used (72 = 4·16 + 8), several prefix segments, pads
+# and a state; and the form the benchmarks time: no masks, no state, T and M multiples of the chunk, dv 64.
+BF16_TILE_CASES = {"tails_state_pads": (1, 1, 150, 130, 72, True, True),
+                   "timed_form": (1, 2, 128, 64, 64, False, False)}
 
 
 @pytest.mark.skipif(DEV == "cuda", reason="on a GPU bf16 inputs run these tiles themselves (test_bf16_inputs)")
@@ -110,11 +110,10 @@ BF16_TILE_CASES = {"tails_state_pads": (1, 1, 150, 130, 72, True, True), "timed_
 def test_the_bf16_tiles_with_fp32_products(monkeypatch, case):
     """The GPU's bf16 launches use other tiles than the fp32 ones the interpreter runs, and the interpreter
     cannot run bf16 products: so run those tiles with fp32 products."""
-    tiles, blocks = kernels._tiles, kernels._blocks
+    tiles = kernels._tiles
     monkeypatch.setattr(kernels, "_tiles", lambda low: tiles(True))
-    monkeypatch.setattr(kernels, "_blocks", lambda dv, M, BH, low, device: blocks(dv, M, BH, True, device))
-    assert kernels._tiles(False)["BT"] == 64 and kernels._blocks(72, 130, 1, False, DEV)["BV"] == 16
-    assert kernels._blocks(72, 130, 1, False, DEV)["nseg"] >= 2
+    assert kernels._tiles(False)["BT"] == 64 and kernels._tiles(False)["BV"] == 16
+    assert kernels._blocks(72, 130, 1, DEV)["nseg"] >= 2
     x, pads, g = make(*BF16_TILE_CASES[case], 1.0)
     y, S, z, grads = run(x, pads, g, torch.float32, "triton")
     yr, Sr, zr, gr = run(x, pads, g, torch.float64, "reference")
