@@ -517,8 +517,8 @@ def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, SEG, scale, F: tl.constexpr, NS
         t = sg * SEG + m0 + tl.arange(0, BT)
         kf, w = _x(KE, t, M, scale, F), _weight(W, t, M, HAS_W)
         g = (_load(VE, t, M, e, DV).to(tl.float32) * w[:, None]).to(DT)  # (BT, BV): a pad adds nothing
-        s2 = _add2(tl.trans(kf), g, s2, F, DT)
         s1t, Z, s0, z1, z0 = _add_s1z(kf.to(DT), kf, w, g, s1t, Z, s0, z1, z0, DT, WGMMA)
+        s2 = _add2(tl.trans(kf), g, s2, F, DT)
     S_part += (bh * tl.num_programs(1) + sg) * D * (DV + 1)  # the partial states are summed by torch
     _store_state(S_part, s2, tl.trans(s1t), s0, e, DV, DV + 1, F)
     _store_z(S_part, Z, z1, z0, DV, F)  # every block writes the same z
