@@ -67,10 +67,12 @@ GPUS = {90: dict(name="H100", sms=132, smem_sm=228 * 1024, smem_cta=227 * 1024),
 REGS_SM, REG_UNIT, WARPS_SM, CTAS_SM, SMEM_RESERVED = 65536, 256, 64, 32, 1024
 
 
-def kernel_launches(dtype, dv, B=2, H=2, T=256, M=128, sms=132, masks=True):
+def kernel_launches(dtype, dv, B=2, H=2, T=256, M=128, sms=132, masks=True,
+                    cc=90):
     """Every Triton launch a forward + backward of kernels.pla makes at these sizes, as dicts (name, kernel,
     grid, args, kwargs, phase), recorded instead of run on meta tensors: nothing is computed or allocated.
-    The block choice is kernels.py's for a GPU with `sms` SMs; masks: with pad masks (HAS_W variants)."""
+    The block choice is kernels.py's for a GPU with `sms` SMs and compute capability cc; masks: with pad
+    masks (HAS_W variants)."""
     import types
     import kernels
     calls, names, phase = [], [n for n in vars(kernels) if n.endswith("_kernel")], ["forward"]
@@ -86,7 +88,8 @@ def kernel_launches(dtype, dv, B=2, H=2, T=256, M=128, sms=132, masks=True):
             grid = tuple(grid) if isinstance(grid, (tuple, list)) else (grid,)
             return lambda *a, **kw: calls.append(dict(name=self.name, kernel=self.kernel, grid=grid, args=a,
                                                       kwargs=kw, phase=phase[0]))
-    props, real = types.SimpleNamespace(multi_processor_count=sms), torch.cuda.get_device_properties
+    props = types.SimpleNamespace(multi_processor_count=sms, major=cc // 10)
+    real = torch.cuda.get_device_properties
     saved, interpret = {n: getattr(kernels, n) for n in names}, kernels.INTERPRET
     try:
         torch.cuda.get_device_properties = lambda *a: props
@@ -182,7 +185,7 @@ def compile_jobs(dtypes=(torch.bfloat16, torch.float32), dvs=(64, 112), archs=(9
         for dv in dvs:
             for arch in archs:
                 seen = {}
-                for c in kernel_launches(dtype, dv, sms=GPUS[arch]["sms"], masks=masks, **shape):
+                for c in kernel_launches(dtype, dv, sms=GPUS[arch]["sms"], masks=masks, cc=arch, **shape):
                     name, fn, args, kw = c["name"], c["kernel"], c["args"], c["kwargs"]
                     vals = dict(zip(fn.arg_names, args), **kw)
                     F = vals.get("F", 16)

@@ -418,12 +418,14 @@ def _store_state(S, s2, s1, s0, e, NC, LD, F: tl.constexpr):
 
 
 @triton.jit
-def _load_z(S, DV, F: tl.constexpr):
-    """The normaliser's state z, column dv of one head's (D, dv + 1) state: (Z (f, f), z₁ (f,), z₀), its
-    f² piece as an f×f matrix, so that φ(x)·z = z₀ + x̃·z₁ + x̃ᵀ Z x̃ is two small fp32 products."""
+def _load_s1z(S, e, DV, F: tl.constexpr):
+    """The forward's S₁ᵀ (f, BV) at columns e and the normaliser's z, column dv of one head's (D, dv + 1)
+    state: (S₁ᵀ, Z (f, f), z₁ (f,), z₀), z's f² piece as an f×f matrix Z, so that φ(x)·z = z₀ + x̃·z₁ +
+    x̃ᵀ Z x̃/√2 is two small products."""
     r = tl.arange(0, F)
+    s1t = tl.load(S + (1 + r)[:, None] * (DV + 1) + e[None, :], mask=(e < DV)[None, :], other=0.)
     Z = tl.load(S + (1 + F + r[:, None] * F + r[None, :]) * (DV + 1) + DV)
-    return Z, tl.load(S + (1 + r) * (DV + 1) + DV), tl.load(S + DV)
+    return s1t, Z, tl.load(S + (1 + r) * (DV + 1) + DV), tl.load(S + DV)
 
 
 @triton.jit
@@ -435,23 +437,39 @@ def _store_z(S, Z, z1, z0, DV, F: tl.constexpr):
 
 
 @triton.jit
-def _add_z(xf, w, Z, z1, z0, DT: tl.constexpr):
-    """z += Σ_j w_j φ(x_j) from x̃ (BT, f) fp32 and the weights w (BT,). Z accumulates x̃ᵀ x̃/√2 in fp32
-    from DT products, like the values' state."""
-    xw = xf * w[:, None]
-    return (_dot(tl.trans(xw.to(DT)), (xf * 0.7071067811865476).to(DT), Z), z1 + tl.sum(xw, 0),
-            z0 + tl.sum(w, 0))
-
-
-@triton.jit
-def _add(xt, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
-    """S += φ(x)ᵀ g, slice by slice; xt = x̃ᵀ (f, BT) fp32, x = x̃ (BT, f) and g (BT, BV) in DT.
-    Forward: x = k, g = w·v. Backward: x = q, g = [dnum, dden]."""
+def _add2(xt, g, s2, F: tl.constexpr, DT: tl.constexpr):
+    """S₂ += P(x)ᵀ g, slice by slice; xt = x̃ᵀ (f, BT) fp32, g (BT, BV) in DT."""
     A: tl.constexpr = F // len(s2)
     out = ()
     for p in tl.static_range(len(s2)):
         out = out + (_dot(_PT(xt, p, A, F).to(DT), g, s2[p]),)
-    return out, _dot(tl.trans(g), x, s1), s0 + tl.sum(g.to(tl.float32), 0)
+    return out
+
+
+@triton.jit
+def _add(xt, x, g, s2, s1, s0, F: tl.constexpr, DT: tl.constexpr):
+    """S += φ(x)ᵀ g; xt = x̃ᵀ (f, BT) fp32, x = x̃ (BT, f) and g (BT, BV) in DT. The backward's: x = k,
+    g = w·[v, 1] (dq's sweep) or x = q, g = [dnum, dden] (dk's)."""
+    return _add2(xt, g, s2, F, DT), _dot(tl.trans(g), x, s1), s0 + tl.sum(g.to(tl.float32), 0)
+
+
+@triton.jit
+def _add_s1z(k, kf, w, g, s1t, Z, s0, z1, z0, DT: tl.constexpr, WGMMA: tl.constexpr):
+    """The forward's state but S₂: S₁ᵀ += k̃ᵀ g, S₀ += Σ_j g_j and z += Σ_j w_j φ(k_j), from k̃ (BT, f) in
+    DT and fp32, the weights w (BT,) and g = w·v (BT, BV = f). S₁ᵀ and Z have 16 rows, which all four
+    warps would compute; for sm_90 (WGMMA) they are one (f, 2f) product k̃ᵀ [g, w·k̃/√2], interleaved, whose
+    2f columns the four warps share. An A100's MMAs all share one layout, there made for the 64-row ones."""
+    kw = (kf * (w * 0.7071067811865476)[:, None]).to(DT)
+    if WGMMA:
+        BT: tl.constexpr = k.shape[0]
+        F: tl.constexpr = k.shape[1]
+        tl.static_assert(g.shape[1] == F, "S₁ᵀ (f, BV) and Z (f, f) are joined: BV = f")
+        gk = tl.reshape(tl.join(g, kw), (BT, 2 * F))                                     # (BT, 2f)
+        s1t, Z = tl.split(tl.reshape(_dot(tl.trans(k), gk, tl.reshape(tl.join(s1t, Z), (F, 2 * F))),
+                                     (F, F, 2)))
+    else:
+        s1t, Z = _dot(tl.trans(k), g, s1t), _dot(tl.trans(k), kw, Z)
+    return s1t, Z, s0 + tl.sum(g.to(tl.float32), 0), z1 + tl.sum(kf * w[:, None], 0), z0 + tl.sum(w, 0)
 
 
 @triton.jit
@@ -482,7 +500,8 @@ def _grad_read(xf, g, s2, s1, F: tl.constexpr, DT: tl.constexpr):
 
 @triton.jit
 def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, SEG, scale, F: tl.constexpr, NS: tl.constexpr,
-                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
+                    BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr,
+                    WGMMA: tl.constexpr):
     """Step 1: the state of one segment of prefix keys, for one (b, h) and BV value columns, and the
     normaliser's z (f×f, cheap)."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
@@ -492,21 +511,23 @@ def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, SEG, scale, F: tl.constexpr, NS
     s2 = ()
     for p in tl.static_range(NS):
         s2 = s2 + (tl.zeros([F * F // NS, BV], tl.float32),)
-    s1, s0 = tl.zeros([BV, F], tl.float32), tl.zeros([BV], tl.float32)
-    Z, z1, z0 = tl.zeros([F, F], tl.float32), tl.zeros([F], tl.float32), 0.
+    s1t, Z, s0 = tl.zeros([F, BV], tl.float32), tl.zeros([F, F], tl.float32), tl.zeros([BV], tl.float32)
+    z1, z0 = tl.zeros([F], tl.float32), 0.
     for m0 in tl.range(0, SEG, BT):  # rows past M are masked
         t = sg * SEG + m0 + tl.arange(0, BT)
         kf, w = _x(KE, t, M, scale, F), _weight(W, t, M, HAS_W)
-        s2, s1, s0 = _add(tl.trans(kf), kf.to(DT), _vals(VE, w, t, M, e, DV, DT), s2, s1, s0, F, DT)
-        Z, z1, z0 = _add_z(kf, w, Z, z1, z0, DT)  # cheap: f×f, no f² tile
+        g = (_load(VE, t, M, e, DV).to(tl.float32) * w[:, None]).to(DT)  # (BT, BV): a pad adds nothing
+        s1t, Z, s0, z1, z0 = _add_s1z(kf.to(DT), kf, w, g, s1t, Z, s0, z1, z0, DT, WGMMA)
+        s2 = _add2(tl.trans(kf), g, s2, F, DT)
     S_part += (bh * tl.num_programs(1) + sg) * D * (DV + 1)  # the partial states are summed by torch
-    _store_state(S_part, s2, s1, s0, e, DV, DV + 1, F)
+    _store_state(S_part, s2, tl.trans(s1t), s0, e, DV, DV + 1, F)
     _store_z(S_part, Z, z1, z0, DV, F)  # every block writes the same z
 
 
 @triton.jit
 def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, scale, eps, F: tl.constexpr, NS: tl.constexpr,
-                BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr):
+                BV: tl.constexpr, HAS_W: tl.constexpr, DT: tl.constexpr, BT: tl.constexpr,
+                WGMMA: tl.constexpr):
     """Step 2: causal Based attention from the starting state, for one (b, h) and BV value columns. Each
     program also carries the normaliser's z (Z f×f, z₁, z₀: two small products a chunk) and divides by its
     own den. Every block computes the same den and z, bit for bit, and writes them: a branch for "the
@@ -517,15 +538,15 @@ def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, scale, eps, F: tl.co
     Q, K, W = Q + bh * T * F, K + bh * T * F, W + (bh // H) * T    # this head's rows (pads: its batch row)
     V, Y, RDEN = V + bh * T * DV, Y + bh * T * DV, RDEN + bh * T
     S_in, S_out = S_in + bh * D * (DV + 1), S_out + bh * D * (DV + 1)
-    s2, s1, s0 = _load_state(S_in, e, DV, DV + 1, F, NS)
-    Z, z1, z0 = _load_z(S_in, DV, F)
+    s2, _, s0 = _load_state(S_in, e, DV, DV + 1, F, NS)
+    s1t, Z, z1, z0 = _load_s1z(S_in, e, DV, F)
     for t0 in tl.range(0, T, BT):  # num_stages 2: the next chunk's loads are issued before this one's MMAs
         t = t0 + tl.arange(0, BT)
         qf, kf = _x(Q, t, T, scale, F), _x(K, t, T, scale, F)           # (BT, f) fp32
         q, k, w = qf.to(DT), kf.to(DT), _weight(W, t, T, HAS_W)
         g = (_load(V, t, T, e, DV).to(tl.float32) * w[:, None]).to(DT)  # (BT, BV): a pad adds nothing
-        num = _dot(q, tl.trans(s1.to(DT))) + s0[None, :]  # (BT, BV), den (BT,): φ(q)·[S, z], earlier chunks
-        den = tl.sum((_dot((qf * 0.7071067811865476).to(DT), Z.to(DT)) + z1[None, :]) * qf, 1) + z0
+        num = _dot(q, s1t.to(DT)) + s0[None, :]  # (BT, BV), den (BT,): φ(q)·[S, z], the earlier chunks
+        den = tl.sum((_dot(q, Z.to(DT)) * 0.7071067811865476 + z1[None, :]) * qf, 1) + z0
         for p in tl.static_range(NS):
             num = _dot(_P_load(Q, t, T, scale, p, A, F).to(DT), s2[p].to(DT), num)
         s = _dot(q, tl.trans(k))                                          # (BT, BT) = q·k/√f
@@ -536,9 +557,8 @@ def _fwd_kernel(Q, K, V, W, S_in, Y, RDEN, S_out, T, H, DV, scale, eps, F: tl.co
         _put(Y, t, T, e, DV, num * rden[:, None])
         for p in tl.static_range(NS):
             s2 = s2[:p] + (_dot(_PT_load(K, t, T, scale, p, A, F).to(DT), g, s2[p]),) + s2[p + 1:]
-        s1, s0 = _dot(tl.trans(g), k, s1), s0 + tl.sum(g.to(tl.float32), 0)
-        Z, z1, z0 = _add_z(kf, w, Z, z1, z0, DT)
-    _store_state(S_out, s2, s1, s0, e, DV, DV + 1, F)
+        s1t, Z, s0, z1, z0 = _add_s1z(k, kf, w, g, s1t, Z, s0, z1, z0, DT, WGMMA)
+    _store_state(S_out, s2, tl.trans(s1t), s0, e, DV, DV + 1, F)
     _store_z(S_out, Z, z1, z0, DV, F)
 
 
@@ -661,6 +681,11 @@ def _blocks(dv, M, BH, device, BV=16):
     return dict(NV=NV, NB=triton.cdiv(dv + 1, BV), seg=seg, nseg=triton.cdiv(M, seg))
 
 
+def _wgmma(low, device):
+    """Whether the bf16 forward kernels are compiled for sm_90's warpgroup MMAs (_add_s1z)."""
+    return low and torch.cuda.get_device_properties(device).major >= 9
+
+
 def _sym(S, f):
     """S (B, H, D, ·) with its f² rows symmetrised, (X + Xᵀ)/2 over the f×f index pair. φ(x)'s f² piece
     is symmetric, so φ(x)·S and every gradient through it are unchanged, and the backward kernels need
@@ -683,18 +708,18 @@ class _PLA(torch.autograd.Function):
         # fp32 inputs. The interpreter computes a bf16 tl.dot wrongly: there everything is fp32.
         low = not INTERPRET and {q.dtype, v.dtype} != {torch.float32}
         kw = dict(F=f, DT=tl.bfloat16 if low else tl.float32, scale=f ** -0.25, **_tiles(low))
-        blocks = _blocks(dv, M, B * H, q.device, kw["BV"])
+        blocks, wg = _blocks(dv, M, B * H, q.device, kw["BV"]), _wgmma(low, q.device)
         S = (q.new_zeros(B, H, D, dv + 1, dtype=torch.float32) if S0 is None
              else torch.cat([S0.float(), z0.float()[..., None]], -1))
         if M > 0:  # 1. the prefix, reduced into partial states in parallel
             S_part = q.new_empty(B * H, blocks["nseg"], D, dv + 1, dtype=torch.float32)
             _enc_fwd_kernel[(blocks["NV"], blocks["nseg"], B * H)](
                 k_enc, v_enc, q if keep_enc is None else keep_enc, S_part, M, H, dv, SEG=blocks["seg"],
-                HAS_W=keep_enc is not None, **kw)
+                HAS_W=keep_enc is not None, WGMMA=wg, **kw)
             S = S + S_part.sum(1).view(B, H, D, dv + 1)
         y, rden, S_out = torch.empty_like(v), q.new_empty(B, H, T, dtype=torch.float32), torch.empty_like(S)
         _fwd_kernel[(blocks["NV"], B * H)](q, k, v, q if keep is None else keep, S, y, rden, S_out, T, H, dv,
-                                           eps=EPS, HAS_W=keep is not None, **kw)
+                                           eps=EPS, HAS_W=keep is not None, WGMMA=wg, **kw)
         ctx.save_for_backward(q, k, v, k_enc, v_enc, keep, keep_enc, S, y, rden)
         ctx.has_state, ctx.blocks, ctx.kw, ctx.low = S0 is not None, blocks, kw, low
         return y, S_out[..., :dv], S_out[..., dv]
