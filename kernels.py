@@ -506,7 +506,6 @@ def _enc_fwd_kernel(KE, VE, W, S_part, M, H, DV, SEG, scale, F: tl.constexpr, NS
     normaliser's z (f×f, cheap)."""
     sg, bh = tl.program_id(1), tl.program_id(2).to(tl.int64)
     e, D = tl.program_id(0) * BV + tl.arange(0, BV), 1 + F + F * F
-    A: tl.constexpr = F // NS
     KE, VE, W = KE + bh * M * F, VE + bh * M * DV, W + (bh // H) * M
     s2 = ()
     for p in tl.static_range(NS):

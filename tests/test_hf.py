@@ -217,7 +217,6 @@ def test_text_parts_follow_the_longbench_layout():
 
 def test_text_rows_answer_from_the_full_context_and_from_the_chosen_chunk():
     from chunked import KINDS, text_parts, text_rows
-    from evaluate import f1_score
     tok = data.get_tokenizer("bytes")
     model = tiny("mamba", vocab=258)
     row = {"context": "The key is blue. " * 4 + "The door is red.", "input": "Door?", "answers": ["red"]}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from hf import from_official, from_pretrained, official_config, prefill_official
 from lm import left_pad
-from model import PRESETS, Config, Model
+from model import PRESETS, Model
 
 F64 = torch.float64
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "official")
