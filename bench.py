@@ -546,18 +546,22 @@ def headline(meta):
             f"{meta['date']} · {meta['sizes']} sizes, {meta['dtype']}")
 
 
-def check_out(out, prog="bench.py"):
-    """--out before any work: the JSON file's folder is made (with its parents); a folder, or a folder that
-    cannot be made or written, is refused in one line."""
-    if os.path.isdir(out):
+def check_out(out, prog="bench.py", folder=False):
+    """--out before any work: the folder (the gpu suite's --out, else the JSON file's folder) is made with
+    its parents; a file given as the folder, a folder given as the file, or a folder that cannot be made or
+    written, is refused in one line."""
+    if folder and os.path.isfile(out):
+        sys.exit(f"{prog} --out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), "
+                 "but this is a file")
+    if not folder and os.path.isdir(out):
         sys.exit(f"{prog} --out={out}: a folder; give a .json file path (the suite writes one file)")
-    folder = os.path.dirname(out) or "."
+    where = out if folder else os.path.dirname(out) or "."
     try:
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(where, exist_ok=True)
     except OSError as e:
-        sys.exit(f"{prog} --out={out}: cannot make the folder {folder}: {e.strerror}")
-    if not os.access(folder, os.W_OK):
-        sys.exit(f"{prog} --out={out}: the folder {folder} is not writable")
+        sys.exit(f"{prog} --out={out}: cannot make the folder {where}: {e.strerror}")
+    if not os.access(where, os.W_OK):
+        sys.exit(f"{prog} --out={out}: the folder {where} is not writable")
 
 
 SUITES = dict(prefill=prefill_suite, decode=decode_suite, train=train_suite)

@@ -24,9 +24,9 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch.nn.attention import SDPBackend, sdpa_kernel  # noqa: E402
 
-from bench import (FA2, TOL, Row, add_run_options, atomic_write, decode_suite, derive,  # noqa: E402
-                   describe, exit_status, failure, fla_rows, free, headline, measure, notes, row_name,
-                   run_device, tables, train_suite, word)
+from bench import (FA2, TOL, Row, add_run_options, atomic_write, check_out, decode_suite,  # noqa: E402
+                   derive, describe, exit_status, failure, fla_rows, free, headline, measure, notes,
+                   row_name, run_device, tables, train_suite, word)
 import kernels  # noqa: E402
 from kernels import pla, pla_reference  # noqa: E402
 
@@ -412,19 +412,6 @@ def gpu_markdown(meta, rows, S):
 
 
 
-def check_folder(out):
-    """--out before any work: the folder is made (with its parents) or refused in one line."""
-    if os.path.isfile(out):
-        sys.exit(f"{PROG} --out={out}: the gpu suite writes a folder (gpu.json, gpu.jsonl, gpu.md), "
-                 "but this is a file")
-    try:
-        os.makedirs(out, exist_ok=True)
-    except OSError as e:
-        sys.exit(f"{PROG} --out={out}: cannot make the folder {out}: {e.strerror}")
-    if not os.access(out, os.W_OK):
-        sys.exit(f"{PROG} --out={out}: the folder {out} is not writable")
-
-
 def main(argv=None):
     p = argparse.ArgumentParser(prog=PROG, description="The first run on a GPU: kernel checks, the JRT "
                                 "paper's Table-5 row and sweeps, decode, train; see bench/gpu.py")
@@ -446,7 +433,7 @@ def main(argv=None):
                  f"CUDA available: {torch.cuda.is_available()}); --tiny runs its tiny CPU form")
     S, dtype, peak, meta, slug = describe(args, dev)
     args.out = args.out or f"out/gpu-{slug}-{meta['date'][:10]}"
-    check_folder(args.out)
+    check_out(args.out, PROG, folder=True)
     print(headline(meta), flush=True)
     torch.manual_seed(0)
     backend = args.backend or ("triton" if cuda else "torch")
