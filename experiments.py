@@ -21,7 +21,9 @@ draws it); results/ holds what we measured, one file per experiment.
 """
 import argparse
 import importlib.util
+import multiprocessing
 import os
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -44,41 +46,44 @@ LAYERS = {  # name -> layer layout: Zoology-style conv + mixer stacks
 }
 NAMES = {"based": "Based", "jrt": "JRT-RNN", "transformer": "Transformer"}
 
+LRS = (1e-3, 3e-3, 1e-2)  # every grid's learning-rate sweep: each point trains at each rate and seed
+
 GRIDS = {
     # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (see relabel).
     # CPU: 252 set ids, not fewer: among 60 ids a set of 32 is cheap to hold, and trained this long causal
-    # Based solves both orders at d_model 32, so no order effect can show (results/set_order.md)
+    # Based solves both orders at d_model 32, so no order effect can show (results/set_order.md).
+    # Four widths at f = 4: states of 684 to 1,684 numbers, where the models go from failing to solving
     "set-order": {
         "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=256, n_train=40000, n_test=250,
-                    widths=[(16, 4), (32, 4)], n_head=2, init_std=0.12, iters=6000, lr=3e-3, batch_size=64),
+                    widths=[(12, 4), (16, 4), (24, 4), (32, 4)], n_head=2, init_std=0.12, iters=3000, lrs=LRS,
+                    seeds=(0, 1), batch_size=64),
         "quick": dict(shapes=[(4, 16), (16, 4)], vocab_size=256, n_train=10000, n_test=250, widths=[(32, 4)],
-                      n_head=2, init_std=0.12, iters=1500, lr=3e-3, batch_size=64),
+                      n_head=2, init_std=0.12, iters=1500, lrs=LRS, seeds=(0,), batch_size=64),
         "gpu": dict(shapes=data.SD_TRAIN_SHAPES, vocab_size=data.SD_VOCAB, n_train=20000, n_test=1000,
                     widths=[(36, 4), (64, 8), (96, 16), (128, 24)], n_head=2, init_std=0.06, iters=20000,
-                    lr=1e-3, batch_size=256),
+                    lrs=(3e-4, 1e-3, 3e-3), seeds=(0, 1), batch_size=256),
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to
     # keep only the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 16 models of 2,000 steps of 64 rows (45 CPU-minutes): with 1,500 steps of 32 rows the 4-of-16
-    # models stayed near chance, and with 20k examples and 1,000 steps all were still learning
-    # (results/read_twice.md)
+    # CPU: 48 models of 1,500 steps of 64 rows (with 1,500 steps of 32 rows and one rate the 4-of-16 models
+    # stayed near chance; results/read_twice.md)
     "read-twice": {
         "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
-                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=2000, lr=3e-3,
+                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lrs=LRS,
                     batch_size=64),
         "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
-                      widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=600, lr=3e-3,
+                      widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=400, lrs=LRS,
                       batch_size=64),
         "gpu": dict(models=("based", "jrt"), tasks=[(256, 64, 8), (256, 64, 64)], vocab_size=8192,
                     n_train=100000, n_test=1000, widths=[(64, 8), (128, 16), (256, 16)], seeds=(0, 1),
-                    n_head=4, init_std=0.06, iters=20000, lr=1e-3, batch_size=256),
+                    n_head=4, init_std=0.06, iters=20000, lrs=(3e-4, 1e-3, 3e-3), batch_size=256),
     },
     # OPRM's associative-recall study on MQAR, at a fixed state: every model is trained on 1..K facts (pairs)
     # at one context length C (and at the chunk lengths, so that a chunk looks like something seen in
     # training), queries after the context, a share of them about absent keys (answer: the IDK token, so a
     # chunk without the key can say so). Test: C tokens with 1..K facts and a little beyond. A model that
     # solves few facts and fails at k <= K has learnt the task and fails because its state is full.
-    # runs: (layers, d_model).
+    # runs: (layers, d_model). The best rate of a run: the highest full-context accuracy over 1..K facts.
     # CPU: C = 64, K = 16; a pilot (Based, 1,500 steps) held 0.98 up to 8 facts at d_model 32, but at 16 only
     # 0.82 at 2 facts, so the two widths' overflow points land inside 1..24.
     # Quick: C = 32 and chunks of 8 (shorter rows, cheaper steps); half the queries about absent keys, since
@@ -86,18 +91,19 @@ GRIDS = {
     "overflow": {
         "cpu": dict(runs=[("based", 16), ("based", 32), ("jrt", 16), ("jrt", 32), ("transformer", 32)],
                     vocab_size=64, train_contexts=(8, 16, 64), train_pairs=tuple(range(1, 17)), query_slots=8,
-                    idk_frac=0.25, n_head=2, feature_dim=4, init_std=0.12, n_train=60000, iters=3000, lr=3e-3,
-                    batch_size=64, test_pairs=(1, 2, 4, 6, 8, 12, 16, 20, 24), chunk_lens=(16, 8),
+                    idk_frac=0.25, n_head=2, feature_dim=4, init_std=0.12, n_train=60000, iters=3000, lrs=LRS,
+                    seeds=(0,), batch_size=64, test_pairs=(1, 2, 4, 6, 8, 12, 16, 20, 24), chunk_lens=(16, 8),
                     n_test=200),
         "quick": dict(runs=[("based", 32), ("transformer", 32)],
                       vocab_size=64, train_contexts=(8, 32), train_pairs=tuple(range(1, 17)), query_slots=8,
                       idk_frac=0.5, n_head=2, feature_dim=4, init_std=0.12, n_train=20000, iters=1000,
-                      lr=3e-3, batch_size=64, test_pairs=(1, 2, 4, 8, 12, 16), chunk_lens=(8,), n_test=100),
+                      lrs=LRS, seeds=(0,), batch_size=64, test_pairs=(1, 2, 4, 8, 12, 16), chunk_lens=(8,),
+                      n_test=100),
         "gpu": dict(runs=[("based", 64), ("based", 128), ("jrt", 64), ("jrt", 128), ("transformer", 64)],
                     vocab_size=8192, train_contexts=(128, 1024), train_pairs=tuple(range(4, 257, 4)),
                     query_slots=16, idk_frac=0.25, n_head=4, feature_dim=16, init_std=0.02, n_train=200000,
-                    iters=20000, lr=1e-3, batch_size=256, test_pairs=(8, 16, 32, 64, 96, 128, 192, 256, 320),
-                    chunk_lens=(128,), n_test=1000),
+                    iters=20000, lrs=(3e-4, 1e-3, 3e-3), seeds=(0,), batch_size=256,
+                    test_pairs=(8, 16, 32, 64, 96, 128, 192, 256, 320), chunk_lens=(128,), n_test=1000),
     },
 }
 
@@ -130,6 +136,102 @@ def answer_loss(model, b):
     return model(b["x"], b["y"], b["M"], b["pad"], scored_only=True)[1]    # the head on the n answers only
 
 
+# ------------------------------------------------------------------------- the sweep: runs and points
+
+def sweep(run, jobs, n_jobs=1, threads=1):
+    """[run(**job) for job in jobs], trained in n_jobs processes (`threads` torch threads each). A run seeds
+    its own model, data and batch order, so what it returns does not depend on n_jobs or on the process
+    that ran it; the results come back in the jobs' order."""
+    if n_jobs <= 1 or len(jobs) <= 1:
+        return [run(**job) for job in jobs]
+    ctx = multiprocessing.get_context("spawn")             # fresh interpreters, nothing shared with this one
+    with ctx.Pool(min(n_jobs, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
+        return pool.starmap(_call, [(run, job) for job in jobs], chunksize=1)
+
+
+def _worker_init(threads):
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def _call(run, job):
+    return run(**job)
+
+
+_DATA = {}
+
+
+def cached(build, *args):
+    """build(*args), kept for the next runs of this process that ask for the same (the last few only)."""
+    key = (build.__name__, repr(args))
+    if key not in _DATA:
+        while len(_DATA) >= 4:
+            _DATA.pop(next(iter(_DATA)))
+        _DATA[key] = build(*args)
+    return _DATA[key]
+
+
+def mean(xs):
+    return sum(xs) / len(xs)
+
+
+def points(runs, keys, cells, score):
+    """Group the runs into points (equal `keys`; each point was trained at every rate and seed). Per point:
+    the best rate (the highest mean over seeds of score(run); a tie goes to the lower rate), whether it is
+    an end of the sweep, and per cell the maximum over rates and seeds (the paper's statistic), the mean
+    over seeds at the best rate and each seed's value there."""
+    out = []
+    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in runs):
+        rs = [r for r in runs if tuple(r[k] for k in keys) == key]
+        lrs = sorted({r["lr"] for r in rs})
+        at = {lr: [r for r in rs if r["lr"] == lr] for lr in lrs}
+        best = max(lrs, key=lambda lr: mean([score(r) for r in at[lr]]))
+        out.append(dict(zip(keys, key), state=rs[0]["state"], lr=best,
+                        edge=len(lrs) > 1 and best in (lrs[0], lrs[-1]), seeds=[r["seed"] for r in at[best]],
+                        seconds=sum(r["seconds"] for r in rs), max={c: max(r[c] for r in rs) for c in cells},
+                        mean={c: mean([r[c] for r in at[best]]) for c in cells},
+                        each={c: [r[c] for r in at[best]] for c in cells}))
+    return out
+
+
+def pct_each(v):
+    """'(a, b)': each seed's value in %, or nothing for one seed."""
+    return f" ({', '.join(f'{100 * x:.1f}' for x in v)})" if len(v) > 1 else ""
+
+
+def points_table(pts, keys, cells):
+    """One row per point: its keys, state and best rate, then per cell `max · mean (each seed)` in %: the
+    maximum over rates and seeds, then the mean over seeds at the best rate (and each seed's value)."""
+    rows = ["| " + " | ".join([*keys, "state", "best lr"] + [f"{c}: max · mean" for c in cells]) + " |",
+            "|---" * (len(keys) + 2 + len(cells)) + "|"]
+    for p in pts:
+        rows.append("| " + " | ".join([str(p[k]) for k in keys] + [f"{p['state']:,}", rate(p)]
+                                      + [f"{100 * p['max'][c]:.1f} · {100 * p['mean'][c]:.1f}{pct_each(p['each'][c])}"
+                                         for c in cells]) + " |")
+    edge = [p for p in pts if p["edge"]]
+    note = (f"\n\nThe best rate is an end of the sweep at {len(edge)} of {len(pts)} points (marked \"edge\"): "
+            "a wider --lrs may do better there." if edge else "")
+    return "\n".join(rows) + note
+
+
+def rate(p):
+    return f"{p['lr']:g}" + (" (edge)" if p["edge"] else "")
+
+
+def runs_table(runs, keys, cells):
+    """Every run: its point, rate and seed, each cell in %, its training time."""
+    rows = ["| " + " | ".join([*keys, "lr", "seed", *cells, "train s"]) + " |",
+            "|---" * (len(keys) + 3 + len(cells)) + "|"]
+    for r in runs:
+        rows.append("| " + " | ".join([str(r[k]) for k in keys] + [f"{r['lr']:g}", str(r["seed"])]
+                                      + [f"{100 * r[c]:.1f}" for c in cells] + [f"{r['seconds']:.0f}"]) + " |")
+    return "\n".join(rows)
+
+
+def collapsible(title, table):
+    return f"<details><summary>{title}</summary>\n\n{table}\n\n</details>"
+
+
 # ------------------------------------------------------------------------- JRT: set order (set disjointness)
 
 def relabel(ex, vocab_size, seed=0):
@@ -151,127 +253,193 @@ def relabel(ex, vocab_size, seed=0):
     return data.Examples(x, y, ex.prefix_len, ex.pad, ex.group, ex.groups, vocab_size)
 
 
-def set_order(g, seed=0, device=None):
-    """Causal Based vs JRT-RNN (prefix = the whole input) on set disjointness, trained on both orders of
-    each shape; test accuracy with the shorter set first vs last, at a few state sizes.
-    A and B are drawn from the whole vocabulary (halves=False): with the JRT paper's halves, the shared token
+def set_order_data(shapes, vocab_size, n_train, n_test, seed):
+    """A and B drawn from the whole vocabulary (halves=False): with the JRT paper's halves, the shared token
     is the only B token from A's half, which a model can spot without remembering A at all."""
-    V = g["vocab_size"]
-    train_ex = data.disjoint_sets(g["n_train"], shapes=g["shapes"], halves=False, seed=seed, split="train")
-    test_ex = data.disjoint_sets(g["n_test"], shapes=g["shapes"], halves=False, seed=seed, split="test")
-    if V < data.SD_VOCAB:
-        train_ex, test_ex = relabel(train_ex, V, seed), relabel(test_ex, V, seed + 1)
-    T = train_ex.x.shape[1]
-    pairs = [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
-    records = []
-    for name in ("based", "jrt"):
-        for d, f in g["widths"]:
-            print(f"set order: {NAMES[name]}, d_model {d}, f {f}", flush=True)
-            t0 = time.time()
-            model = make_model(LAYERS[name], vocab_size=V, d_model=d, n_head=g["n_head"], feature_dim=f,
-                               prefix_len=T, init_std=g["init_std"], seed=seed, device=device)
-            fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
-            per, _ = accuracy(model, test_ex)
-            acc = {(a, b): (per[f"|A|={a} |B|={b}"], per[f"|A|={b} |B|={a}"])   # short set first, last
-                   for a, b in pairs}
-            records.append(dict(model=NAMES[name], d_model=d, f=f, state=model.state_size()["total"], acc=acc,
-                                seconds=time.time() - t0))
-    shapes = " | ".join(f"{a} & {b}: short first / last" for a, b in pairs)
-    rows = [f"| model | d_model | f | state | {shapes} | train time |", "|---" * (5 + len(pairs)) + "|"]
-    for r in records:
-        cells = [f"{100 * first:.1f} / {100 * last:.1f}" for first, last in r["acc"].values()]
-        rows.append(f"| {r['model']} | {r['d_model']} | {r['f']} | {r['state']:,} | " + " | ".join(cells)
-                    + f" | {r['seconds']:.0f} s |")
-    return "\n".join(rows), records
+    train_ex = data.disjoint_sets(n_train, shapes=shapes, halves=False, seed=seed, split="train")
+    test_ex = data.disjoint_sets(n_test, shapes=shapes, halves=False, seed=seed, split="test")
+    if vocab_size < data.SD_VOCAB:
+        train_ex, test_ex = relabel(train_ex, vocab_size, seed), relabel(test_ex, vocab_size, seed + 1)
+    return train_ex, test_ex
 
 
-def plot_set_order(records, plt):
-    pairs = list(records[0]["acc"])
-    fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), squeeze=False)
-    for ax, (a, b) in zip(axes[0], pairs):
-        for j, model in enumerate(dict.fromkeys(r["model"] for r in records)):  # a colour per model
-            rs = [r for r in records if r["model"] == model]
-            for i, (order, style) in enumerate((("short set first", "-"), ("short set last", "--"))):
-                ax.plot([r["state"] for r in rs], [100 * r["acc"][a, b][i] for r in rs], style, color=f"C{j}",
-                        marker="o", label=f"{model}, {order}")
-        ax.set(title=f"set disjointness, sets of {a} and {b}", xlabel="state (numbers per sequence)",
-               ylabel="accuracy (%)", ylim=(0, 102))
-    axes[0][0].legend(fontsize=8)
+def order_pairs(g):
+    """The shapes (a, b), a < b, trained in both orders: the cells are `a & b first` and `a & b last`."""
+    return [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
+
+
+def order_cells(g):
+    return [f"{a} & {b} {order}" for a, b in order_pairs(g) for order in ("first", "last")]
+
+
+def set_order_run(g, name, d_model, f, lr, seed, device):
+    """One model of the set-order grid: trained on both orders of each shape, tested per order."""
+    print(f"set order: {NAMES[name]}, d_model {d_model}, f {f}, lr {lr:g}, seed {seed}", flush=True)
+    train_ex, test_ex = cached(set_order_data, g["shapes"], g["vocab_size"], g["n_train"], g["n_test"], seed)
+    t0 = time.time()
+    model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d_model, n_head=g["n_head"],
+                       feature_dim=f, prefix_len=train_ex.x.shape[1], init_std=g["init_std"], seed=seed,
+                       device=device)
+    fit(model, train_ex, g["iters"], lr, g["batch_size"], seed, log_every=0)
+    per, _ = accuracy(model, test_ex)
+    acc = {}
+    for a, b in order_pairs(g):                                          # the short set first, then last
+        acc[f"{a} & {b} first"], acc[f"{a} & {b} last"] = per[f"|A|={a} |B|={b}"], per[f"|A|={b} |B|={a}"]
+    r = dict(model=NAMES[name], d_model=d_model, f=f, state=model.state_size()["total"], lr=lr, seed=seed,
+             seconds=time.time() - t0, **acc)
+    print(f"set order: {NAMES[name]}, d_model {d_model}, lr {lr:g}, seed {seed}: "
+          + ", ".join(f"{c} {100 * v:.1f}" for c, v in acc.items()) + f" ({r['seconds']:.0f} s)", flush=True)
+    return r
+
+
+def set_order(g, seeds=None, jobs=1, threads=1, device=None):
+    """Causal Based vs JRT-RNN (prefix = the whole input) on set disjointness, trained on both orders of
+    each shape at every rate and seed; test accuracy with the shorter set first vs last, per state size."""
+    dev = None if device is None else str(device)
+    work = [dict(g=g, name=name, d_model=d, f=f, lr=lr, seed=seed, device=dev)
+            for seed in seeds or g["seeds"] for d, f in sorted(g["widths"], reverse=True)
+            for name in ("based", "jrt") for lr in g["lrs"]]
+    runs = sweep(set_order_run, work, jobs, threads)
+    runs.sort(key=lambda r: (r["model"] != "Based", r["state"], r["lr"], r["seed"]))
+    keys, cells = ("model", "d_model", "f"), order_cells(g)
+    pts = points(runs, keys, cells, score=lambda r: mean([r[c] for c in cells]))
+    diff = ["| model | d_model | f | state | best lr | "
+            + " | ".join(f"{a} & {b}: first − last, max · mean (each seed)" for a, b in order_pairs(g)) + " |",
+            "|---" * (5 + len(order_pairs(g))) + "|"]
+    for p in pts:
+        cells_ = []
+        for a, b in order_pairs(g):
+            first, last = f"{a} & {b} first", f"{a} & {b} last"
+            each = [x - y for x, y in zip(p["each"][first], p["each"][last])]
+            cells_.append(f"{100 * (p['max'][first] - p['max'][last]):+.1f} · {100 * mean(each):+.1f}"
+                          + (f" ({', '.join(f'{100 * v:+.1f}' for v in each)})" if len(each) > 1 else ""))
+        diff.append(f"| {p['model']} | {p['d_model']} | {p['f']} | {p['state']:,} | {rate(p)} | "
+                    + " | ".join(cells_) + " |")
+    table = (points_table(pts, keys, cells) + "\n\nThe short set first minus last (points):\n\n" + "\n".join(diff)
+             + "\n\n" + collapsible("every run", runs_table(runs, keys, cells)))
+    return table, pts
+
+
+def plot_set_order(pts, plt):
+    """The JRT paper's Figure 2: per shape pair, accuracy against state size (log axis) for each model and
+    order, and the short set first minus last. Lines: the maximum over rates and seeds (the paper's
+    statistic); dots with bars: the mean over seeds at the best rate, the bar spanning the seeds."""
+    pairs = sorted({tuple(int(v) for v in c.split(" ")[:3:2]) for c in pts[0]["max"]})
+    fig, axes = plt.subplots(len(pairs), 2, figsize=(11, 4 * len(pairs)), squeeze=False)
+    models = list(dict.fromkeys(p["model"] for p in pts))
+    for (ax, dx), (a, b) in zip(axes, pairs):
+        first, last = f"{a} & {b} first", f"{a} & {b} last"
+        for j, model in enumerate(models):
+            ps = [p for p in pts if p["model"] == model]
+            x = [p["state"] for p in ps]
+            for c, style, order in ((first, "-", "short set first"), (last, "--", "short set last")):
+                ax.plot(x, [100 * p["max"][c] for p in ps], style, color=f"C{j}", marker="o",
+                        label=f"{model}, {order}")
+                ax.errorbar(x, [100 * p["mean"][c] for p in ps], fmt="none", ecolor=f"C{j}", alpha=0.4,
+                            yerr=spread([[100 * v for v in p["each"][c]] for p in ps]))
+            each = [[100 * (u - v) for u, v in zip(p["each"][first], p["each"][last])] for p in ps]
+            dx.plot(x, [100 * (p["max"][first] - p["max"][last]) for p in ps], "-", color=f"C{j}", marker="o",
+                    label=f"{model}: max over rates and seeds")
+            dx.errorbar(x, [mean(e) for e in each], yerr=spread(each), fmt="s", color=f"C{j}", alpha=0.5,
+                        capsize=3, label=f"{model}: mean at the best rate, bar = seeds")
+        ax.set(title=f"set disjointness, sets of {a} and {b}", xscale="log", ylim=(0, 102),
+               xlabel="state (numbers per sequence, log)", ylabel="accuracy (%)")
+        dx.axhline(0, color="gray", lw=0.8)
+        dx.set(title=f"short set first − short set last ({a} & {b})", xscale="log",
+               xlabel="state (numbers per sequence, log)", ylabel="difference (points)")
+        ax.legend(fontsize=7)
+        dx.legend(fontsize=7)
+    fig.tight_layout()
     return fig
+
+
+def spread(groups):
+    """errorbar's yerr for groups of values about their mean: (below, above)."""
+    return [[mean(g) - min(g) for g in groups], [max(g) - mean(g) for g in groups]]
 
 
 # ----------------------------------------------------------------------------- JRT: reading twice
 
-# trained on → tested on
-READ_TWICE_CELLS = ("once → once", "once → twice", "twice → twice", "twice → once")
+def mqar_data(P, k, q, vocab_size, n_train, n_test, seed):
+    """MQAR read once (one pass of P tokens) and twice (`kv, queries, kv, queries`), train and test; the
+    test rows read twice are the once-rows shown twice."""
+    kw = dict(vocab_size=vocab_size, num_pairs=k, num_queries=q, seed=seed)
+    once_te = data.mqar(n_test, seq_len=P, split="test", **kw)
+    return dict(once=data.mqar(n_train, seq_len=P, split="train", **kw),
+                twice=data.mqar(n_train, seq_len=2 * P, read_twice=True, split="train", **kw),
+                test_once=once_te, test_twice=jrt_examples(once_te, 2))
 
 
-def read_twice(g, seeds=None, device=None):
+def read_twice_run(g, name, task, d_model, f, trained, lr, seed, device):
+    """One model of the read-twice grid: trained on MQAR read `trained` (once | twice), tested both ways."""
+    P, k, q = task
+    print(f"read twice: {NAMES[name]}, T={P} k={k} q={q}, trained {trained}, d_model {d_model}, f {f}, "
+          f"lr {lr:g}, seed {seed}", flush=True)
+    ex = cached(mqar_data, P, k, q, g["vocab_size"], g["n_train"], g["n_test"], seed)
+    t0 = time.time()
+    model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d_model, n_head=g["n_head"],
+                       feature_dim=f, prefix_len=2 * P, init_std=g["init_std"], seed=seed, device=device)
+    fit(model, ex[trained], g["iters"], lr, g["batch_size"], seed, log_every=0)
+    r = dict(model=NAMES[name], T=P, k=k, q=q, d_model=d_model, f=f, trained=trained, lr=lr, seed=seed,
+             state=model.state_size()["total"], seconds=time.time() - t0,
+             **{"tested once": accuracy(model, ex["test_once"])[1],
+                "tested twice": accuracy(model, ex["test_twice"])[1]})
+    print(f"read twice: {NAMES[name]}, q={q}, trained {trained}, lr {lr:g}, seed {seed}: once "
+          f"{100 * r['tested once']:.1f}, twice {100 * r['tested twice']:.1f} ({r['seconds']:.0f} s)", flush=True)
+    return r
+
+
+RT_KEYS, RT_CELLS = ("model", "T", "k", "q", "d_model", "f", "trained"), ("tested once", "tested twice")
+
+
+def read_twice(g, seeds=None, jobs=1, threads=1, device=None):
     """Based and JRT-RNN trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and
-    so the same state size; and each model on the other layout zero-shot, over several seeds. With q queries
-    about k pairs, one pass needs state for all k pairs, two passes only for the q asked (Ω(min) vs Ω(max)),
-    so reading twice should help when q < k and not when q = k. JRT-RNN's prefix is everything before the
-    scored queries (data.mqar: M = C once, the first pass and the second kv twice), so when read twice its
-    encoder sees the questions before it stores the pairs."""
-    runs = []
-    for seed in seeds or g["seeds"]:
-        for P, k, q in g["tasks"]:
-            kw = dict(vocab_size=g["vocab_size"], num_pairs=k, num_queries=q, seed=seed)
-            once_tr = data.mqar(g["n_train"], seq_len=P, split="train", **kw)
-            twice_tr = data.mqar(g["n_train"], seq_len=2 * P, read_twice=True, split="train", **kw)
-            once_te = data.mqar(g["n_test"], seq_len=P, split="test", **kw)
-            twice_te = jrt_examples(once_te, 2)          # the same test rows, shown twice
-            for name in g["models"]:
-                for d, f in g["widths"]:
-                    r = dict(model=NAMES[name], T=P, k=k, q=q, d_model=d, f=f, seed=seed, seconds=0.0)
-                    for fmt, train_ex in (("once", once_tr), ("twice", twice_tr)):
-                        print(f"read twice: {NAMES[name]}, T={P} k={k} q={q}, trained {fmt}, d_model {d}, "
-                              f"f {f}, seed {seed}", flush=True)
-                        t0 = time.time()
-                        model = make_model(LAYERS[name], vocab_size=g["vocab_size"], d_model=d,
-                                           n_head=g["n_head"], feature_dim=f, prefix_len=2 * P,
-                                           init_std=g["init_std"], seed=seed, device=device)
-                        fit(model, train_ex, g["iters"], g["lr"], g["batch_size"], seed)
-                        r["seconds"] += time.time() - t0
-                        r[f"{fmt} → once"] = accuracy(model, once_te)[1]
-                        r[f"{fmt} → twice"] = accuracy(model, twice_te)[1]
-                    runs.append(dict(r, state=model.state_size()["total"]))
-    records = []                                         # one per (model, task, width): the seeds' values
-    for key in dict.fromkeys((r["model"], r["T"], r["k"], r["q"], r["d_model"], r["f"]) for r in runs):
-        rs = [r for r in runs if (r["model"], r["T"], r["k"], r["q"], r["d_model"], r["f"]) == key]
-        records.append(dict(zip(("model", "T", "k", "q", "d_model", "f"), key), state=rs[0]["state"],
-                            seeds=[r["seed"] for r in rs], seconds=sum(r["seconds"] for r in rs),
-                            **{c: [r[c] for r in rs] for c in READ_TWICE_CELLS}))
-    each = lambda v: f" ({', '.join(f'{100 * x:.1f}' for x in v)})" if len(v) > 1 else ""
-    spread = lambda v: f"{100 * sum(v) / len(v):.1f}" + each(v)           # the mean, then each seed's
-    rows = ["| model | T (one pass) | pairs k | queries q | d_model | f | state | seeds | once → once "
-            "| once → twice (zero-shot) | twice → twice | twice → once | twice − once "
-            "| train time (all) |",
-            "|---" * 14 + "|"]
-    for r in records:
-        gain = [t - o for t, o in zip(r["twice → twice"], r["once → once"])]
-        rows.append(f"| {r['model']} | {r['T']} | {r['k']} | {r['q']} | {r['d_model']} | {r['f']} | "
-                    f"{r['state']:,} | {','.join(map(str, r['seeds']))} | "
-                    + " | ".join(spread(r[c]) for c in READ_TWICE_CELLS)
-                    + f" | {100 * sum(gain) / len(gain):+.1f} | {r['seconds']:.0f} s |")
-    return "\n".join(rows), records
+    so the same state size, at every rate and seed; each tested on both layouts (the other one zero-shot).
+    With q queries about k pairs, one pass needs state for all k pairs, two passes only for the q asked
+    (Ω(min) vs Ω(max)), so reading twice should help when q < k and not when q = k. JRT-RNN's prefix is
+    everything before the scored queries (data.mqar: M = C once, the first pass and the second kv twice),
+    so when read twice its encoder sees the questions before it stores the pairs. The best rate of a model
+    is the one with the best accuracy on the layout it was trained on."""
+    dev = None if device is None else str(device)
+    work = [dict(g=g, name=name, task=tuple(task), d_model=d, f=f, trained=trained, lr=lr, seed=seed, device=dev)
+            for seed in seeds or g["seeds"] for task in g["tasks"] for trained in ("twice", "once")
+            for name in g["models"] for d, f in g["widths"] for lr in g["lrs"]]
+    runs = sweep(read_twice_run, work, jobs, threads)
+    runs.sort(key=lambda r: (r["model"] != "Based", r["q"], r["T"], r["d_model"], r["trained"] != "once",
+                             r["lr"], r["seed"]))
+    pts = points(runs, RT_KEYS, RT_CELLS, score=lambda r: r[f"tested {r['trained']}"])
+    gain = ["| model | T (one pass) | k | q | d_model | state | once → once | twice → twice "
+            "| twice − once: max · mean (each seed) |", "|---" * 9 + "|"]
+    for once in (p for p in pts if p["trained"] == "once"):
+        twice = next(p for p in pts if p["trained"] == "twice" and all(p[k] == once[k] for k in RT_KEYS[:-1]))
+        each = [t - o for t, o in zip(twice["each"]["tested twice"], once["each"]["tested once"])]
+        cell = lambda p, c: f"{100 * p['max'][c]:.1f} · {100 * p['mean'][c]:.1f}{pct_each(p['each'][c])}, lr {rate(p)}"
+        gain.append(f"| {once['model']} | {once['T']} | {once['k']} | {once['q']} | {once['d_model']} | "
+                    f"{once['state']:,} | {cell(once, 'tested once')} | {cell(twice, 'tested twice')} | "
+                    f"{100 * (twice['max']['tested twice'] - once['max']['tested once']):+.1f} · "
+                    f"{100 * mean(each):+.1f}" + (f" ({', '.join(f'{100 * v:+.1f}' for v in each)})"
+                                                  if len(each) > 1 else "") + " |")
+    table = ("\n".join(gain) + "\n\nEach model on both layouts (points):\n\n" + points_table(pts, RT_KEYS, RT_CELLS)
+             + "\n\n" + collapsible("every run", runs_table(runs, RT_KEYS, RT_CELLS)))
+    return table, pts
 
 
-def plot_read_twice(records, plt):
-    """Accuracy read once vs twice per query share, one panel per model; a dot per seed, a bar per mean."""
-    models = list(dict.fromkeys(r["model"] for r in records))
+def plot_read_twice(pts, plt):
+    """Accuracy read once vs twice per query share, one panel per model: bars, the mean over seeds at the
+    best rate (dots: each seed); crosses, the maximum over rates and seeds."""
+    models = list(dict.fromkeys(p["model"] for p in pts))
     fig, axes = plt.subplots(1, len(models), figsize=(5 * len(models), 4), squeeze=False)
     for ax, model in zip(axes[0], models):
-        rs = [r for r in records if r["model"] == model]
-        for j, r in enumerate(rs):
-            for i, (c, label) in enumerate((("once → once", "trained and tested once"),
-                                            ("twice → twice", "trained and tested twice"))):
-                x = 3 * j + i
-                ax.bar(x, 100 * sum(r[c]) / len(r[c]), color=f"C{i}", alpha=0.5,
-                       label=label if j == 0 else None)
-                ax.plot([x] * len(r[c]), [100 * v for v in r[c]], "k.")
-        ax.set_xticks([3 * j + 0.5 for j in range(len(rs))],
-                      [f"{r['q']} of {r['k']} queried\nd_model {r['d_model']}" for r in rs])
+        once = [p for p in pts if p["model"] == model and p["trained"] == "once"]
+        twice = [p for p in pts if p["model"] == model and p["trained"] == "twice"]
+        for j, pair in enumerate(zip(once, twice)):
+            for i, (p, label) in enumerate(zip(pair, ("trained and tested once", "trained and tested twice"))):
+                c, x = f"tested {p['trained']}", 3 * j + i
+                ax.bar(x, 100 * p["mean"][c], color=f"C{i}", alpha=0.5, label=label if j == 0 else None)
+                ax.plot([x] * len(p["each"][c]), [100 * v for v in p["each"][c]], "k.")
+                ax.plot(x, 100 * p["max"][c], "kx", label="max over rates and seeds" if j == i == 0 else None)
+        ax.set_xticks([3 * j + 0.5 for j in range(len(once))],
+                      [f"{p['q']} of {p['k']} queried\nd_model {p['d_model']}" for p in once])
         ax.set(title=f"MQAR read once vs twice: {model}", ylabel="accuracy (%), dots: seeds", ylim=(0, 102))
     axes[0][0].legend(fontsize=8, loc="lower left")
     return fig
@@ -316,7 +484,7 @@ def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
                        feature_dim=g["feature_dim"], prefix_len=C, init_std=g["init_std"], seed=seed,
                        device=device)
     t0 = time.time()
-    fit(model, mqar_mixture(g, seed), g["iters"], g["lr"], g["batch_size"], seed)
+    fit(model, cached(mqar_mixture, g, seed), g["iters"], g["lr"], g["batch_size"], seed, log_every=0)
     config = dict(model=f"{NAMES[name]} d{d_model}", train_seconds=time.time() - t0, context_len=C,
                   seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]),
                   vocab_size=g["vocab_size"], settings=train_settings(g, name, d_model, seed))
@@ -326,8 +494,9 @@ def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
 
 
 def trained_model(name, d_model, g, out_dir, *, seed=0, device=None):
-    """The overflow model saved in out_dir if it was trained with these very settings, else a new one."""
-    path = os.path.join(out_dir, f"{name}_d{d_model}.pt")
+    """The overflow model saved in out_dir if it was trained with these very settings (g["lr"] among them),
+    else a new one."""
+    path = os.path.join(out_dir, f"{name}_d{d_model}_lr{g['lr']:g}_s{seed}.pt")
     want = train_settings(g, name, d_model, seed)
     if os.path.exists(path):
         model, config = load_checkpoint(path, device or "cpu")
@@ -337,33 +506,67 @@ def trained_model(name, d_model, g, out_dir, *, seed=0, device=None):
             return model, config
         diff = [f"{k} {have.get(k, '?')} -> {v}" for k, v in want.items() if have.get(k) != v]
         print(f"{path} was trained with other settings ({'; '.join(diff)}): training again", flush=True)
-    print(f"overflow: training {NAMES[name]}, d_model {d_model}", flush=True)
+    print(f"overflow: training {NAMES[name]}, d_model {d_model}, lr {g['lr']:g}, seed {seed}", flush=True)
     model, config = fit_mqar(name, d_model, g, path, device=device, seed=seed)
     print(f"saved {path}: {config['train_seconds']:.0f} s of training", flush=True)
     return model, config
 
 
-def overflow(g, seed=0, out_dir="out/oprm", models=None, device=None):
-    """Train (or reuse from out_dir) each run of the grid on 1..K facts at one context length, then test it
-    on 1..K facts and a little beyond: full context vs OPRM's chunks, with every selector."""
+def overflow_run(g, name, d_model, lr, seed, out_dir, device):
+    """One model of the overflow grid, trained (or reused) at this rate and seed, then tested: full context
+    vs OPRM's chunks with every selector, per number of facts."""
+    model, config = trained_model(name, d_model, dict(g, lr=lr), out_dir, seed=seed, device=device)
+    records = list(accuracy_rows(model, config, g["test_pairs"], g["chunk_lens"], g["n_test"], seed=seed))
+    full = {f"{r['pairs']} facts": r["full"] for r in records if r["L"] == g["chunk_lens"][0]}
+    print(f"overflow: {config['model']}, lr {lr:g}, seed {seed}, full context: "
+          + ", ".join(f"{c} {v:.3f}" for c, v in full.items()), flush=True)
+    return dict(model=config["model"], name=name, d_model=d_model, lr=lr, seed=seed, records=records,
+                state=model.state_size(config["seq_len"])["total"], seconds=config["train_seconds"], **full)
+
+
+def overflow(g, seeds=None, jobs=1, threads=1, out_dir="out/oprm", models=None, device=None):
+    """Train (or reuse from out_dir) each model of the grid at every rate and seed on 1..K facts at one
+    context length, then test it on 1..K facts and a little beyond: full context vs OPRM's chunks, with
+    every selector. A model's best rate: its highest full-context accuracy over 1..K facts; that model (the
+    first seed's) is also saved as out_dir/<name>_d<d_model>.pt, for `python evaluate.py oprm`."""
     os.makedirs(out_dir, exist_ok=True)
-    runs = [(name, d) for name, d in g["runs"] if not models or name in models]
-    trained = [trained_model(name, d, g, out_dir, seed=seed, device=device) for name, d in runs]
-    sizes = ["| model | layers | d_model | state (numbers per sequence) | training s |",
-             "|---|---|---|---|---|"]
-    for (name, d), (model, config) in zip(runs, trained):
-        state = model.state_size(config["seq_len"])["total"]
-        sizes.append(f"| {config['model']} | {','.join(LAYERS[name])} | {d} | {state:,}"
-                     + (" (its KV cache at the test length)" if name == "transformer" else "")
-                     + f" | {config['train_seconds']:.0f} |")
-    rows, records = [ACC_HEADER], []
-    print(ACC_HEADER, flush=True)
-    for model, config in trained:
-        for r in accuracy_rows(model, config, g["test_pairs"], g["chunk_lens"], g["n_test"], seed=seed):
-            rows.append(markdown_row(r))
-            records.append(r)
-            print(rows[-1], flush=True)
-    return "\n".join(sizes) + "\n\n" + "\n".join(rows), records
+    dev = None if device is None else str(device)
+    work = [dict(g=g, name=name, d_model=d, lr=lr, seed=seed, out_dir=out_dir, device=dev)
+            for seed in seeds or g["seeds"] for name, d in g["runs"] if not models or name in models
+            for lr in g["lrs"]]
+    runs = sweep(overflow_run, work, jobs, threads)
+    runs.sort(key=lambda r: (g["runs"].index((r["name"], r["d_model"])), r["lr"], r["seed"]))
+    cells = [f"{k} facts" for k in g["test_pairs"]]
+    trained = [c for k, c in zip(g["test_pairs"], cells) if k <= max(g["train_pairs"])]
+    pts = points(runs, ("model",), cells, score=lambda r: mean([r[c] for c in trained]))
+    sizes = ["| model | layers | d_model | state (numbers per sequence) |", "|---|---|---|---|"]
+    rows, best = [ACC_HEADER], []
+    for p in pts:
+        r0 = next(r for r in runs if r["model"] == p["model"])
+        sizes.append(f"| {p['model']} | {','.join(LAYERS[r0['name']])} | {r0['d_model']} | {p['state']:,}"
+                     + (" (its KV cache at the test length)" if r0["name"] == "transformer" else "") + " |")
+        at_best = [r for r in runs if r["model"] == p["model"] and r["lr"] == p["lr"]]
+        for r in at_best:
+            rows += [markdown_row(dict(x, model=f"{x['model']}, lr {r['lr']:g}, seed {r['seed']}"))
+                     for x in r["records"]]
+        best += at_best[0]["records"]
+        src = os.path.join(out_dir, f"{at_best[0]['name']}_d{at_best[0]['d_model']}_lr{p['lr']:g}_s{p['seeds'][0]}.pt")
+        shutil.copyfile(src, src.split("_lr")[0] + ".pt.tmp")
+        os.replace(src.split("_lr")[0] + ".pt.tmp", src.split("_lr")[0] + ".pt")
+    oprm = ["| model | L | " + " | ".join(cells) + " |", "|---" * (2 + len(cells)) + "|"]
+    for p in pts:                                        # OPRM (entropy + IDK): the maximum over rates and seeds
+        for L in g["chunk_lens"]:
+            best_of = [max(x["entropy+idk"] for r in runs if r["model"] == p["model"] for x in r["records"]
+                           if x["L"] == L and x["pairs"] == k) for k in g["test_pairs"]]
+            oprm.append(f"| {p['model']} | {L} | " + " | ".join(f"{100 * v:.1f}" for v in best_of) + " |")
+    table = ("\n".join(sizes) + "\n\nFull-context accuracy (%) per number of facts, max · mean at the best rate "
+             f"(best rate: the highest mean over 1..{max(g['train_pairs'])} facts):\n\n"
+             + points_table(pts, ("model",), cells)
+             + "\n\nOPRM with entropy + IDK filter (%), the maximum over rates and seeds:\n\n" + "\n".join(oprm)
+             + "\n\nAt each model's best rate, every method (accuracy; in brackets how often the chosen chunk "
+               "held the key):\n\n" + "\n".join(rows)
+             + "\n\n" + collapsible("every run, full context (%)", runs_table(runs, ("model",), cells)))
+    return table, best
 
 
 OVERFLOW_PANELS = {"full": "full context", "entropy+idk": "OPRM, entropy + IDK filter",
@@ -427,9 +630,13 @@ def parser():
     ap.add_argument("--out_dir", help="overflow: where its models are saved, and reused from when their "
                     "training settings match; default out/oprm (out/oprm-quick, out/oprm-gpu for the other "
                     "grids)")
-    ap.add_argument("--seed", type=int, help="model init, data and batch order; default 0 (read-twice: one "
-                    "seed instead of the grid's)")
-    ap.add_argument("--seeds", help="read-twice: comma-separated seeds instead of the grid's, e.g. 0,1,2")
+    ap.add_argument("--seeds", help="comma-separated seeds instead of the grid's, e.g. 0,1,2 (each seeds the "
+                    "model's init, its data and its batch order)")
+    ap.add_argument("--seed", type=int, help="one seed instead of the grid's: the same as --seeds N")
+    ap.add_argument("--lrs", help="comma-separated learning rates instead of the grid's sweep, e.g. "
+                    "1e-3,3e-3,1e-2")
+    ap.add_argument("--jobs", type=int, default=1, help="models trained at once, each in a process of its "
+                    "own (--threads each); results do not depend on it. 2 on a 2-core machine")
     ap.add_argument("--device", default="auto",
                     help="auto (CUDA when available, else the CPU) | cpu | cuda | mps")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one "
@@ -492,19 +699,28 @@ def check_args(ap, a):
         ap.error(f"--models={a.models}: unknown {bad}; allowed: {','.join(allowed)}")
     if a.experiment == "overflow":
         out_dir = a.out_dir or "out/oprm" + ("" if grid == "cpu" else f"-{grid}")
-        kw.update(out_dir=out_dir, models=models or None, seed=a.seed or 0)
-    elif a.experiment == "read-twice":
-        if models:
-            g["models"] = tuple(models)
+        kw.update(out_dir=out_dir, models=models or None)
+    elif models:
+        g["models"] = tuple(models)
+    if a.seed is not None and a.seeds:
+        ap.error(f"--seed={a.seed} and --seeds={a.seeds}: give one of them")
+    if a.seeds or a.seed is not None:
         try:
-            one = [a.seed] if a.seed is not None else None
-            kw["seeds"] = [int(v) for v in a.seeds.split(",")] if a.seeds else one
+            g["seeds"] = tuple(int(v) for v in a.seeds.split(",")) if a.seeds else (a.seed,)
         except ValueError:
             ap.error(f"--seeds={a.seeds}: expected comma-separated ints, e.g. 0,1")
-    else:
-        kw["seed"] = a.seed or 0
-    if a.seeds and a.experiment != "read-twice":
-        ap.error("--seeds is for read-twice; the others take one --seed")
+    if a.lrs:
+        try:
+            g["lrs"] = tuple(sorted({float(v) for v in a.lrs.split(",")}))
+        except ValueError:
+            g["lrs"] = (0.0,)
+        if min(g["lrs"]) <= 0:
+            ap.error(f"--lrs={a.lrs}: expected comma-separated positive numbers, e.g. 1e-3,3e-3,1e-2")
+    if a.jobs < 1:
+        ap.error(f"--jobs={a.jobs}: expected an int >= 1")
+    if a.threads < 0:
+        ap.error(f"--threads={a.threads}: expected an int >= 0 (0 = torch's default)")
+    kw.update(jobs=a.jobs, threads=a.threads)
     return g, kw
 
 
@@ -514,15 +730,16 @@ def main(argv=None):
     g, kw = check_args(ap, a)
     if a.threads:
         torch.set_num_threads(a.threads)
-    t0, cpu0 = time.time(), time.process_time()
+    cpu = lambda: sum(os.times()[:4])                    # this process and its finished workers
+    t0, cpu0 = time.time(), cpu()
     run, plot = EXPERIMENTS[a.experiment]
     try:
         table, records = run(g, **kw)
     except ValueError as e:               # our checks of the data's settings, e.g. a vocabulary too small
         ap.error(str(e))
     cmd = " ".join(["python experiments.py"] + (argv if argv is not None else sys.argv[1:]))
-    table += (f"\n\n(`{cmd}`: {time.time() - t0:.0f} s wall, {time.process_time() - cpu0:.0f} s CPU, "
-              f"{torch.get_num_threads()} torch thread(s), on {kw['device'].type})")
+    table += (f"\n\n(`{cmd}`: {time.time() - t0:.0f} s wall, {cpu() - cpu0:.0f} s CPU, "
+              f"{a.jobs} job(s) of {torch.get_num_threads()} torch thread(s), on {kw['device'].type})")
     print("\n" + table)
     if a.out:
         with open(a.out, "w") as fh:

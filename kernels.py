@@ -118,7 +118,7 @@ def _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_stat
     dv, D = v.shape[-1], 1 + f + f * f
     out_dtype, acc = v.dtype, torch.promote_types(q.dtype, torch.float32)
     q, k, v = q.to(acc), k.to(acc), v.to(acc)
-    if state is None:
+    if state is None:  # an empty state (read below only once a key has been added: `empty`)
         S = q.new_zeros(B, H, D, dv)
         z = q.new_zeros(B, H, D)
     else:
@@ -133,6 +133,7 @@ def _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_stat
             S = S + phi.transpose(-1, -2) @ ve                    # (B, H, D, dv)
             z = z + phi.sum(2)                                    # (B, H, D)
     w = _keep(pad_mask, q)
+    empty = state is None and k_enc is None    # S = z = 0 until the first chunk's keys are added
     ys = []
     for c in range(0, T, chunk):  # 2. causal Based attention from that state
         qc, kc, vc = q[:, :, c:c + chunk], k[:, :, c:c + chunk], v[:, :, c:c + chunk]
@@ -141,10 +142,14 @@ def _pla_torch(q, k, v, k_enc, v_enc, state, pad_mask, enc_pad_mask, return_stat
         a = a * torch.ones(n, n, dtype=torch.bool, device=q.device).tril()  # causal inside the chunk
         if w is not None:
             a = a * w[:, :, c:c + chunk].transpose(-1, -2)                 # padded keys count zero
-        phq = feature_map(qc)                                              # (B, H, C, D)
-        num = phq @ S + a @ vc                                             # (B, H, C, dv)
-        den = phq @ z.unsqueeze(-1) + a.sum(-1, keepdim=True)              # (B, H, C, 1)
+        num, den = a @ vc, a.sum(-1, keepdim=True)                         # (B, H, C, dv), (B, H, C, 1)
+        if not empty:                                                      # the state of the earlier keys
+            phq = feature_map(qc)                                          # (B, H, C, D)
+            num, den = num + phq @ S, den + phq @ z.unsqueeze(-1)
         ys.append(num / (den + EPS))
+        if c + chunk >= T and not return_state:  # the last chunk: its keys go into a state no one reads
+            break
+        empty = False
         phk = feature_map(kc)
         if w is not None:
             phk = phk * w[:, :, c:c + chunk]
