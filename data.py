@@ -225,6 +225,42 @@ def disjoint_sets(n, *, shapes=SD_TRAIN_SHAPES, halves=False, seed=0, split="tra
     return _examples(x, y, np.full(len(x), T, dtype=np.int64), pad, group, names, SD_VOCAB)
 
 
+def relabel(ex, vocab_size, seed=0):
+    """Set disjointness over a smaller vocabulary: each row's set tokens (ids >= 4) are mapped one-to-one
+    onto random ids in [4, vocab_size). A and B stay sets that share exactly one token, and uniformly drawn
+    sets stay uniform. data.disjoint_sets always uses 2048 ids, and learning that many token identities
+    takes far longer than a CPU run of a few minutes."""
+    gen = torch.Generator().manual_seed(seed)
+    x, y = ex.x.clone(), ex.y.clone()
+    for r in range(len(x)):
+        toks = x[r][x[r] >= 4].unique()                                        # the row's distinct set tokens
+        if len(toks) > vocab_size - 4:
+            raise ValueError(f"relabel: a row has {len(toks)} set tokens, more than vocab_size - 4 = "
+                             f"{vocab_size - 4}")
+        lut = torch.arange(max(SD_VOCAB, vocab_size))                     # old id -> new id
+        lut[toks] = torch.randperm(vocab_size - 4, generator=gen)[:len(toks)] + 4
+        x[r] = lut[x[r]]
+        y[r] = torch.where(y[r] >= 4, lut[y[r].clamp(min=0)], y[r])
+    return Examples(x, y, ex.prefix_len, ex.pad, ex.group, ex.groups, vocab_size)
+
+
+def mqar_mixture(n, vocab_size, contexts, pairs, query_slots, idk_frac, seed=0):
+    """MQAR over a mixture: n examples spread evenly over every (context length C, pairs k) with 2k <= C,
+    each with query_slots query positions after its context (min(k, slots) of them asked), a share
+    idk_frac about absent keys; left-padded to one length (pads never enter a state); M = C."""
+    shapes = [(C, k) for C in contexts for k in pairs if 2 * k <= C]
+    parts = [mqar(n // len(shapes), vocab_size=vocab_size, seq_len=C + 2 * query_slots, num_pairs=k,
+                  num_queries=min(k, query_slots), context_len=C, idk_frac=idk_frac, seed=seed + i, split="train")
+             for i, (C, k) in enumerate(shapes)]
+    T = max(part.x.shape[1] for part in parts)
+    left = lambda t, value: torch.cat([torch.full((len(t), T - t.shape[1]), value, dtype=t.dtype), t], 1)
+    cat = lambda f: torch.cat([f(i, part) for i, part in enumerate(parts)])
+    return Examples(cat(lambda i, p: left(p.x, 0)), cat(lambda i, p: left(p.y, -100)),
+                    cat(lambda i, p: p.prefix_len), cat(lambda i, p: left(p.pad, True)),
+                    cat(lambda i, p: torch.full((len(p),), i)),
+                    [f"C={C} k={k}" for C, k in shapes], vocab_size)
+
+
 # ---------------------------------------------------------------------------------------------------
 # Text: a UTF-8 file, tokenised once into a uint16 memory-mapped file beside it (nanoGPT style)
 

@@ -1,27 +1,25 @@
 """
-The synthetic experiments of both papers, each training its small models from scratch: a few minutes on
-one CPU thread (--quick), tens of minutes (--grid cpu, the default), or closer to the papers' sizes on a
-GPU (--grid gpu).
+The synthetic experiments of both papers, each training its small models from scratch at every rate of
+a learning-rate sweep and every seed (sweep.py): minutes (--quick), under an hour on 2 cores (--grid cpu,
+the default, with --jobs 2), or closer to the papers' sizes on a GPU (--grid gpu).
 
-    python experiments.py set-order    JRT paper (set disjointness, Figure 2): causal Based vs JRT-RNN on set
-                                       disjointness, the shorter set first vs last, at a few state sizes
+    python experiments.py set-order    JRT paper, Figure 2: causal Based vs JRT-RNN on set disjointness,
+                                       the shorter set first vs last, against state size
     python experiments.py read-twice   JRT paper: Based and JRT-RNN on MQAR read once vs twice (kv,
                                        queries, kv, queries) at the same state size, with few or all pairs
-                                       queried, over seeds; each model on the other layout zero-shot
+                                       queried; each model on the other layout zero-shot
     python experiments.py overflow     OPRM paper: Based and JRT-RNN at two state sizes and a Transformer,
                                        trained on 1..K facts at one context length, tested on 1..K and more:
                                        full context vs OPRM's chunks with each selector, and the oracle chunk
 
 Models as in the papers' synthetic studies: BaseConv + mixer stacks without a sliding window (a window
 as long as the input is full attention and would hide the effect), with an output layer of their own
-(`tie_embeddings=False`): tied, these tiny models sat on MQAR's plateau (accuracy ~1/k, "any value from
-the context") for a whole CPU run. All three train with `fit`, on train.py's loop and recipe, the loss on
-the answer positions only. Each prints a markdown table with its wall and CPU time (and with --plot
-draws it); results/ holds what we measured, one file per experiment.
+(`tie_embeddings=False`: tied, these tiny models sat on MQAR's plateau, accuracy ~1/k). All train with
+`fit`, on train.py's loop and recipe, the loss on the answer positions only. Each prints markdown tables
+with its wall and CPU time (--plot draws them); results/ holds what we measured, one file per experiment.
 """
 import argparse
 import importlib.util
-import multiprocessing
 import os
 import shutil
 import sys
@@ -38,6 +36,8 @@ from evaluate import ACC_HEADER, accuracy, accuracy_rows, markdown_row
 from lm import resolve_device
 from model import Config, Model
 from prompt import jrt_examples
+from sweep import (cached, collapsible, diff_cell, mean, pct_each, points, points_table, rate, runs_table,
+                   save_plot, spread, sweep)
 
 LAYERS = {  # name -> layer layout: Zoology-style conv + mixer stacks
     "based": ("conv", "la") * 2,          # causal Based
@@ -49,13 +49,13 @@ NAMES = {"based": "Based", "jrt": "JRT-RNN", "transformer": "Transformer"}
 LRS = (1e-3, 3e-3, 1e-2)  # every grid's learning-rate sweep: each point trains at each rate and seed
 
 GRIDS = {
-    # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (see relabel).
-    # CPU: 252 set ids, not fewer: among 60 ids a set of 32 is cheap to hold, and trained this long causal
-    # Based solves both orders at d_model 32, so no order effect can show (results/set_order.md).
-    # Four widths at f = 4: states of 684 to 1,684 numbers, where the models go from failing to solving
+    # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (data.relabel).
+    # CPU: 252 set ids (among 60, a set of 32 is cheap to hold: no order effect can show); 4 & 16 only, 6,000
+    # steps (at 3,000 Based d32 sat at 20-40% at every rate; sets of 32 as well would cost 1.7x per step);
+    # four widths at f = 4, states of 684 to 1,684 numbers, where the models go from failing to solving
     "set-order": {
-        "cpu": dict(shapes=[(4, 16), (16, 4), (4, 32), (32, 4)], vocab_size=256, n_train=40000, n_test=250,
-                    widths=[(12, 4), (16, 4), (24, 4), (32, 4)], n_head=2, init_std=0.12, iters=3000, lrs=LRS,
+        "cpu": dict(shapes=[(4, 16), (16, 4)], vocab_size=256, n_train=80000, n_test=250,
+                    widths=[(12, 4), (16, 4), (24, 4), (32, 4)], n_head=2, init_std=0.12, iters=6000, lrs=LRS,
                     seeds=(0, 1), batch_size=64),
         "quick": dict(shapes=[(4, 16), (16, 4)], vocab_size=256, n_train=10000, n_test=250, widths=[(32, 4)],
                       n_head=2, init_std=0.12, iters=1500, lrs=LRS, seeds=(0,), batch_size=64),
@@ -65,8 +65,7 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to
     # keep only the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 48 models of 1,500 steps of 64 rows (with 1,500 steps of 32 rows and one rate the 4-of-16 models
-    # stayed near chance; results/read_twice.md)
+    # CPU: 48 models of 1,500 steps of 64 rows (results/read_twice.md)
     "read-twice": {
         "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
                     n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lrs=LRS,
@@ -136,122 +135,7 @@ def answer_loss(model, b):
     return model(b["x"], b["y"], b["M"], b["pad"], scored_only=True)[1]    # the head on the n answers only
 
 
-# ------------------------------------------------------------------------- the sweep: runs and points
-
-def sweep(run, jobs, n_jobs=1, threads=1):
-    """[run(**job) for job in jobs], trained in n_jobs processes (`threads` torch threads each). A run seeds
-    its own model, data and batch order, so what it returns does not depend on n_jobs or on the process
-    that ran it; the results come back in the jobs' order."""
-    if n_jobs <= 1 or len(jobs) <= 1:
-        return [run(**job) for job in jobs]
-    ctx = multiprocessing.get_context("spawn")             # fresh interpreters, nothing shared with this one
-    with ctx.Pool(min(n_jobs, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
-        return pool.starmap(_call, [(run, job) for job in jobs], chunksize=1)
-
-
-def _worker_init(threads):
-    if threads:
-        torch.set_num_threads(threads)
-
-
-def _call(run, job):
-    return run(**job)
-
-
-_DATA = {}
-
-
-def cached(build, *args):
-    """build(*args), kept for the next runs of this process that ask for the same (the last few only)."""
-    key = (build.__name__, repr(args))
-    if key not in _DATA:
-        while len(_DATA) >= 4:
-            _DATA.pop(next(iter(_DATA)))
-        _DATA[key] = build(*args)
-    return _DATA[key]
-
-
-def mean(xs):
-    return sum(xs) / len(xs)
-
-
-def points(runs, keys, cells, score):
-    """Group the runs into points (equal `keys`; each point was trained at every rate and seed). Per point:
-    the best rate (the highest mean over seeds of score(run); a tie goes to the lower rate), whether it is
-    an end of the sweep, and per cell the maximum over rates and seeds (the paper's statistic), the mean
-    over seeds at the best rate and each seed's value there."""
-    out = []
-    for key in dict.fromkeys(tuple(r[k] for k in keys) for r in runs):
-        rs = [r for r in runs if tuple(r[k] for k in keys) == key]
-        lrs = sorted({r["lr"] for r in rs})
-        at = {lr: [r for r in rs if r["lr"] == lr] for lr in lrs}
-        best = max(lrs, key=lambda lr: mean([score(r) for r in at[lr]]))
-        out.append(dict(zip(keys, key), state=rs[0]["state"], lr=best,
-                        edge=len(lrs) > 1 and best in (lrs[0], lrs[-1]), seeds=[r["seed"] for r in at[best]],
-                        seconds=sum(r["seconds"] for r in rs), max={c: max(r[c] for r in rs) for c in cells},
-                        mean={c: mean([r[c] for r in at[best]]) for c in cells},
-                        each={c: [r[c] for r in at[best]] for c in cells}))
-    return out
-
-
-def pct_each(v):
-    """'(a, b)': each seed's value in %, or nothing for one seed."""
-    return f" ({', '.join(f'{100 * x:.1f}' for x in v)})" if len(v) > 1 else ""
-
-
-def points_table(pts, keys, cells):
-    """One row per point: its keys, state and best rate, then per cell `max · mean (each seed)` in %: the
-    maximum over rates and seeds, then the mean over seeds at the best rate (and each seed's value)."""
-    rows = ["| " + " | ".join([*keys, "state", "best lr"] + [f"{c}: max · mean" for c in cells]) + " |",
-            "|---" * (len(keys) + 2 + len(cells)) + "|"]
-    for p in pts:
-        rows.append("| " + " | ".join([str(p[k]) for k in keys] + [f"{p['state']:,}", rate(p)]
-                                      + [f"{100 * p['max'][c]:.1f} · {100 * p['mean'][c]:.1f}{pct_each(p['each'][c])}"
-                                         for c in cells]) + " |")
-    edge = [p for p in pts if p["edge"]]
-    note = (f"\n\nThe best rate is an end of the sweep at {len(edge)} of {len(pts)} points (marked \"edge\"): "
-            "a wider --lrs may do better there." if edge else "")
-    return "\n".join(rows) + note
-
-
-def rate(p):
-    return f"{p['lr']:g}" + (" (edge)" if p["edge"] else "")
-
-
-def runs_table(runs, keys, cells):
-    """Every run: its point, rate and seed, each cell in %, its training time."""
-    rows = ["| " + " | ".join([*keys, "lr", "seed", *cells, "train s"]) + " |",
-            "|---" * (len(keys) + 3 + len(cells)) + "|"]
-    for r in runs:
-        rows.append("| " + " | ".join([str(r[k]) for k in keys] + [f"{r['lr']:g}", str(r["seed"])]
-                                      + [f"{100 * r[c]:.1f}" for c in cells] + [f"{r['seconds']:.0f}"]) + " |")
-    return "\n".join(rows)
-
-
-def collapsible(title, table):
-    return f"<details><summary>{title}</summary>\n\n{table}\n\n</details>"
-
-
 # ------------------------------------------------------------------------- JRT: set order (set disjointness)
-
-def relabel(ex, vocab_size, seed=0):
-    """Set disjointness over a smaller vocabulary: each row's set tokens (ids >= 4) are mapped one-to-one
-    onto random ids in [4, vocab_size). A and B stay sets that share exactly one token, and uniformly drawn
-    sets stay uniform. data.disjoint_sets always uses 2048 ids, and learning that many token identities
-    takes far longer than a CPU run of a few minutes."""
-    gen = torch.Generator().manual_seed(seed)
-    x, y = ex.x.clone(), ex.y.clone()
-    for r in range(len(x)):
-        toks = x[r][x[r] >= 4].unique()                                        # the row's distinct set tokens
-        if len(toks) > vocab_size - 4:
-            raise ValueError(f"relabel: a row has {len(toks)} set tokens, more than vocab_size - 4 = "
-                             f"{vocab_size - 4}")
-        lut = torch.arange(max(data.SD_VOCAB, vocab_size))                     # old id -> new id
-        lut[toks] = torch.randperm(vocab_size - 4, generator=gen)[:len(toks)] + 4
-        x[r] = lut[x[r]]
-        y[r] = torch.where(y[r] >= 4, lut[y[r].clamp(min=0)], y[r])
-    return data.Examples(x, y, ex.prefix_len, ex.pad, ex.group, ex.groups, vocab_size)
-
 
 def set_order_data(shapes, vocab_size, n_train, n_test, seed):
     """A and B drawn from the whole vocabulary (halves=False): with the JRT paper's halves, the shared token
@@ -259,17 +143,13 @@ def set_order_data(shapes, vocab_size, n_train, n_test, seed):
     train_ex = data.disjoint_sets(n_train, shapes=shapes, halves=False, seed=seed, split="train")
     test_ex = data.disjoint_sets(n_test, shapes=shapes, halves=False, seed=seed, split="test")
     if vocab_size < data.SD_VOCAB:
-        train_ex, test_ex = relabel(train_ex, vocab_size, seed), relabel(test_ex, vocab_size, seed + 1)
+        train_ex, test_ex = data.relabel(train_ex, vocab_size, seed), data.relabel(test_ex, vocab_size, seed + 1)
     return train_ex, test_ex
 
 
 def order_pairs(g):
     """The shapes (a, b), a < b, trained in both orders: the cells are `a & b first` and `a & b last`."""
     return [(a, b) for a, b in g["shapes"] if a < b and (b, a) in g["shapes"]]
-
-
-def order_cells(g):
-    return [f"{a} & {b} {order}" for a, b in order_pairs(g) for order in ("first", "last")]
 
 
 def set_order_run(g, name, d_model, f, lr, seed, device):
@@ -282,9 +162,8 @@ def set_order_run(g, name, d_model, f, lr, seed, device):
                        device=device)
     fit(model, train_ex, g["iters"], lr, g["batch_size"], seed, log_every=0)
     per, _ = accuracy(model, test_ex)
-    acc = {}
-    for a, b in order_pairs(g):                                          # the short set first, then last
-        acc[f"{a} & {b} first"], acc[f"{a} & {b} last"] = per[f"|A|={a} |B|={b}"], per[f"|A|={b} |B|={a}"]
+    acc = {f"{a} & {b} {o}": per[f"|A|={a} |B|={b}" if o == "first" else f"|A|={b} |B|={a}"]
+           for a, b in order_pairs(g) for o in ("first", "last")}                  # the short set first, last
     r = dict(model=NAMES[name], d_model=d_model, f=f, state=model.state_size()["total"], lr=lr, seed=seed,
              seconds=time.time() - t0, **acc)
     print(f"set order: {NAMES[name]}, d_model {d_model}, lr {lr:g}, seed {seed}: "
@@ -301,18 +180,16 @@ def set_order(g, seeds=None, jobs=1, threads=1, device=None):
             for name in ("based", "jrt") for lr in g["lrs"]]
     runs = sweep(set_order_run, work, jobs, threads)
     runs.sort(key=lambda r: (r["model"] != "Based", r["state"], r["lr"], r["seed"]))
-    keys, cells = ("model", "d_model", "f"), order_cells(g)
+    keys = ("model", "d_model", "f")
+    cells = [f"{a} & {b} {o}" for a, b in order_pairs(g) for o in ("first", "last")]
     pts = points(runs, keys, cells, score=lambda r: mean([r[c] for c in cells]))
     diff = ["| model | d_model | f | state | best lr | "
             + " | ".join(f"{a} & {b}: first − last, max · mean (each seed)" for a, b in order_pairs(g)) + " |",
             "|---" * (5 + len(order_pairs(g))) + "|"]
     for p in pts:
-        cells_ = []
-        for a, b in order_pairs(g):
-            first, last = f"{a} & {b} first", f"{a} & {b} last"
-            each = [x - y for x, y in zip(p["each"][first], p["each"][last])]
-            cells_.append(f"{100 * (p['max'][first] - p['max'][last]):+.1f} · {100 * mean(each):+.1f}"
-                          + (f" ({', '.join(f'{100 * v:+.1f}' for v in each)})" if len(each) > 1 else ""))
+        cells_ = [diff_cell(p["max"][f"{a} & {b} first"] - p["max"][f"{a} & {b} last"],
+                            [x - y for x, y in zip(p["each"][f"{a} & {b} first"], p["each"][f"{a} & {b} last"])])
+                  for a, b in order_pairs(g)]
         diff.append(f"| {p['model']} | {p['d_model']} | {p['f']} | {p['state']:,} | {rate(p)} | "
                     + " | ".join(cells_) + " |")
     table = (points_table(pts, keys, cells) + "\n\nThe short set first minus last (points):\n\n" + "\n".join(diff)
@@ -351,11 +228,6 @@ def plot_set_order(pts, plt):
         dx.legend(fontsize=7)
     fig.tight_layout()
     return fig
-
-
-def spread(groups):
-    """errorbar's yerr for groups of values about their mean: (below, above)."""
-    return [[mean(g) - min(g) for g in groups], [max(g) - mean(g) for g in groups]]
 
 
 # ----------------------------------------------------------------------------- JRT: reading twice
@@ -413,14 +285,14 @@ def read_twice(g, seeds=None, jobs=1, threads=1, device=None):
     for once in (p for p in pts if p["trained"] == "once"):
         twice = next(p for p in pts if p["trained"] == "twice" and all(p[k] == once[k] for k in RT_KEYS[:-1]))
         each = [t - o for t, o in zip(twice["each"]["tested twice"], once["each"]["tested once"])]
-        cell = lambda p, c: f"{100 * p['max'][c]:.1f} · {100 * p['mean'][c]:.1f}{pct_each(p['each'][c])}, lr {rate(p)}"
+        cell = lambda p, c: f"{100 * p['max'][c]:.1f} · {100 * p['mean'][c]:.1f}{pct_each(p['each'][c])}, " \
+                            f"lr {rate(p)}"
         gain.append(f"| {once['model']} | {once['T']} | {once['k']} | {once['q']} | {once['d_model']} | "
                     f"{once['state']:,} | {cell(once, 'tested once')} | {cell(twice, 'tested twice')} | "
-                    f"{100 * (twice['max']['tested twice'] - once['max']['tested once']):+.1f} · "
-                    f"{100 * mean(each):+.1f}" + (f" ({', '.join(f'{100 * v:+.1f}' for v in each)})"
-                                                  if len(each) > 1 else "") + " |")
-    table = ("\n".join(gain) + "\n\nEach model on both layouts (points):\n\n" + points_table(pts, RT_KEYS, RT_CELLS)
-             + "\n\n" + collapsible("every run", runs_table(runs, RT_KEYS, RT_CELLS)))
+                    + diff_cell(twice["max"]["tested twice"] - once["max"]["tested once"], each) + " |")
+    table = ("\n".join(gain) + "\n\nEach model on both layouts (points):\n\n"
+             + points_table(pts, RT_KEYS, RT_CELLS) + "\n\n"
+             + collapsible("every run", runs_table(runs, RT_KEYS, RT_CELLS)))
     return table, pts
 
 
@@ -447,24 +319,6 @@ def plot_read_twice(pts, plt):
 
 # ----------------------------------------------------------------------------- OPRM: overflow
 
-def mqar_mixture(g, seed=0):
-    """The training set: n_train examples spread evenly over every (context length, pairs) of the mixture,
-    left-padded to one length (pads never enter a state); the context is JRT-RNN's prefix (M = C)."""
-    shapes = [(C, k) for C in g["train_contexts"] for k in g["train_pairs"] if 2 * k <= C]
-    parts = [data.mqar(g["n_train"] // len(shapes), vocab_size=g["vocab_size"],
-                       seq_len=C + 2 * g["query_slots"], num_pairs=k, num_queries=min(k, g["query_slots"]),
-                       context_len=C, idk_frac=g["idk_frac"], seed=seed + i, split="train")
-             for i, (C, k) in enumerate(shapes)]
-    T = max(part.x.shape[1] for part in parts)
-    left = lambda t, value: torch.cat([torch.full((len(t), T - t.shape[1]), value, dtype=t.dtype), t], 1)
-    return data.Examples(torch.cat([left(part.x, 0) for part in parts]),
-                         torch.cat([left(part.y, -100) for part in parts]),
-                         torch.cat([part.prefix_len for part in parts]),
-                         torch.cat([left(part.pad, True) for part in parts]),
-                         torch.cat([torch.full((len(part),), i) for i, part in enumerate(parts)]),
-                         [f"C={C} k={k}" for C, k in shapes], g["vocab_size"])
-
-
 TRAIN_KEYS = ("vocab_size", "train_contexts", "train_pairs", "query_slots", "idk_frac", "n_head",
               "feature_dim", "init_std", "n_train", "iters", "lr", "batch_size")  # a saved model's training
 
@@ -484,7 +338,9 @@ def fit_mqar(name, d_model, g, path, *, device=None, seed=0):
                        feature_dim=g["feature_dim"], prefix_len=C, init_std=g["init_std"], seed=seed,
                        device=device)
     t0 = time.time()
-    fit(model, cached(mqar_mixture, g, seed), g["iters"], g["lr"], g["batch_size"], seed, log_every=0)
+    ex = cached(data.mqar_mixture, g["n_train"], g["vocab_size"], g["train_contexts"], g["train_pairs"],
+                g["query_slots"], g["idk_frac"], seed)
+    fit(model, ex, g["iters"], g["lr"], g["batch_size"], seed, log_every=0)
     config = dict(model=f"{NAMES[name]} d{d_model}", train_seconds=time.time() - t0, context_len=C,
                   seq_len=C + 2 * g["query_slots"], num_pairs=max(g["train_pairs"]),
                   vocab_size=g["vocab_size"], settings=train_settings(g, name, d_model, seed))
@@ -550,9 +406,10 @@ def overflow(g, seeds=None, jobs=1, threads=1, out_dir="out/oprm", models=None, 
             rows += [markdown_row(dict(x, model=f"{x['model']}, lr {r['lr']:g}, seed {r['seed']}"))
                      for x in r["records"]]
         best += at_best[0]["records"]
-        src = os.path.join(out_dir, f"{at_best[0]['name']}_d{at_best[0]['d_model']}_lr{p['lr']:g}_s{p['seeds'][0]}.pt")
-        shutil.copyfile(src, src.split("_lr")[0] + ".pt.tmp")
-        os.replace(src.split("_lr")[0] + ".pt.tmp", src.split("_lr")[0] + ".pt")
+        r = at_best[0]                                   # its first seed's model, for evaluate.py oprm
+        name = os.path.join(out_dir, f"{r['name']}_d{r['d_model']}")
+        shutil.copyfile(f"{name}_lr{r['lr']:g}_s{r['seed']}.pt", name + ".pt.tmp")
+        os.replace(name + ".pt.tmp", name + ".pt")
     oprm = ["| model | L | " + " | ".join(cells) + " |", "|---" * (2 + len(cells)) + "|"]
     for p in pts:                                        # OPRM (entropy + IDK): the maximum over rates and seeds
         for L in g["chunk_lens"]:
@@ -596,15 +453,6 @@ def plot_overflow(records, plt):
     fig.suptitle(f"MQAR at a fixed context length; OPRM panels {styles}")
     fig.tight_layout()
     return fig
-
-
-def save_plot(plot, records, path):
-    """Draw records with `plot` into a PNG at path (main checks first that matplotlib is installed)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    plot(records, plt).savefig(path, dpi=120, bbox_inches="tight")
-    print(f"wrote {path}")
 
 
 EXPERIMENTS = {"set-order": (set_order, plot_set_order), "read-twice": (read_twice, plot_read_twice),

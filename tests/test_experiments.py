@@ -1,4 +1,5 @@
-"""experiments.py: the shared training loop, relabelled set disjointness, and each experiment end to end at a toy size."""
+"""experiments.py and sweep.py: the shared training loop, relabelled set disjointness, each experiment end to end
+at a toy size, and the sweep's statistics and processes."""
 import importlib.util
 import re
 
@@ -8,14 +9,15 @@ import torch
 import data
 import experiments
 from evaluate import accuracy, mqar_long
-from experiments import GRIDS, LAYERS, fit, fit_mqar, main, make_model, relabel
+from experiments import GRIDS, LAYERS, fit, fit_mqar, main, make_model
+from sweep import points
 from checkpoint import load_checkpoint
 
 
 
 def test_relabel_keeps_set_disjointness_structure():
     ex = data.disjoint_sets(20, shapes=[(3, 9), (9, 3)], halves=False, seed=0)
-    small = relabel(ex, 32, seed=1)
+    small = data.relabel(ex, 32, seed=1)
     assert small.vocab_size == 32 and small.x.max() < 32 and torch.equal(small.pad, ex.pad)
     for r in range(len(ex)):
         row = small.x[r][~small.pad[r]].tolist()
@@ -37,7 +39,8 @@ def test_fit_learns_a_small_mqar():
 
 
 def tiny_grid(name, **kw):
-    return {**GRIDS[name]["cpu"], "n_train": 32, "n_test": 8, "iters": 2, "batch_size": 8, **kw}
+    return {**GRIDS[name]["cpu"], "n_train": 32, "n_test": 8, "iters": 2, "batch_size": 8, "lrs": (1e-3, 1e-2),
+            "seeds": (0, 1), **kw}
 
 
 def cells(table):
@@ -46,37 +49,67 @@ def cells(table):
     return [[c.strip() for c in r.strip("|").split("|")] for r in rows]
 
 
+def test_points_take_max_over_rates_and_seeds_and_mean_at_best_rate():
+    runs = [dict(model="m", lr=lr, seed=s, state=10, seconds=1.0, a=a, b=b)
+            for lr, s, a, b in [(1e-3, 0, 0.2, 0.9), (1e-3, 1, 0.4, 0.1), (1e-2, 0, 0.5, 0.3), (1e-2, 1, 0.3, 0.6),
+                                (3e-3, 0, 0.1, 0.0), (3e-3, 1, 0.1, 0.0)]]
+    p, = points(runs, ("model",), ("a", "b"), score=lambda r: r["a"] + r["b"])
+    assert p["lr"] == 1e-2 and p["edge"] and p["seeds"] == [0, 1]          # mean score 0.85, vs 0.8 and 0.1
+    assert p["max"] == {"a": 0.5, "b": 0.9} and p["each"] == {"a": [0.5, 0.3], "b": [0.3, 0.6]}
+    assert p["mean"] == pytest.approx({"a": 0.4, "b": 0.45}) and p["seconds"] == 6.0
+    tie, = points(runs[2:4] + [dict(r, lr=1e-3, a=0.4) for r in runs[:2]], ("model",), ("a",),
+                  score=lambda r: r["a"])                             # 0.4 at both rates: the lower one
+    assert tie["lr"] == 1e-3 and tie["mean"]["a"] == pytest.approx(0.4)
+
+
 def test_set_order_and_read_twice_tables(tmp_path):
-    table, records = experiments.set_order(tiny_grid("set-order", widths=[(8, 2)]))
-    rows = cells(table)
-    assert [r[0] for r in rows] == ["Based", "JRT-RNN"]
-    for r in rows:                                                   # "short first / last" per shape pair
-        for c in r[4:-1]:
-            first, last = (float(v) for v in c.split(" / "))
-            assert 0 <= first <= 100 and 0 <= last <= 100
-    assert [r["model"] for r in records] == ["Based", "JRT-RNN"] and set(records[0]["acc"]) == {(4, 16), (4, 32)}
-    g = tiny_grid("read-twice", widths=[(8, 2)], tasks=[(16, 4, 2)], seeds=(0, 1))
-    table, records = experiments.read_twice(g)
-    rows = cells(table)
-    assert [r[0] for r in rows] == ["Based", "JRT-RNN"] and [r["seeds"] for r in records] == [[0, 1], [0, 1]]
-    for row, r in zip(rows, records):                                # mean (seed 0, seed 1) per cell
-        for cell, c in zip(row[8:12], experiments.READ_TWICE_CELLS):
-            mean, per = cell.split(" (")
-            assert [float(v) for v in per.rstrip(")").split(", ")] == [round(100 * v, 1) for v in r[c]]
-            assert abs(float(mean) - 50 * sum(r[c])) < 0.051
-    one, _ = experiments.read_twice(g, seeds=[1])                    # a seed's cells do not depend on the others
-    assert [row[8:12] for row in cells(one)] == [[c.split(" (")[1].split(", ")[1].rstrip(")") for c in row[8:12]]
-                                                 for row in rows]
+    g = tiny_grid("set-order", widths=[(8, 2), (12, 2)])
+    table, pts = experiments.set_order(g)
+    main_rows = cells(table.split("\n\n")[0])
+    assert [r[:3] for r in main_rows] == [["Based", "8", "2"], ["Based", "12", "2"], ["JRT-RNN", "8", "2"],
+                                          ["JRT-RNN", "12", "2"]]
+    runs = cells(table.split("<summary>every run</summary>")[1])
+    assert len(runs) == 2 * 2 * 2 * 2                                # models x widths x rates x seeds
+    for row, p in zip(main_rows, pts):                               # `max · mean (seed 0, seed 1)` in %
+        assert row[4].split(" ")[0] == f"{p['lr']:g}"
+        for cell, c in zip(row[5:], p["max"]):
+            top, rest = cell.split(" · ")
+            assert float(top) == round(100 * p["max"][c], 1) and 0 <= p["mean"][c] <= p["max"][c] <= 1
+            assert [float(v) for v in rest.split(" (")[1].rstrip(")").split(", ")] == [round(100 * v, 1)
+                                                                                      for v in p["each"][c]]
+            mine = [float(r[7 + list(p["max"]).index(c)]) for r in runs if r[:3] == row[:3]]
+            assert float(top) == max(mine)
+    g = tiny_grid("read-twice", widths=[(8, 2)], tasks=[(16, 4, 2)])
+    table, pts = experiments.read_twice(g)
+    assert [(p["model"], p["trained"]) for p in pts] == [("Based", "once"), ("Based", "twice"), ("JRT-RNN", "once"),
+                                                         ("JRT-RNN", "twice")]
+    gain = cells(table.split("\n\n")[0])
+    assert [r[0] for r in gain] == ["Based", "JRT-RNN"]
+    for row, (once, twice) in zip(gain, (pts[:2], pts[2:])):         # twice − once at each side's best rate
+        each = [t - o for t, o in zip(twice["each"]["tested twice"], once["each"]["tested once"])]
+        assert row[-1].split(" · ")[1].split(" ")[0] == f"{100 * sum(each) / 2:+.1f}"
     if importlib.util.find_spec("matplotlib"):                     # optional: figures only when it is installed
-        experiments.save_plot(experiments.plot_read_twice, records, tmp_path / "rt.png")
-        assert (tmp_path / "rt.png").stat().st_size > 0
+        experiments.save_plot(experiments.plot_read_twice, pts, tmp_path / "rt.png")
+        experiments.save_plot(experiments.plot_set_order, experiments.set_order(
+            tiny_grid("set-order", widths=[(8, 2), (12, 2)], shapes=[(4, 16), (16, 4)], seeds=(0,)))[1],
+            tmp_path / "so.png")
+        assert (tmp_path / "rt.png").stat().st_size > 0 and (tmp_path / "so.png").stat().st_size > 0
+
+
+def test_jobs_do_not_change_the_numbers():
+    """Each run seeds its own model, data and batches: 2 processes print what 1 does."""
+    g = tiny_grid("set-order", widths=[(8, 2)], shapes=[(4, 16), (16, 4)], lrs=(1e-3, 3e-2), seeds=(0, 1),
+                  iters=3)
+    one, two = experiments.set_order(g, jobs=1)[0], experiments.set_order(g, jobs=2)[0]
+    drop_time = lambda t: [r[:-1] for r in cells(t.split("<summary>every run</summary>")[1])]
+    assert one.split("<details>")[0] == two.split("<details>")[0] and drop_time(one) == drop_time(two)
 
 
 def test_overflow_trains_saves_reuses_only_the_same_settings_and_scores(tmp_path, capsys):
     g = tiny_grid("overflow", runs=[("jrt", 8)], train_contexts=(8, 32), train_pairs=(1, 2, 4), test_pairs=(8,),
-                  chunk_lens=(8,), n_test=3, n_head=2)
-    model, c = fit_mqar("jrt", 8, g, tmp_path / "jrt_d8.pt", device="cpu")
-    loaded, c2 = load_checkpoint(tmp_path / "jrt_d8.pt")
+                  chunk_lens=(8,), n_test=3, n_head=2, lrs=(1e-3,), seeds=(0,), lr=1e-3)
+    model, c = fit_mqar("jrt", 8, g, tmp_path / "jrt_d8_lr0.001_s0.pt", device="cpu")
+    loaded, c2 = load_checkpoint(tmp_path / "jrt_d8_lr0.001_s0.pt")
     assert c2["model"] == "JRT-RNN d8" and loaded.lm_head.weight is not loaded.wte.weight   # the untied head survives
     x = torch.randint(1, g["vocab_size"], (2, 12))
     torch.testing.assert_close(loaded(x)[0], model(x)[0])
@@ -88,14 +121,18 @@ def test_overflow_trains_saves_reuses_only_the_same_settings_and_scores(tmp_path
     table, records = experiments.overflow(g, out_dir=str(tmp_path))  # the same settings: reused, no training
     out = capsys.readouterr().out
     assert "reusing" in out and "training" not in out
-    assert [r[:3] for r in cells(table.split("\n\n")[1])] == [["JRT-RNN d8", "8", "8"]]
+    detail = table.split("held the key):\n\n")[1]
+    assert [r[:3] for r in cells(detail)][0] == ["JRT-RNN d8, lr 0.001, seed 0", "8", "8"]
     assert records[0]["pairs"] == 8 and 0 <= records[0]["entropy+idk"] <= 1 and set(records[0]["holds"]) == rules
-    for change in (dict(iters=3), dict(seed=1)):                     # another setting: trained again, and said so
-        experiments.overflow({**g, **{k: v for k, v in change.items() if k != "seed"}}, out_dir=str(tmp_path),
-                             seed=change.get("seed", 0))
+    best, _ = load_checkpoint(tmp_path / "jrt_d8.pt")                 # the best rate's model, for evaluate.py
+    torch.testing.assert_close(best(x)[0], model(x)[0])
+    for change in (dict(iters=3), dict(seeds=(1,))):                  # another setting: trained again, and said so
+        experiments.overflow({**g, **change}, out_dir=str(tmp_path))
         out = capsys.readouterr().out
-        assert "trained with other settings" in out and "training again" in out and "reusing" not in out
-        assert ("iters 2 -> 3" in out) if "iters" in change else ("seed 0 -> 1" in out)
+        if "iters" in change:
+            assert "trained with other settings" in out and "iters 2 -> 3" in out and "reusing" not in out
+        else:                                                         # another seed is another file
+            assert "training JRT-RNN, d_model 8, lr 0.001, seed 1" in out and "reusing" not in out
 
 
 def test_entropy_over_non_idk_tokens_ignores_a_confident_not_here():
@@ -129,8 +166,11 @@ def test_quick_selects_the_quick_grid(name, monkeypatch):
     (["overflow", "--models", "mamba"], "allowed: based,jrt,transformer"),
     (["read-twice", "--models", "transformer"], "allowed: based,jrt"),
     (["set-order", "--models", "jrt"], "--models is for"),
-    (["set-order", "--seeds", "0,1"], "--seeds is for read-twice"),
     (["read-twice", "--seeds", "0,x"], "--seeds=0,x"),
+    (["set-order", "--seed", "1", "--seeds", "0,1"], "give one of them"),
+    (["set-order", "--lrs", "1e-3,0"], "--lrs=1e-3,0: expected comma-separated positive numbers"),
+    (["set-order", "--lrs", "fast"], "--lrs=fast"),
+    (["overflow", "--jobs", "0"], "--jobs=0: expected an int >= 1"),
     (["read-twice", "--iters", "0"], "--iters=0: expected an int >= 1"),
     (["read-twice", "--n_train", "0"], "--n_train=0: expected an int >= 1"),
     (["set-order", "--vocab_size", "20", "--iters", "1"], "more than vocab_size - 4 = 16"),
