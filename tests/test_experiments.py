@@ -77,7 +77,7 @@ def test_set_order_and_read_twice_tables(tmp_path):
             assert float(top) == round(100 * p["max"][c], 1) and 0 <= p["mean"][c] <= p["max"][c] <= 1
             assert [float(v) for v in rest.split(" (")[1].rstrip(")").split(", ")] == [round(100 * v, 1)
                                                                                       for v in p["each"][c]]
-            mine = [float(r[7 + list(p["max"]).index(c)]) for r in runs if r[:3] == row[:3]]
+            mine = [float(r[5 + list(p["max"]).index(c)]) for r in runs if r[:3] == row[:3]]
             assert float(top) == max(mine)
     g = tiny_grid("read-twice", widths=[(8, 2)], tasks=[(16, 4, 2)])
     table, pts = experiments.read_twice(g)
