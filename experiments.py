@@ -47,16 +47,23 @@ LAYERS = {  # name -> layer layout: Zoology-style conv + mixer stacks
 NAMES = {"based": "Based", "jrt": "JRT-RNN", "transformer": "Transformer"}
 
 LRS = (1e-3, 3e-3, 1e-2)  # every grid's learning-rate sweep: each point trains at each rate and seed
+POINTS = ("lrs", "seeds", "widths", "tasks", "models", "runs")  # what a grid enumerates, not what a run reads
+
+
+def run_grid(g):  # the grid's settings that one run reads: its job, and what its saved result is found by
+    return {k: v for k, v in g.items() if k not in POINTS}
+
 
 GRIDS = {
     # set disjointness: (|A|, |B|) shapes in both orders; sets relabelled onto vocab_size ids (data.relabel).
     # CPU: 252 set ids (among 60, a set of 32 is cheap to hold: no order effect can show); 4 & 16 only, 6,000
     # steps (at 3,000 Based d32 sat at 20-40% at every rate; sets of 32 as well would cost 1.7x per step);
-    # four widths at f = 4, states of 684 to 1,684 numbers, where the models go from failing to solving
+    # four widths at f = 4, states of 684 to 1,684 numbers, where the models go from failing to solving;
+    # 3e-2 as well: with three rates Based did best at 1e-2, the sweep's edge
     "set-order": {
         "cpu": dict(shapes=[(4, 16), (16, 4)], vocab_size=256, n_train=80000, n_test=250,
-                    widths=[(12, 4), (16, 4), (24, 4), (32, 4)], n_head=2, init_std=0.12, iters=6000, lrs=LRS,
-                    seeds=(0, 1), batch_size=64),
+                    widths=[(12, 4), (16, 4), (24, 4), (32, 4)], n_head=2, init_std=0.12, iters=6000,
+                    lrs=LRS + (3e-2,), seeds=(0, 1), batch_size=64),
         "quick": dict(shapes=[(4, 16), (16, 4)], vocab_size=256, n_train=10000, n_test=250, widths=[(32, 4)],
                       n_head=2, init_std=0.12, iters=1500, lrs=LRS, seeds=(0,), batch_size=64),
         "gpu": dict(shapes=data.SD_TRAIN_SHAPES, vocab_size=data.SD_VOCAB, n_train=20000, n_test=1000,
@@ -65,10 +72,10 @@ GRIDS = {
     },
     # MQAR tasks: (seq_len of one pass, key-value pairs k, queries q). q = 4 of 16: a second pass needs to
     # keep only the pairs asked about (Ω(min(k, q))); q = 16 of 16: it must keep them all, as one pass does.
-    # CPU: 48 models of 2,000 steps of 64 rows (results/read_twice.md)
+    # CPU: 48 models of 1,500 steps of 64 rows (results/read_twice.md)
     "read-twice": {
         "cpu": dict(models=("based", "jrt"), tasks=[(64, 16, 4), (64, 16, 16)], vocab_size=64, n_train=80000,
-                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=2000, lrs=LRS,
+                    n_test=400, widths=[(16, 4)], seeds=(0, 1), n_head=2, init_std=0.12, iters=1500, lrs=LRS,
                     batch_size=64),
         "quick": dict(models=("based", "jrt"), tasks=[(64, 16, 4)], vocab_size=64, n_train=20000, n_test=300,
                       widths=[(16, 4)], seeds=(0,), n_head=2, init_std=0.12, iters=400, lrs=LRS,
@@ -77,16 +84,13 @@ GRIDS = {
                     n_train=100000, n_test=1000, widths=[(64, 8), (128, 16), (256, 16)], seeds=(0, 1),
                     n_head=4, init_std=0.06, iters=20000, lrs=(3e-4, 1e-3, 3e-3), batch_size=256),
     },
-    # OPRM's associative-recall study on MQAR, at a fixed state: every model is trained on 1..K facts (pairs)
-    # at one context length C (and at the chunk lengths, so that a chunk looks like something seen in
-    # training), queries after the context, a share of them about absent keys (answer: the IDK token, so a
-    # chunk without the key can say so). Test: C tokens with 1..K facts and a little beyond. A model that
-    # solves few facts and fails at k <= K has learnt the task and fails because its state is full.
-    # runs: (layers, d_model). The best rate of a run: the highest full-context accuracy over 1..K facts.
-    # CPU: C = 64, K = 16; a pilot (Based, 1,500 steps) held 0.98 up to 8 facts at d_model 32, but at 16 only
-    # 0.82 at 2 facts, so the two widths' overflow points land inside 1..24.
-    # Quick: C = 32 and chunks of 8 (shorter rows, cheaper steps); half the queries about absent keys, since
-    # after 1,000 steps with a quarter the IDK answers were too unreliable for OPRM to pick the key's chunk
+    # OPRM's associative-recall study on MQAR, at a fixed state: each model is trained on 1..K facts (pairs) at
+    # one context length C and at the chunk lengths, queries after the context, a share about absent keys
+    # (answer: the IDK token, so a chunk without the key can say so); tested on C tokens with 1..K facts and
+    # beyond. A model that solves few facts and fails at k <= K has learnt the task; its state is full.
+    # runs: (layers, d_model). CPU: C = 64, K = 16; a Based pilot held 0.98 up to 8 facts at d_model 32 and
+    # 0.82 at 2 facts at 16. Quick: C = 32, chunks of 8; half the queries about absent keys (with a quarter,
+    # 1,000 steps left the IDK answers too unreliable for OPRM to pick the key's chunk)
     "overflow": {
         "cpu": dict(runs=[("based", 16), ("based", 32), ("jrt", 16), ("jrt", 32), ("transformer", 32)],
                     vocab_size=64, train_contexts=(8, 16, 64), train_pairs=tuple(range(1, 17)), query_slots=8,
@@ -171,14 +175,13 @@ def set_order_run(g, name, d_model, f, lr, seed, device):
     return r
 
 
-def set_order(g, seeds=None, jobs=1, threads=1, device=None):
+def set_order(g, jobs=1, threads=1, saved=None, device=None):
     """Causal Based vs JRT-RNN (prefix = the whole input) on set disjointness, trained on both orders of
     each shape at every rate and seed; test accuracy with the shorter set first vs last, per state size."""
-    dev = None if device is None else str(device)
-    work = [dict(g=g, name=name, d_model=d, f=f, lr=lr, seed=seed, device=dev)
-            for seed in seeds or g["seeds"] for d, f in sorted(g["widths"], reverse=True)
+    work = [dict(g=run_grid(g), name=name, d_model=d, f=f, lr=lr, seed=seed, device=device)
+            for seed in g["seeds"] for d, f in sorted(g["widths"], reverse=True)
             for name in ("based", "jrt") for lr in g["lrs"]]
-    runs = sweep(set_order_run, work, jobs, threads)
+    runs = sweep(set_order_run, work, jobs, threads, saved)
     runs.sort(key=lambda r: (r["model"] != "Based", r["state"], r["lr"], r["seed"]))
     keys = ("model", "d_model", "f")
     cells = [f"{a} & {b} {o}" for a, b in order_pairs(g) for o in ("first", "last")]
@@ -264,7 +267,7 @@ def read_twice_run(g, name, task, d_model, f, trained, lr, seed, device):
 RT_KEYS, RT_CELLS = ("model", "T", "k", "q", "d_model", "f", "trained"), ("tested once", "tested twice")
 
 
-def read_twice(g, seeds=None, jobs=1, threads=1, device=None):
+def read_twice(g, jobs=1, threads=1, saved=None, device=None):
     """Based and JRT-RNN trained on MQAR read once vs read twice (`kv, queries, kv, queries`), same model and
     so the same state size, at every rate and seed; each tested on both layouts (the other one zero-shot).
     With q queries about k pairs, one pass needs state for all k pairs, two passes only for the q asked
@@ -272,11 +275,11 @@ def read_twice(g, seeds=None, jobs=1, threads=1, device=None):
     everything before the scored queries (data.mqar: M = C once, the first pass and the second kv twice),
     so when read twice its encoder sees the questions before it stores the pairs. The best rate of a model
     is the one with the best accuracy on the layout it was trained on."""
-    dev = None if device is None else str(device)
-    work = [dict(g=g, name=name, task=tuple(task), d_model=d, f=f, trained=trained, lr=lr, seed=seed, device=dev)
-            for seed in seeds or g["seeds"] for task in g["tasks"] for trained in ("twice", "once")
+    work = [dict(g=run_grid(g), name=name, task=tuple(task), d_model=d, f=f, trained=trained, lr=lr, seed=seed,
+                 device=device)
+            for seed in g["seeds"] for task in g["tasks"] for trained in ("twice", "once")
             for name in g["models"] for d, f in g["widths"] for lr in g["lrs"]]
-    runs = sweep(read_twice_run, work, jobs, threads)
+    runs = sweep(read_twice_run, work, jobs, threads, saved)
     runs.sort(key=lambda r: (r["model"] != "Based", r["q"], r["T"], r["d_model"], r["trained"] != "once",
                              r["lr"], r["seed"]))
     pts = points(runs, RT_KEYS, RT_CELLS, score=lambda r: r[f"tested {r['trained']}"])
@@ -380,27 +383,22 @@ def overflow_run(g, name, d_model, lr, seed, out_dir, device):
                 state=model.state_size(config["seq_len"])["total"], seconds=config["train_seconds"], **full)
 
 
-def overflow(g, seeds=None, jobs=1, threads=1, out_dir="out/oprm", models=None, device=None):
+def overflow(g, jobs=1, threads=1, saved=None, out_dir="out/oprm", models=None, device=None):
     """Train (or reuse from out_dir) each model of the grid at every rate and seed on 1..K facts at one
     context length, then test it on 1..K facts and a little beyond: full context vs OPRM's chunks, with
     every selector. A model's best rate: its highest full-context accuracy over 1..K facts; that model (the
     first seed's) is also saved as out_dir/<name>_d<d_model>.pt, for `python evaluate.py oprm`."""
     os.makedirs(out_dir, exist_ok=True)
-    dev = None if device is None else str(device)
-    work = [dict(g=g, name=name, d_model=d, lr=lr, seed=seed, out_dir=out_dir, device=dev)
-            for seed in seeds or g["seeds"] for name, d in g["runs"] if not models or name in models
+    work = [dict(g=run_grid(g), name=name, d_model=d, lr=lr, seed=seed, out_dir=out_dir, device=device)
+            for seed in g["seeds"] for name, d in g["runs"] if not models or name in models
             for lr in g["lrs"]]
-    runs = sweep(overflow_run, work, jobs, threads)
+    runs = sweep(overflow_run, work, jobs, threads, saved)
     runs.sort(key=lambda r: (g["runs"].index((r["name"], r["d_model"])), r["lr"], r["seed"]))
     cells = [f"{k} facts" for k in g["test_pairs"]]
     trained = [c for k, c in zip(g["test_pairs"], cells) if k <= max(g["train_pairs"])] or cells
     pts = points(runs, ("model",), cells, score=lambda r: mean([r[c] for c in trained]))
-    sizes = ["| model | layers | d_model | state (numbers per sequence) |", "|---|---|---|---|"]
     rows, best = [ACC_HEADER], []
     for p in pts:
-        r0 = next(r for r in runs if r["model"] == p["model"])
-        sizes.append(f"| {p['model']} | {','.join(LAYERS[r0['name']])} | {r0['d_model']} | {p['state']:,}"
-                     + (" (its KV cache at the test length)" if r0["name"] == "transformer" else "") + " |")
         at_best = [r for r in runs if r["model"] == p["model"] and r["lr"] == p["lr"]]
         for r in at_best:
             rows += [markdown_row(dict(x, model=f"{x['model']}, lr {r['lr']:g}, seed {r['seed']}"))
@@ -408,16 +406,18 @@ def overflow(g, seeds=None, jobs=1, threads=1, out_dir="out/oprm", models=None, 
         r = at_best[0]                                   # its first seed's model: plotted, and for evaluate.py
         best += r["records"]
         name = os.path.join(out_dir, f"{r['name']}_d{r['d_model']}")
-        shutil.copyfile(f"{name}_lr{r['lr']:g}_s{r['seed']}.pt", name + ".pt.tmp")
-        os.replace(name + ".pt.tmp", name + ".pt")
+        if os.path.exists(f"{name}_lr{r['lr']:g}_s{r['seed']}.pt"):
+            shutil.copyfile(f"{name}_lr{r['lr']:g}_s{r['seed']}.pt", name + ".pt.tmp")
+            os.replace(name + ".pt.tmp", name + ".pt")
     oprm = ["| model | L | " + " | ".join(cells) + " |", "|---" * (2 + len(cells)) + "|"]
     for p in pts:                                        # OPRM (entropy + IDK): the maximum over rates and seeds
         for L in g["chunk_lens"]:
             best_of = [max(x["entropy+idk"] for r in runs if r["model"] == p["model"] for x in r["records"]
                            if x["L"] == L and x["pairs"] == k) for k in g["test_pairs"]]
             oprm.append(f"| {p['model']} | {L} | " + " | ".join(f"{100 * v:.1f}" for v in best_of) + " |")
-    table = ("\n".join(sizes) + "\n\nFull-context accuracy (%) per number of facts, max · mean at the best rate "
-             f"(best rate: the highest mean over 1..{max(g['train_pairs'])} facts):\n\n"
+    table = ("Full-context accuracy (%) per number of facts, max · mean at the best rate (the highest mean "
+             f"over 1..{max(g['train_pairs'])} facts); state: numbers per sequence, a Transformer's KV cache at "
+             "the test length:\n\n"
              + points_table(pts, ("model",), cells)
              + "\n\nOPRM with entropy + IDK filter (%), the maximum over rates and seeds:\n\n" + "\n".join(oprm)
              + "\n\nAt each model's best rate, every method (accuracy; in brackets how often the chosen chunk "
@@ -467,24 +467,24 @@ def parser():
     ap.add_argument("--quick", action="store_true", help="the same as --grid quick: a few minutes")
     ap.add_argument("--widths", help="set-order, read-twice: (d_model, f) pairs instead of the grid's, "
                     "e.g. 32:4,64:8")
-    ap.add_argument("--vocab_size", type=int,
-                    help="the grid's vocabulary instead (set-order: ids the sets are relabelled onto)")
+    ap.add_argument("--vocab_size", type=int, help="the grid's vocabulary instead (set-order: set ids)")
     ap.add_argument("--iters", type=int, help="the grid's training steps per model instead")
     ap.add_argument("--n_train", type=int, help="the grid's training examples instead (set-order: per shape)")
     ap.add_argument("--models", help=f"read-twice, overflow: which of {','.join(LAYERS)} to train "
                     "(overflow: or reuse; default: the grid's)")
     ap.add_argument("--out_dir", help="overflow: where its models are saved, and reused from when their "
-                    "training settings match; default out/oprm (out/oprm-quick, out/oprm-gpu for the other "
-                    "grids)")
+                    "settings match; default out/oprm (out/oprm-quick, out/oprm-gpu for the other grids)")
     ap.add_argument("--seeds", help="comma-separated seeds instead of the grid's, e.g. 0,1,2 (each seeds the "
                     "model's init, its data and its batch order)")
     ap.add_argument("--seed", type=int, help="one seed instead of the grid's: the same as --seeds N")
     ap.add_argument("--lrs", help="comma-separated learning rates instead of the grid's sweep, e.g. "
                     "1e-3,3e-3,1e-2")
+    ap.add_argument("--runs_dir", help="where each run's result is saved when done, and reused from (a cut grid "
+                    "goes on, a wider --lrs trains only the new rates; empty it after changing the code); default "
+                    "out/runs/<experiment>-<grid>; none = keep nothing")
     ap.add_argument("--jobs", type=int, default=1, help="models trained at once, each in a process of its "
                     "own (--threads each); results do not depend on it. 2 on a 2-core machine")
-    ap.add_argument("--device", default="auto",
-                    help="auto (CUDA when available, else the CPU) | cpu | cuda | mps")
+    ap.add_argument("--device", default="auto", help="auto (CUDA when available, else the CPU) | cpu | cuda | mps")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads; tiny models run fastest on one "
                     "(more threads only wait for each other, ~10x slower on a busy CPU); 0 = torch's default")
     ap.add_argument("--out", help="also write the table (markdown) to this file")
@@ -518,7 +518,7 @@ def check_args(ap, a):
     if a.quick and a.grid not in ("cpu", "quick"):
         ap.error(f"--quick is the quick grid; it cannot go with --grid {a.grid}")
     g = dict(GRIDS[a.experiment][grid])
-    kw = dict(device=device)
+    kw = dict(device=str(device))                   # a string: jobs are saved as JSON
     if a.widths:
         if a.experiment == "overflow":
             ap.error("--widths is for set-order and read-twice; the overflow models' widths are the grid's "
@@ -566,7 +566,8 @@ def check_args(ap, a):
         ap.error(f"--jobs={a.jobs}: expected an int >= 1")
     if a.threads < 0:
         ap.error(f"--threads={a.threads}: expected an int >= 0 (0 = torch's default)")
-    kw.update(jobs=a.jobs, threads=a.threads)
+    runs_dir = a.runs_dir or f"out/runs/{a.experiment}-{grid}"
+    kw.update(jobs=a.jobs, threads=a.threads, saved=None if runs_dir == "none" else runs_dir)
     return g, kw
 
 
@@ -585,7 +586,7 @@ def main(argv=None):
         ap.error(str(e))
     cmd = " ".join(["python experiments.py"] + (argv if argv is not None else sys.argv[1:]))
     table += (f"\n\n(`{cmd}`: {time.time() - t0:.0f} s wall, {cpu() - cpu0:.0f} s CPU, "
-              f"{a.jobs} job(s) of {torch.get_num_threads()} torch thread(s), on {kw['device'].type})")
+              f"{a.jobs} job(s) of {torch.get_num_threads()} torch thread(s), on {kw['device'].split(':')[0]})")
     print("\n" + table)
     if a.out:
         with open(a.out, "w") as fh:

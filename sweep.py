@@ -9,20 +9,48 @@ points (the runs of one model and size at every rate and seed), with the statist
 A run is a function of plain keyword arguments that seeds everything it draws (model, data, batch
 order), so its result does not depend on how many processes train beside it.
 """
+import hashlib
+import json
 import multiprocessing
+import os
 
 import torch
 
 
-def sweep(run, jobs, n_jobs=1, threads=1):
+def sweep(run, jobs, n_jobs=1, threads=1, saved=None):
     """[run(**job) for job in jobs], trained in n_jobs processes (`threads` torch threads each). A run seeds
     its own model, data and batch order, so what it returns does not depend on n_jobs or on the process
-    that ran it; the results come back in the jobs' order."""
-    if n_jobs <= 1 or len(jobs) <= 1:
-        return [run(**job) for job in jobs]
-    ctx = multiprocessing.get_context("spawn")             # fresh interpreters, nothing shared with this one
-    with ctx.Pool(min(n_jobs, len(jobs)), initializer=_worker_init, initargs=(threads,)) as pool:
-        return pool.starmap(_call, [(run, job) for job in jobs], chunksize=1)
+    that ran it; the results come back in the jobs' order, as JSON would give them back.
+
+    saved: a folder where each run's result is written as soon as it is done (a JSON file named by a hash
+    of the function and its job); a job found there is not trained again. A grid that was cut goes on where
+    it stopped, and a wider --lrs trains only the new rates. Empty it after changing the code."""
+    paths = [os.path.join(saved, job_id(run, job) + ".json") if saved else None for job in jobs]
+    results = [None] * len(jobs)
+    for i, path in enumerate(paths):
+        if path and os.path.exists(path):
+            with open(path) as f:
+                results[i] = json.load(f)
+    todo = [i for i, r in enumerate(results) if r is None]
+    if len(todo) < len(jobs):
+        print(f"reusing {len(jobs) - len(todo)} of {len(jobs)} runs saved in {saved}", flush=True)
+    if saved:
+        os.makedirs(saved, exist_ok=True)
+    work = [(run, jobs[i], paths[i]) for i in todo]
+    if n_jobs <= 1 or len(work) <= 1:
+        done = [_call(*w) for w in work]
+    else:
+        ctx = multiprocessing.get_context("spawn")         # fresh interpreters, nothing shared with this one
+        with ctx.Pool(min(n_jobs, len(work)), initializer=_worker_init, initargs=(threads,)) as pool:
+            done = pool.starmap(_call, work, chunksize=1)
+    for i, r in zip(todo, done):
+        results[i] = r
+    return results
+
+
+def job_id(run, job):
+    text = json.dumps(dict(job, run=run.__name__), sort_keys=True, default=str)
+    return f"{run.__name__}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _worker_init(threads):
@@ -30,8 +58,13 @@ def _worker_init(threads):
         torch.set_num_threads(threads)
 
 
-def _call(run, job):
-    return run(**job)
+def _call(run, job, path=None):
+    result = json.loads(json.dumps(run(**job)))              # the same form whether fresh or read back
+    if path:                                                # written whole or not at all
+        with open(path + ".tmp", "w") as f:
+            json.dump(result, f)
+        os.replace(path + ".tmp", path)
+    return result
 
 
 _DATA = {}

@@ -105,6 +105,19 @@ def test_jobs_do_not_change_the_numbers():
     assert one.split("<details>")[0] == two.split("<details>")[0] and drop_time(one) == drop_time(two)
 
 
+def test_saved_runs_are_reused_and_a_wider_sweep_trains_only_the_new_rates(tmp_path, capsys):
+    g = tiny_grid("set-order", widths=[(8, 2)], shapes=[(4, 16), (16, 4)], lrs=(1e-3,), seeds=(0,), iters=3)
+    first = experiments.set_order(g, saved=str(tmp_path))[0]
+    assert "reusing" not in capsys.readouterr().out and len(list(tmp_path.glob("*.json"))) == 2
+    wider = experiments.set_order({**g, "lrs": (1e-3, 1e-2)}, saved=str(tmp_path))[0]
+    out = capsys.readouterr().out
+    assert "reusing 2 of 4 runs" in out and out.count("set order: Based, d_model 8, f 2, lr 0.01") == 1
+    assert "lr 0.001, seed 0\n" not in out                         # not trained again
+    rows = lambda t: [r[:-1] for r in cells(t.split("<summary>every run</summary>")[1])]
+    assert all(r in rows(wider) for r in rows(first))
+    assert len(list(tmp_path.glob("*.json"))) == 4 and not list(tmp_path.glob("*.tmp"))
+
+
 def test_overflow_trains_saves_reuses_only_the_same_settings_and_scores(tmp_path, capsys):
     g = tiny_grid("overflow", runs=[("jrt", 8)], train_contexts=(8, 32), train_pairs=(1, 2, 4), test_pairs=(8,),
                   chunk_lens=(8,), n_test=3, n_head=2, lrs=(1e-3,), seeds=(0,), lr=1e-3)
